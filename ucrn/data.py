@@ -1,0 +1,764 @@
+"""Loading the MulT-format pickles (MOSI, MOSEI, IEMOCAP) and making synthetic data like them.
+
+Why this module exists:
+- the real files are pickles from third-party mirrors, so they are read with a restricted
+  unpickler that refuses any global other than numpy array reconstruction;
+- the real files have quirks (``-inf``/NaN in audio, varying shapes), so every input goes
+  through one validator (:func:`from_raw`) that fails with a one-line :class:`DataError`
+  or repairs and counts what the original loaders silently zeroed;
+- no machine of this project can download the real files, so a seeded generator writes
+  data of exactly the same structure whose labels reward trimodal fusion.
+
+numpy only: no torch, no Ray, so it can be imported anywhere cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import pickle
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "MODALITIES",
+    "PRESETS",
+    "SPLITS",
+    "DataError",
+    "MultData",
+    "Split",
+    "data_file_name",
+    "from_raw",
+    "load_dataset",
+    "load_mult_pickle",
+    "make_synthetic",
+    "resolve_data_file",
+    "synth_main",
+    "write_mult_pickle",
+]
+
+MODALITIES = ("text", "audio", "vision")
+SPLITS = ("train", "valid", "test")
+DATASETS = ("mosi", "mosei_senti", "iemocap", "synthetic")
+TASKS = ("regression", "iemocap")
+IEMOCAP_LABEL_SHAPE = (4, 2)  # 4 emotions (Neutral, Happy, Sad, Angry) x 2 logits
+LABEL_RANGE = 3.0
+_LABEL_TOL = 1e-4  # float rounding in third-party files; beyond this is an error, not clipped
+_CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per chunk: bounds temporaries on MOSEI-sized arrays
+
+
+class DataError(ValueError):
+    """Bad input data; message is ONE line naming file/split/key and what was expected."""
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def _fail(msg: str) -> DataError:
+    return DataError(_one_line(msg))
+
+
+@dataclass
+class Split:
+    """One split, validated: float32 finite features, labels ready for the loss."""
+
+    text: np.ndarray
+    audio: np.ndarray
+    vision: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def modality(self, name: str) -> np.ndarray:
+        """Features of one modality by name, so callers can loop over MODALITIES."""
+        if name not in MODALITIES:
+            raise KeyError(f"unknown modality {name!r}; expected one of {MODALITIES}")
+        return getattr(self, name)
+
+
+@dataclass
+class MultData:
+    """All three splits plus where they came from and what had to be repaired."""
+
+    splits: dict[str, Split]
+    task: str
+    source: str
+    nonfinite: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def input_dims(self) -> tuple[int, int, int]:
+        s = self.splits["train"]
+        return (int(s.text.shape[2]), int(s.audio.shape[2]), int(s.vision.shape[2]))
+
+    @property
+    def seq_lens(self) -> tuple[int, int, int]:
+        s = self.splits["train"]
+        return (int(s.text.shape[1]), int(s.audio.shape[1]), int(s.vision.shape[1]))
+
+    @property
+    def output_dim(self) -> int:
+        return 8 if self.task == "iemocap" else 1
+
+    def summary(self) -> str:
+        """One line for logs: source, task, sizes, shapes and repaired values."""
+        sizes = "/".join(str(len(self.splits[s])) for s in SPLITS)
+        shapes = ", ".join(
+            f"{m} {t}x{d}"
+            for m, t, d in zip(MODALITIES, self.seq_lens, self.input_dims, strict=True)
+        )
+        bad = {f"{s}.{m}": n for s, per in self.nonfinite.items() for m, n in per.items() if n}
+        bad_txt = ", ".join(f"{k}={v}" for k, v in bad.items()) or "none"
+        return (
+            f"{self.source}: task {self.task}, train/valid/test {sizes}, {shapes}; "
+            f"non-finite values set to 0: {bad_txt}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------
+
+
+def _float_features(arr: Any, where: str, inplace: bool) -> np.ndarray:
+    """Cast to C-contiguous float32; copy unless we own the array and may write to it."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fiub":
+        raise _fail(f"{where}: expected a numeric array, got dtype {a.dtype}")
+    if a.ndim != 3:
+        raise _fail(f"{where}: expected rank 3 (N, T, D), got shape {a.shape}")
+    if inplace:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not a.flags.writeable:
+            a = a.copy()
+        return a
+    return np.array(a, dtype=np.float32, order="C", copy=True)
+
+
+def _zero_nonfinite(a: np.ndarray) -> int:
+    """Replace inf/-inf/NaN by 0 in place, chunked so MOSEI does not need a GB-sized mask."""
+    n = a.shape[0]
+    per = max(1, int(a[:1].size) or 1)
+    step = max(1, _CHUNK_ELEMS // per)
+    count = 0
+    for i in range(0, n, step):
+        sub = a[i : i + step]
+        bad = ~np.isfinite(sub)
+        k = int(np.count_nonzero(bad))
+        if k:
+            sub[bad] = 0.0
+            count += k
+    return count
+
+
+def _decode_id(x: Any) -> str:
+    if isinstance(x, (bytes, np.bytes_)):
+        try:
+            return bytes(x).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(x).decode("latin-1")
+    return str(x)
+
+
+def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
+    if raw_id is None:
+        return np.array([f"{split}_{i:06d}" for i in range(n)], dtype=str)
+    a = np.asarray(raw_id)
+    if a.ndim not in (1, 2) or a.shape[0] != n:
+        raise _fail(f"{where}: expected shape ({n},) or ({n}, k) to match N={n}, got {a.shape}")
+    if a.ndim == 1:
+        return np.array([_decode_id(x) for x in a], dtype=str)
+    return np.array(["|".join(_decode_id(x) for x in row) for row in a], dtype=str)
+
+
+def _infer_task(labels: np.ndarray) -> str:
+    return "iemocap" if labels.shape[1:] == IEMOCAP_LABEL_SHAPE else "regression"
+
+
+def _labels(raw_labels: Any, n: int, task: str, where: str) -> np.ndarray:
+    a = np.asarray(raw_labels)
+    if a.dtype.kind not in "fiub":
+        raise _fail(f"{where}: expected a numeric array, got dtype {a.dtype}")
+    if a.ndim == 0 or a.shape[0] != n:
+        raise _fail(f"{where}: expected N={n} rows (as the features), got shape {a.shape}")
+    if task == "iemocap":
+        if a.shape[1:] != IEMOCAP_LABEL_SHAPE:
+            raise _fail(f"{where}: labels of shape (N,4,2) expected for iemocap, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise _fail(f"{where}: expected finite one-hot labels, got inf or NaN")
+        return np.argmax(a, axis=2).astype(np.int64)
+    if a.shape[1:] not in ((1, 1), (1,), ()):
+        raise _fail(
+            f"{where}: labels of shape (N,1,1), (N,1) or (N,) expected for regression, "
+            f"got {a.shape}"
+        )
+    y = a.reshape(n).astype(np.float32)
+    if not np.all(np.isfinite(y)):
+        raise _fail(
+            f"{where}: expected finite sentiment labels, got {int((~np.isfinite(y)).sum())} inf/NaN"
+        )
+    lo, hi = float(y.min()), float(y.max())
+    if lo < -LABEL_RANGE - _LABEL_TOL or hi > LABEL_RANGE + _LABEL_TOL:
+        raise _fail(f"{where}: expected sentiment labels in [-3, 3], got range [{lo:g}, {hi:g}]")
+    return np.clip(y, -LABEL_RANGE, LABEL_RANGE)
+
+
+def _from_raw(raw: object, source: str, task: str | None, inplace: bool) -> MultData:
+    if task is not None and task not in TASKS:
+        raise _fail(f"{source}: unknown task {task!r}; expected one of {TASKS}")
+    if not isinstance(raw, dict):
+        raise _fail(
+            f"{source}: expected a dict with keys {list(SPLITS)} at the top level, "
+            f"got {type(raw).__name__}"
+        )
+    missing = [s for s in SPLITS if s not in raw]
+    if missing:
+        raise _fail(
+            f"{source}: missing split(s) {missing}; expected keys {list(SPLITS)}, "
+            f"got {sorted(map(str, raw))}"
+        )
+    for split in SPLITS:
+        sd = raw[split]
+        if not isinstance(sd, dict):
+            raise _fail(
+                f"{source}: split {split!r}: expected a dict of arrays, got {type(sd).__name__}"
+            )
+        miss = [k for k in (*MODALITIES, "labels") if k not in sd]
+        if miss:
+            raise _fail(
+                f"{source}: split {split!r}: missing key(s) {miss}; expected text, audio, "
+                f"vision, labels [, id], got {sorted(map(str, sd))}"
+            )
+    if task is None:
+        task = _infer_task(np.asarray(raw["train"]["labels"]))
+    splits: dict[str, Split] = {}
+    nonfinite: dict[str, dict[str, int]] = {}
+    ref_shapes: dict[str, tuple[int, int]] = {}
+    for split in SPLITS:
+        sd = raw[split]
+        where_split = f"{source}: split {split!r}"
+        feats: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        n = -1
+        for m in MODALITIES:
+            where = f"{where_split} key {m!r}"
+            a = _float_features(sd[m], where, inplace)
+            if inplace:
+                sd[m] = a  # drop the original (e.g. float64) array early: MOSEI is GBs
+            if n < 0:
+                n = a.shape[0]
+                if n == 0:
+                    raise _fail(f"{where}: expected at least one sample, got an empty split (N=0)")
+            elif a.shape[0] != n:
+                raise _fail(f"{where}: expected N={n} samples (as 'text'), got shape {a.shape}")
+            if a.shape[1] < 1 or a.shape[2] < 1:
+                raise _fail(f"{where}: expected T >= 1 and D >= 1, got shape {a.shape}")
+            if split == "train":
+                ref_shapes[m] = (a.shape[1], a.shape[2])
+            elif (a.shape[1], a.shape[2]) != ref_shapes[m]:
+                t, d = ref_shapes[m]
+                raise _fail(
+                    f"{where}: expected (T, D) = ({t}, {d}) as in split 'train', "
+                    f"got ({a.shape[1]}, {a.shape[2]})"
+                )
+            k = _zero_nonfinite(a)
+            if k == a.size:
+                warnings.warn(
+                    _one_line(
+                        f"{where}: every value is non-finite (inf/NaN); the modality is all "
+                        f"zeros in this split"
+                    ),
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            feats[m] = a
+            counts[m] = k
+        labels = _labels(sd["labels"], n, task, f"{where_split} key 'labels'")
+        ids = _make_ids(sd.get("id"), n, split, f"{where_split} key 'id'")
+        splits[split] = Split(feats["text"], feats["audio"], feats["vision"], labels, ids)
+        nonfinite[split] = counts
+    return MultData(splits=splits, task=task, source=source, nonfinite=nonfinite)
+
+
+def from_raw(raw: object, source: str, task: str | None = None) -> MultData:
+    """Validate a MulT-format dict and return float32, finite, checked splits.
+
+    The task is inferred from the train labels' shape unless given. ``raw`` is not
+    modified. Every problem raises DataError naming ``source``, the split and the key.
+    """
+    return _from_raw(raw, source, task, inplace=False)
+
+
+# --------------------------------------------------------------------------------------
+# safe pickle loading
+# --------------------------------------------------------------------------------------
+
+# (module, name) -> (numpy submodule, name); numpy 1.x files say numpy.core, 2.x numpy._core.
+_NUMPY_CORE_GLOBALS = {
+    ("multiarray", "_reconstruct"),
+    ("multiarray", "scalar"),
+    ("numeric", "_frombuffer"),
+}
+
+
+def _numpy_core_attr(sub: str, name: str) -> Any:
+    for pkg in ("numpy._core", "numpy.core"):
+        try:
+            mod = importlib.import_module(f"{pkg}.{sub}")
+        except ImportError:
+            continue
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    raise AttributeError(f"numpy has no {sub}.{name}")
+
+
+def _allowed_global(module: str, name: str) -> Any | None:
+    if module in (
+        "numpy.core.multiarray",
+        "numpy._core.multiarray",
+        "numpy.core.numeric",
+        "numpy._core.numeric",
+    ):
+        sub = module.rsplit(".", 1)[1]
+        if (sub, name) in _NUMPY_CORE_GLOBALS:
+            return _numpy_core_attr(sub, name)
+        return None
+    if module == "numpy" and name in ("ndarray", "dtype"):
+        return getattr(np, name)
+    if (module, name) == ("_codecs", "encode"):
+        import _codecs
+
+        return _codecs.encode
+    if (module, name) == ("collections", "OrderedDict"):
+        import collections
+
+        return collections.OrderedDict
+    return None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only numpy array/dtype/scalar reconstruction and plain containers.
+
+    find_class runs when the pickle names a global, before that global can be called, so a
+    malicious file is refused before any of its code runs.
+    """
+
+    def __init__(self, file: Any, path: str) -> None:
+        # latin1: numpy arrays pickled under Python 2 carry their data as str
+        super().__init__(file, encoding="latin1")
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = _allowed_global(module, name)
+        if obj is None:
+            raise _fail(
+                f"{self._path}: refused to load: the pickle names global '{module}.{name}'; "
+                f"only numpy arrays and plain containers are allowed"
+            )
+        return obj
+
+
+def _safe_unpickle(path: Path) -> object:
+    if not path.exists():
+        raise _fail(f"{path}: no such file")
+    if path.is_dir():
+        raise _fail(f"{path}: is a directory, expected a MulT pickle file")
+    try:
+        with open(path, "rb") as fh:
+            return _RestrictedUnpickler(fh, str(path)).load()
+    except DataError:
+        raise
+    except MemoryError:
+        raise
+    except OSError as exc:
+        raise _fail(f"{path}: cannot read: {exc}") from exc
+    except Exception as exc:  # truncated/corrupt: EOFError, UnpicklingError, ValueError, ...
+        raise _fail(
+            f"{path}: not a readable pickle (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def load_mult_pickle(path: str | Path, task: str | None = None) -> MultData:
+    """Load a MulT pickle with the restricted unpickler, then validate it (see from_raw)."""
+    p = Path(path)
+    raw = _safe_unpickle(p)
+    return _from_raw(raw, str(p), task, inplace=True)
+
+
+def write_mult_pickle(raw: dict, path: str | Path) -> Path:
+    """Write ``raw`` as a MulT-format pickle (protocol 4), atomically (temp file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(raw, fh, protocol=4)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+# --------------------------------------------------------------------------------------
+# file names and dataset selection
+# --------------------------------------------------------------------------------------
+
+
+def data_file_name(dataset: str, aligned: bool) -> str:
+    """The names MulT published: ``<dataset>_data.pkl`` aligned, ``_data_noalign.pkl`` not."""
+    return f"{dataset}_data.pkl" if aligned else f"{dataset}_data_noalign.pkl"
+
+
+def resolve_data_file(dataset: str, data_path: str | Path, aligned: bool) -> Path:
+    """Accept either the file itself or a folder holding the MulT-named file."""
+    p = Path(data_path)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise _fail(f"--data_path {p} does not exist")
+    name = data_file_name(dataset, aligned)
+    cand = p / name
+    if cand.is_file():
+        return cand
+    other = p / data_file_name(dataset, not aligned)
+    hint = ""
+    if other.is_file():
+        flag = "--aligned" if not aligned else "no --aligned"
+        hint = f" ({other.name} is there: use {flag})"
+    raise _fail(f"--data_path {p}: no file {name} found (looked for {cand}){hint}")
+
+
+def load_dataset(
+    dataset: str,
+    data_path: str | Path | None,
+    aligned: bool = False,
+    preset: str = "tiny",
+    seed: int = 0,
+) -> MultData:
+    """The one entry point trainers call: a real MulT file, or the synthetic generator.
+
+    For ``synthetic``, a ``data_path`` that is a file (or a folder holding the synthetic
+    file) is loaded as a MulT pickle; otherwise the preset is generated in memory, and
+    ``aligned=True`` picks the preset's ``_aligned`` variant.
+    """
+    if dataset not in DATASETS:
+        raise _fail(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        if data_path is not None:
+            p = Path(data_path)
+            if p.is_file():
+                return load_mult_pickle(p)
+            cand = p / data_file_name("synthetic", aligned)
+            if cand.is_file():
+                return load_mult_pickle(cand)
+        name = _preset_name(preset, aligned)
+        raw = make_synthetic(name, seed)
+        return _from_raw(raw, f"synthetic:{name}:seed={seed}", None, inplace=True)
+    if data_path is None:
+        raise _fail(f"dataset {dataset!r} needs --data_path (a folder or the file itself)")
+    path = resolve_data_file(dataset, data_path, aligned)
+    return load_mult_pickle(path, task="iemocap" if dataset == "iemocap" else "regression")
+
+
+# --------------------------------------------------------------------------------------
+# synthetic data
+# --------------------------------------------------------------------------------------
+
+
+def _preset(
+    n: tuple[int, int, int],
+    seq_lens: tuple[int, int, int],
+    input_dims: tuple[int, int, int],
+    task: str,
+    dataset: str,
+    aligned: bool,
+) -> dict:
+    """Split sizes, (Tl, Ta, Tv), (Dl, Da, Dv), task, and the MulT file name it is saved under."""
+    return dict(
+        n=n, seq_lens=seq_lens, input_dims=input_dims, task=task, dataset=dataset, aligned=aligned
+    )
+
+
+_TINY_N, _TINY_DIMS = (512, 128, 128), (24, 8, 10)
+_MOSI_N, _MOSEI_N = (1284, 229, 686), (16326, 1871, 4659)
+_MOSEI_ALIGNED_N, _IEMOCAP_N = (16265, 1869, 4643), (2717, 798, 938)
+
+# Shapes as published (data-format.md); "dataset" and "aligned" choose the MulT file name.
+PRESETS: dict[str, dict] = {
+    "tiny": _preset(_TINY_N, (12, 16, 14), _TINY_DIMS, "regression", "synthetic", False),
+    "tiny_aligned": _preset(_TINY_N, (12, 12, 12), _TINY_DIMS, "regression", "synthetic", True),
+    "iemocap_tiny": _preset(_TINY_N, (12, 16, 14), _TINY_DIMS, "iemocap", "iemocap", False),
+    "mosi": _preset(_MOSI_N, (50, 375, 500), (300, 5, 20), "regression", "mosi", False),
+    "mosi_aligned": _preset(_MOSI_N, (50, 50, 50), (300, 5, 20), "regression", "mosi", True),
+    "mosei": _preset(_MOSEI_N, (50, 500, 500), (300, 74, 35), "regression", "mosei_senti", False),
+    "mosei_aligned": _preset(
+        _MOSEI_ALIGNED_N, (50, 50, 50), (300, 74, 35), "regression", "mosei_senti", True
+    ),
+    "iemocap": _preset(_IEMOCAP_N, (20, 400, 500), (300, 74, 35), "iemocap", "iemocap", False),
+    "iemocap_aligned": _preset(_IEMOCAP_N, (20, 20, 20), (300, 74, 35), "iemocap", "iemocap", True),
+}
+
+# Label model: y = A*s_t + B*s_a + C*s_v + E*s_a*s_v + F*s_t*s_a + noise. The conditional
+# mean given one modality is linear in its latent (the products have mean 0 given one
+# factor), so a single modality explains at most coef^2 / total of the variance: 30% text,
+# 25% audio, 25% vision; all three linearly 80%; with the two interactions 98%.
+_COEF = dict(text=1.1, audio=1.0, vision=1.0, audio_vision=0.65, text_audio=0.55)
+_LABEL_NOISE = 0.3
+_LABEL_STD = 1.4  # MOSI-like spread; ~3% of labels reach the clip at +-3
+_SIGNAL_DIMS = 16  # big feature spaces carry the signal on a subset of dims
+_N_NUISANCE = 2  # per modality, plus one shared across modalities: look like signal, aren't
+_DEFAULT_NOISE = 1.0
+
+
+def _preset_name(preset: str, aligned: bool) -> str:
+    if preset not in PRESETS:
+        raise _fail(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if not aligned or PRESETS[preset]["aligned"]:
+        return preset
+    alt = f"{preset}_aligned"
+    if alt not in PRESETS:
+        aligned_ones = [k for k, v in PRESETS.items() if v["aligned"]]
+        raise _fail(
+            f"preset {preset!r} has no aligned variant; aligned presets: {', '.join(aligned_ones)}"
+        )
+    return alt
+
+
+def _check_triple(name: str, val: Any) -> tuple[int, int, int]:
+    try:
+        t = tuple(int(v) for v in val)
+    except (TypeError, ValueError) as exc:
+        raise _fail(
+            f"{name}: expected 3 positive integers (text, audio, vision), got {val!r}"
+        ) from exc
+    if len(t) != 3 or min(t) < 1:
+        raise _fail(f"{name}: expected 3 positive integers (text, audio, vision), got {val!r}")
+    return t  # type: ignore[return-value]
+
+
+def _unit_direction(rng: np.random.Generator, dim: int) -> np.ndarray:
+    support = rng.permutation(dim)[: min(dim, _SIGNAL_DIMS)]
+    u = np.zeros(dim, dtype=np.float64)
+    u[support] = rng.standard_normal(len(support))
+    return (u / np.linalg.norm(u)).astype(np.float32)
+
+
+def _time_weights(rng: np.random.Generator, steps: int) -> np.ndarray:
+    w = 0.5 + rng.random(steps)  # positive: mean pooling and the last step both see it
+    return (w / w.mean()).astype(np.float32)
+
+
+def _world(rng: np.random.Generator, seq_lens: tuple[int, ...], dims: tuple[int, ...]) -> dict:
+    """Fixed structure shared by all splits: where each latent lives in each modality."""
+    world = {}
+    for m, t, d in zip(MODALITIES, seq_lens, dims, strict=True):
+        k = 2 + _N_NUISANCE  # own latent, own nuisances, shared nuisance
+        dirs = np.stack([_unit_direction(rng, d) for _ in range(k)])  # (k, D)
+        weights = np.stack([_time_weights(rng, t) for _ in range(k)])  # (k, T)
+        weights[-1] = 1.0  # the shared nuisance is constant in time (a speaker-like offset)
+        world[m] = (dirs, weights)
+    return world
+
+
+def _emotion_labels(rng: np.random.Generator, lat: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,4,2) one-hot per emotion; each emotion a different fusion-needing score."""
+    st, sa, sv = lat["text"], lat["audio"], lat["vision"]
+    n = st.shape[0]
+    half_normal_mean = math.sqrt(2 / math.pi)  # E|s|: centres the neutral score
+    scores = np.stack(
+        [
+            2 * half_normal_mean - np.abs(st) - np.abs(sa) + 0.8 * sa * sv,  # neutral
+            st + 0.8 * sa + 0.7 * st * sv,  # happy
+            -st - 0.6 * sv + 0.8 * sa * sv,  # sad
+            0.6 * st + sa - 0.8 * st * sa,  # angry
+        ],
+        axis=1,
+    )
+    # divide by the analytic std (not the sample's, which is 0 for a split of one)
+    std = np.sqrt([2 * (1 - 2 / math.pi) + 0.64, 1 + 0.64 + 0.49, 1 + 0.36 + 0.64, 2.0])
+    scores = scores / std + 0.3 * rng.standard_normal((n, 4))
+    on = scores > 0.4  # ~1/3 positive per emotion, imbalanced like IEMOCAP
+    out = np.zeros((n, 4, 2), dtype=np.float32)
+    out[..., 1] = on
+    out[..., 0] = ~on
+    return out
+
+
+def _make_split(
+    rng: np.random.Generator,
+    split: str,
+    n: int,
+    seq_lens: tuple[int, int, int],
+    dims: tuple[int, int, int],
+    world: dict,
+    task: str,
+    noise: float,
+    nonfinite_rate: float,
+) -> dict:
+    lat = {m: rng.standard_normal(n) for m in MODALITIES}
+    shared = rng.standard_normal(n)
+    nuis = {m: rng.standard_normal((n, _N_NUISANCE)) for m in MODALITIES}
+    out: dict[str, Any] = {}
+    for m, t, d in zip(MODALITIES, seq_lens, dims, strict=True):
+        dirs, weights = world[m]
+        z = np.concatenate([lat[m][:, None], nuis[m], shared[:, None]], axis=1)
+        z = z.astype(np.float32)  # (n, k)
+        x = np.empty((n, t, d), dtype=np.float32)
+        step = max(1, _CHUNK_ELEMS // (t * d))
+        for i in range(0, n, step):
+            j = min(n, i + step)
+            chunk = rng.standard_normal((j - i, t, d), dtype=np.float32)
+            chunk *= np.float32(noise)
+            # sum_k z[n,k] * w[k,t] * u[k,d], in float32, chunk-sized temporaries only
+            chunk += np.einsum("nk,kt,kd->ntd", z[i:j], weights, dirs, optimize=True)
+            x[i:j] = chunk
+        if m != "text" and nonfinite_rate > 0:
+            k = int(rng.binomial(x.size, nonfinite_rate))
+            if k:
+                flat = x.reshape(-1)
+                idx = rng.integers(0, x.size, size=k)
+                vals = np.where(rng.random(k) < 2 / 3, -np.inf, np.nan).astype(np.float32)
+                flat[idx] = vals
+        out[m] = x
+    if task == "iemocap":
+        out["labels"] = _emotion_labels(rng, lat)
+    else:
+        st, sa, sv = lat["text"], lat["audio"], lat["vision"]
+        c = _COEF
+        y = (
+            c["text"] * st
+            + c["audio"] * sa
+            + c["vision"] * sv
+            + c["audio_vision"] * sa * sv
+            + c["text_audio"] * st * sa
+            + _LABEL_NOISE * rng.standard_normal(n)
+        )
+        total = sum(v * v for v in c.values()) + _LABEL_NOISE**2
+        y = np.clip(y * (_LABEL_STD / math.sqrt(total)), -LABEL_RANGE, LABEL_RANGE)
+        out["labels"] = y.astype(np.float32).reshape(n, 1, 1)
+    ids = np.empty((n, 3), dtype=object)
+    for i in range(n):  # MOSI style: video id, segment start, segment end, as bytes
+        seg = i % 8
+        ids[i, 0] = f"syn_{split}_{i // 8:05d}".encode()
+        ids[i, 1] = f"{seg * 4.0:.2f}".encode()
+        ids[i, 2] = f"{seg * 4.0 + 3.5:.2f}".encode()
+    out["id"] = ids
+    return out
+
+
+def make_synthetic(
+    preset: str = "tiny",
+    seed: int = 0,
+    *,
+    n_train: int | None = None,
+    n_valid: int | None = None,
+    n_test: int | None = None,
+    seq_lens: tuple[int, int, int] | None = None,
+    input_dims: tuple[int, int, int] | None = None,
+    nonfinite_rate: float = 1e-3,
+    noise: float | None = None,
+) -> dict:
+    """A raw MulT-format dict, deterministic for ``seed``, whose labels reward fusion.
+
+    Each sample has one latent per modality, embedded along a fixed direction of that
+    modality with positive time weights (so pooling recovers it), plus nuisance latents.
+    The label mixes all three latents and two pairwise products (see ``_COEF``), so no
+    single modality can explain most of it. Audio and vision get ``-inf``/NaN sprinkled
+    at ``nonfinite_rate`` like the real files.
+    """
+    if preset not in PRESETS:
+        raise _fail(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    sizes = [cfg["n"][i] if v is None else v for i, v in enumerate((n_train, n_valid, n_test))]
+    for s, v in zip(SPLITS, sizes, strict=True):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise _fail(f"n_{s}: expected a positive integer, got {v!r}")
+    lens = _check_triple("seq_lens", cfg["seq_lens"] if seq_lens is None else seq_lens)
+    dims = _check_triple("input_dims", cfg["input_dims"] if input_dims is None else input_dims)
+    if not (0.0 <= float(nonfinite_rate) < 1.0):
+        raise _fail(f"nonfinite_rate: expected a value in [0, 1), got {nonfinite_rate!r}")
+    noise_v = _DEFAULT_NOISE if noise is None else float(noise)
+    if not (noise_v >= 0.0 and math.isfinite(noise_v)):
+        raise _fail(f"noise: expected a finite value >= 0, got {noise!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise _fail(f"seed: expected a non-negative integer, got {seed!r}")
+    ss = np.random.SeedSequence(int(seed))
+    world_ss, *split_ss = ss.spawn(1 + len(SPLITS))
+    world = _world(np.random.default_rng(world_ss), lens, dims)
+    return {
+        s: _make_split(
+            np.random.default_rng(sseq),
+            s,
+            int(n),
+            lens,
+            dims,
+            world,
+            cfg["task"],
+            noise_v,
+            float(nonfinite_rate),
+        )
+        for s, n, sseq in zip(SPLITS, sizes, split_ss, strict=True)
+    }
+
+
+# --------------------------------------------------------------------------------------
+# CLI: python -m ucrn synth
+# --------------------------------------------------------------------------------------
+
+
+class _ArgError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line instead of usage + exit
+        raise _ArgError(message)
+
+
+def synth_main(argv: list[str] | None = None) -> int:
+    """``python -m ucrn synth --preset NAME --out DIR [--seed N] [--aligned]``.
+
+    Writes DIR/<MulT file name> so training can load it with ``--data_path DIR`` exactly
+    as it would load the real files. Returns 0, 2 for bad arguments, 1 for I/O errors.
+    """
+    parser = _Parser(
+        prog="python -m ucrn synth",
+        description="Write a synthetic dataset as a MulT-format pickle.",
+    )
+    parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--aligned", action="store_true", help="use the preset's aligned variant")
+    try:
+        args = parser.parse_args(argv)
+        name = _preset_name(args.preset, args.aligned)
+        raw = make_synthetic(name, args.seed)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (_ArgError, DataError) as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    cfg = PRESETS[name]
+    out = Path(args.out) / data_file_name(cfg["dataset"], cfg["aligned"])
+    try:
+        write_mult_pickle(raw, out)
+    except OSError as exc:
+        print(f"error: cannot write {out}: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
