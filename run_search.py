@@ -1,0 +1,14 @@
+"""Search UCRN hyperparameters with Ray Tune (Optuna TPE + ASHA); see search/driver.py.
+
+    python run_search.py                      # small search on synthetic data, CPU, minutes
+    python run_search.py --dataset mosei_senti --data-path DIR --num-samples 64 \\
+        --max-epochs 40 --gpus-per-trial 0.25
+    python run_search.py --retrain ray_results/ucrn-search --seeds 1111,1112,1113
+"""
+
+import sys
+
+from search.driver import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,598 @@
+"""run_search.py: a Ray Tune search (Optuna TPE + ASHA) over UCRN trials, results in Parquet.
+
+Everything that can be wrong with the flags, the space file, the storage or the data
+is checked before Ray starts, and reported in one line (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from search.results import RETRAIN, ResultsStore, TrialBook
+from search.space import SpaceError, load_space, searched
+from ucrn.data import DataError, load_dataset
+from ucrn.metrics import metric_mode
+from ucrn.train import TrainConfig
+
+EXECUTORS = ("train", "tune")
+
+
+class UsageError(Exception):
+    """A bad flag or input: one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="run_search.py", description=__doc__.splitlines()[0])
+    a = p.add_argument
+    a("--dataset", default="synthetic", help="synthetic | mosi | mosei_senti | iemocap")
+    a("--data-path", default=None, help="folder with the MulT pickle (or the file)")
+    a("--aligned", action="store_true", help="word-aligned MulT files")
+    a("--preset", default="tiny", help="synthetic data preset (tiny, mosi, mosei, ...)")
+    a("--modalities", default="lav", help="subset of 'lav'")
+    a("--space", default=None, help="search space YAML (default: search/spaces/default.yaml)")
+    a("--num-samples", type=int, default=8, help="trials to run")
+    a("--max-concurrent", type=int, default=0, help="trials at once (0 = as resources allow)")
+    a("--max-epochs", type=int, default=4, help="epochs per trial (ASHA's max_t)")
+    a("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    a("--reduction-factor", type=float, default=2, help="ASHA reduction factor")
+    a("--metric", default="MAE", help="validation metric to optimise (mode is the natural one)")
+    a("--cpus-per-trial", type=float, default=1.0)
+    a("--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU")
+    a("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP when > 1)")
+    a("--executor", default="train", help="train (Ray Train per trial) | tune (plain Tune function)")
+    a("--max-failures", type=int, default=2, help="retries of a failed trial, from its checkpoint")
+    a("--storage", default="ray_results", help="results folder or URI (s3://..., shared on clusters)")
+    a("--name", default="ucrn-search", help="search name: results go to STORAGE/NAME")
+    a("--address", default=None, help="existing Ray cluster (host:port or auto); default: start one")
+    a("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
+    a("--seed", type=int, default=1234, help="seed of the trials and of Optuna's sampler")
+    a("--retrain", default=None, metavar="STORAGE/NAME",
+      help="re-train that search's best config once per --seeds and test it")
+    a("--seeds", default="1111,1112,1113,1114,1115", help="seeds for --retrain")
+    a("--trial", default=None, help="with --retrain: this trial's config instead of the best")
+    return p
+
+
+# ---- validation, before Ray --------------------------------------------------------------
+
+def check_flags(ns: argparse.Namespace) -> None:
+    rules = [
+        (ns.num_samples >= 1, "--num-samples", ns.num_samples, "an integer >= 1"),
+        (ns.max_concurrent >= 0, "--max-concurrent", ns.max_concurrent, ">= 0 (0 = auto)"),
+        (ns.max_epochs >= 1, "--max-epochs", ns.max_epochs, "an integer >= 1"),
+        (1 <= ns.grace_period <= ns.max_epochs, "--grace-period", ns.grace_period,
+         f"between 1 and --max-epochs ({ns.max_epochs})"),
+        (ns.reduction_factor > 1, "--reduction-factor", ns.reduction_factor, "> 1"),
+        (math.isfinite(ns.cpus_per_trial) and ns.cpus_per_trial > 0, "--cpus-per-trial",
+         ns.cpus_per_trial, "a number > 0"),
+        (math.isfinite(ns.gpus_per_trial) and ns.gpus_per_trial >= 0, "--gpus-per-trial",
+         ns.gpus_per_trial, "a number >= 0"),
+        (ns.workers_per_trial >= 1, "--workers-per-trial", ns.workers_per_trial, "an integer >= 1"),
+        (ns.executor in EXECUTORS, "--executor", ns.executor, "train or tune"),
+        (ns.max_failures >= 0, "--max-failures", ns.max_failures, ">= 0"),
+    ]
+    for ok, flag, value, expected in rules:
+        if not ok:
+            raise UsageError(f"{flag} {value}: expected {expected}")
+    if ns.executor == "tune" and ns.workers_per_trial > 1:
+        raise UsageError("--workers-per-trial > 1 needs --executor train (DDP runs on Ray Train)")
+    if ns.executor == "train" and ns.cpus_per_trial <= 0.1:
+        raise UsageError(f"--cpus-per-trial {ns.cpus_per_trial}: --executor train needs > 0.1 "
+                         "(0.1 CPU goes to the trial's driver)")
+    if ns.gpus_per_trial > 1 and ns.gpus_per_trial / ns.workers_per_trial > 1:
+        raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: more than 1 GPU per worker; "
+                         f"use --workers-per-trial {math.ceil(ns.gpus_per_trial)} for DDP")
+    try:
+        metric_mode(ns.metric)
+    except ValueError as e:
+        raise UsageError(f"--metric {ns.metric}: {e}") from None
+    if ns.gpus_per_trial > 0 and ns.address is None:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: this machine has no GPU "
+                             "(use 0, or --address of a cluster with GPUs)")
+
+
+def check_storage(storage: str) -> str:
+    """An absolute local path (created, writable) or a URI; returns what Ray should get."""
+    if "://" in storage and not storage.startswith("file://"):
+        return storage
+    path = Path(storage.removeprefix("file://")).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--storage {storage}: is a file, expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--storage {storage}: not writable ({e.strerror or e})") from None
+    return str(path)
+
+
+def check_address(address: str | None) -> None:
+    """Fail within seconds when nobody answers, instead of Ray's long retries."""
+    if address is None or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: expected host:port, auto or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError:
+        raise UsageError(f"--address {address}: nobody answers there (waited 5 s); "
+                         "is the Ray head running?") from None
+
+
+# ---- progress and results, on the driver -----------------------------------------------
+
+def _make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
+                   base: dict[str, Any], total: int, retrain: bool):
+    from ray import tune
+
+    class Recorder(tune.Callback):
+        """Writes Parquet as trials report and prints a compact progress view."""
+
+        def __init__(self) -> None:
+            self.uri, self.search, self.metric, self.mode = uri, search, metric, mode
+            self.executor, self.base, self.total, self.retrain = executor, base, total, retrain
+            self.book: TrialBook | None = None
+            self.last_print = 0.0
+            self.t0 = time.time()
+
+        def setup(self, **info: Any) -> None:
+            self.book = TrialBook(ResultsStore(self.uri), self.search, self.metric, self.mode,
+                                  self.executor)
+            self.book.load()
+            self.t0 = time.time()
+            self.finals: dict[str, dict[str, Any]] = {}
+
+        def config_of(self, trial) -> dict[str, Any]:
+            return TrainConfig.from_dict({**self.base, **trial.config}).to_dict()
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
+            print(f"[{self._clock()}] start {trial.trial_id}: {shown}", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            result = dict(result)
+            if "checkpoint_path" in result:
+                result["checkpoint"] = result["checkpoint_path"]
+            elif trial.checkpoint is not None:
+                result["checkpoint"] = trial.checkpoint.path
+            if result.get("final"):
+                self.finals[trial.trial_id] = {**result, "seed": trial.config.get("seed")}
+                return
+            self.book.add_result(trial.trial_id, self.config_of(trial), result)
+            if time.time() - self.last_print > 15:
+                self._table(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            row = self.book.finish(trial.trial_id, self.config_of(trial))
+            self._line(row)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            row = self.book.finish(trial.trial_id, self.config_of(trial), "errored",
+                                   _first_error_line(trial))
+            self._line(row)
+
+        def on_experiment_end(self, trials, **info):
+            # trials finished before a driver crash may never have been closed here
+            for trial in trials:
+                row = self.book.trials.get(trial.trial_id)
+                if row is None or row["status"] != "running":
+                    continue
+                if trial.status == "TERMINATED":
+                    self.book.finish(trial.trial_id, self.config_of(trial))
+                elif trial.status == "ERROR":
+                    self.book.finish(trial.trial_id, self.config_of(trial), "errored",
+                                     _first_error_line(trial))
+
+        def _line(self, row: dict[str, Any]) -> None:
+            done = sum(t["status"] != "running" for t in self.book.trials.values())
+            best = self.book.best_trial()
+            value = row.get(self.metric, math.nan)
+            msg = (f"[{self._clock()}] {done}/{self.total} {row['trial_id']} {row['status']}"
+                   f" after {row['epochs_run']} epoch(s): {self.metric} {_fmt(value)}")
+            if row.get("error"):
+                msg += f"  error: {row['error']}"
+            if best is not None:
+                msg += f"  | best {best['trial_id']} {self.metric} {_fmt(best[self.metric])}"
+            print(msg, flush=True)
+
+        def _table(self, trials) -> None:
+            self.last_print = time.time()
+            by_status: dict[str, int] = {}
+            for t in self.book.trials.values():
+                by_status[t["status"]] = by_status.get(t["status"], 0) + 1
+            best = self.book.best_trial()
+            running = [t for t in self.book.trials.values() if t["status"] == "running"]
+            parts = [f"{k} {v}" for k, v in sorted(by_status.items())]
+            print(f"[{self._clock()}] trials: {', '.join(parts)}; pending "
+                  f"{max(0, self.total - len(self.book.trials))}"
+                  + (f"; best {self.metric} {_fmt(best[self.metric])}" if best else ""), flush=True)
+            for t in running:
+                print(f"           {t['trial_id']} epoch {t['epochs_run']}: {self.metric} "
+                      f"{_fmt(t.get(self.metric, math.nan))}", flush=True)
+
+        def _clock(self) -> str:
+            s = int(time.time() - self.t0)
+            return f"{s // 60:02d}:{s % 60:02d}"
+
+    return Recorder()
+
+
+def _first_error_line(trial) -> str:
+    try:
+        err = trial.get_error()
+        text = str(err) if err is not None else ""
+    except Exception:  # noqa: BLE001 - the error file may be gone; the status says enough
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # the last line of a traceback is the exception itself
+    useful = [ln for ln in lines if not ln.startswith(("Traceback", "File ", "^", "The above"))]
+    return (useful[-1] if useful else "unknown error")[:500]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+# ---- Ray ---------------------------------------------------------------------------------
+
+def start_ray(address: str | None, threads: int) -> None:
+    import optuna
+    import ray
+
+    from search.trial import trial_env
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Tune's tables
+    env = {"env_vars": trial_env(threads)}
+    if address is None:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+                 runtime_env=env, configure_logging=True, logging_level="ERROR")
+    else:
+        ray.init(address=address, log_to_driver=False, runtime_env=env, logging_level="ERROR")
+
+
+def check_cluster(ns: argparse.Namespace) -> None:
+    import ray
+
+    if ns.gpus_per_trial > 0:
+        per_worker = ns.gpus_per_trial / ns.workers_per_trial
+        most = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+        if most == 0:
+            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: the cluster has no GPU")
+        if per_worker > most:
+            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: {per_worker} GPU per worker, "
+                             f"but the largest node has {most}")
+
+
+def auto_concurrency(ns: argparse.Namespace) -> int:
+    """Trials that fit the cluster now: more would only park trial drivers waiting for
+    workers (each holding a process and 0.1 CPU)."""
+    import ray
+
+    res = ray.cluster_resources()
+    fits = int(res.get("CPU", 0) // ns.cpus_per_trial)
+    if ns.gpus_per_trial > 0:
+        fits = min(fits, int(res.get("GPU", 0) // ns.gpus_per_trial))
+    return max(1, fits)
+
+
+def trial_settings(ns: argparse.Namespace, uri: str, base: dict[str, Any],
+                   save_models: bool) -> dict[str, Any]:
+    workers = ns.workers_per_trial
+    driver_cpu = 0.1 if ns.executor == "train" else 0.0
+    return {
+        "base": base, "workers": workers, "gpus": ns.gpus_per_trial,
+        "cpus_per_worker": (ns.cpus_per_trial - driver_cpu) / workers,
+        "max_failures": ns.max_failures, "train_storage": f"{uri.rstrip('/')}/train_runs",
+        "results_uri": uri, "save_models": save_models,
+    }
+
+
+def make_trainable(ns: argparse.Namespace, data, settings: dict[str, Any]):
+    import ray
+    from ray import tune
+
+    from search.trial import train_trial, tune_trial
+
+    box = [ray.put(data)]  # once per search; trials on a node share it from the object store
+    if ns.executor == "train":
+        fn, res = train_trial, {"CPU": 0.1}
+    else:
+        fn, res = tune_trial, {"CPU": ns.cpus_per_trial, "GPU": ns.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(fn, data_box=box, settings=settings), res)
+
+
+def base_config(ns: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+    """The fixed part of every trial's config: flags plus the space's fixed values."""
+    threads = max(1, int(ns.cpus_per_trial / ns.workers_per_trial))
+    base = {"dataset": ns.dataset, "data_path": ns.data_path, "aligned": ns.aligned,
+            "preset": ns.preset, "modalities": ns.modalities, "num_epochs": ns.max_epochs,
+            "seed": ns.seed, "threads": threads, "select_metric": ns.metric,
+            "device": "cpu" if ns.gpus_per_trial == 0 else "auto"}
+    base.update({k: v for k, v in spec.items() if not isinstance(v, dict)})
+    TrainConfig.from_dict(base, where="flags")
+    return base
+
+
+# ---- the search ------------------------------------------------------------------------
+
+def run_search(ns: argparse.Namespace) -> int:
+    storage = check_storage(ns.storage)
+    uri = f"{storage.rstrip('/')}/{ns.name}"
+    store = ResultsStore(uri)
+    if ns.resume:
+        saved = store.read_json("search.json")
+        if saved is None:
+            raise UsageError(f"--resume: no search named {ns.name!r} under {storage} "
+                             "(search.json not found)")
+        for key, value in saved["flags"].items():  # the interrupted search's own settings
+            if key not in ("resume", "address"):
+                setattr(ns, key, value)
+    elif store.exists("search.json"):
+        raise UsageError(f"--name {ns.name}: a search already exists at {uri}; "
+                         "use --resume to continue it or another --name")
+    check_flags(ns)
+    try:
+        spec = load_space(ns.space)
+    except SpaceError as e:
+        raise UsageError(str(e)) from None
+    base = base_config(ns, spec)
+    data = load_data(ns)
+    check_address(ns.address)
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.space import to_tune
+
+    mode = metric_mode(ns.metric)
+    param_space = to_tune({k: v for k, v in spec.items() if isinstance(v, dict)})
+    if not ns.resume:
+        store.write_json("search.json", {"flags": vars(ns), "space": spec, "metric": ns.metric,
+                                         "mode": mode, "searched": searched(spec),
+                                         "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    start_ray(ns.address, base["threads"])
+    import ray
+
+    try:
+        check_cluster(ns)
+        settings = trial_settings(ns, uri, base, save_models=False)
+        trainable = make_trainable(ns, data, settings)
+        recorder = _make_recorder(uri, ns.name, ns.metric, mode, ns.executor, base,
+                                  ns.num_samples, retrain=False)
+        print(f"search {ns.name}: {ns.num_samples} trials x up to {ns.max_epochs} epochs, "
+              f"executor {ns.executor}, {ns.metric} ({mode}); searching {', '.join(searched(spec))}"
+              f"\nresults: {uri}", flush=True)
+        if ns.resume:
+            tuner = tune.Tuner.restore(uri, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, param_space=param_space)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=ns.metric, mode=mode, num_samples=ns.num_samples,
+                    max_concurrent_trials=ns.max_concurrent or auto_concurrency(ns),
+                    search_alg=OptunaSearch(seed=ns.seed),
+                    scheduler=ASHAScheduler(time_attr="epoch", max_t=ns.max_epochs,
+                                            grace_period=ns.grace_period,
+                                            reduction_factor=ns.reduction_factor)),
+                run_config=tune.RunConfig(
+                    name=ns.name, storage_path=storage, callbacks=[recorder], verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=ns.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            )
+        with _graceful_stop(ns, uri):
+            tuner.fit()
+        return summarize(store, ns, mode)
+    finally:
+        ray.shutdown()
+
+
+class _graceful_stop:
+    """SIGINT/SIGTERM: let Tune stop its trials and flush, then say how to resume."""
+
+    def __init__(self, ns: argparse.Namespace, uri: str):
+        self.ns, self.uri, self.hit = ns, uri, False
+
+    def __enter__(self):
+        self.old = signal.signal(signal.SIGTERM, self._term)
+        return self
+
+    def _term(self, signum, frame):
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, typ, exc, tb):
+        signal.signal(signal.SIGTERM, self.old)
+        if typ is KeyboardInterrupt or self.hit:
+            print(f"\ninterrupted: results so far are in {self.uri}\nresume with: python "
+                  f"run_search.py --resume --name {self.ns.name} --storage {self.ns.storage}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(130)
+        return False
+
+
+def load_data(ns: argparse.Namespace):
+    try:
+        data = load_dataset(ns.dataset, ns.data_path, ns.aligned, preset=ns.preset)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    return data
+
+
+def summarize(store: ResultsStore, ns: argparse.Namespace, mode: str) -> int:
+    book = TrialBook(store, ns.name, ns.metric, mode, ns.executor)
+    book.load()
+    counts: dict[str, int] = {}
+    for t in book.trials.values():
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}")
+    best = book.best_trial()
+    if best is None:
+        print("no trial finished with a finite metric; nothing to recommend", file=sys.stderr)
+        return 1
+    config = {k: best[k] for k in TrainConfig.__dataclass_fields__ if k in best}
+    store.write_json("best_config.json", TrainConfig.from_dict(config).to_dict())
+    metrics = {k: best[k] for k in ("loss", "MAE", "Corr", "Mult_acc_7", "Has0_acc_2",
+                                    "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
+                                    "Mean_acc", "Mean_F1") if k in best}
+    print(f"best trial {best['trial_id']} ({best['status']}, best epoch {best['best_epoch']}): "
+          + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+    print("config: " + ", ".join(f"{k}={_fmt(best[k])}" for k in searched(
+        store.read_json("search.json")["space"])))
+    print(f"results: {store.path('trials.parquet')}, {store.path('epochs.parquet')}, "
+          f"{store.path('best_config.json')}\nanalyse: python analyze.py {store.uri}")
+    return 0
+
+
+# ---- re-training the best configuration on several seeds ---------------------------------
+
+def run_retrain(ns: argparse.Namespace) -> int:
+    import numpy as np
+
+    store = ResultsStore(ns.retrain)
+    try:
+        seeds = [int(s) for s in ns.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {ns.seeds!r}: expected comma-separated integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {ns.seeds!r}: expected distinct seeds")
+    config, trial_id = _retrain_config(store, ns)
+    ns.executor = "train" if ns.workers_per_trial > 1 or ns.executor == "train" else ns.executor
+    check_flags(ns)
+    try:
+        data = load_dataset(config["dataset"], config["data_path"], config["aligned"],
+                            preset=config["preset"], seed=config["data_seed"])
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    check_address(ns.address)
+
+    from ray import tune
+
+    start_ray(ns.address, max(1, int(ns.cpus_per_trial)))
+    import ray
+
+    try:
+        check_cluster(ns)
+        base = {k: v for k, v in config.items() if k != "seed"}
+        base["threads"] = max(1, int(ns.cpus_per_trial / ns.workers_per_trial))
+        settings = trial_settings(ns, store.uri, base, save_models=True)
+        trainable = make_trainable(ns, data, settings)
+        metric = config["select_metric"] if config["select_metric"] != "auto" else (
+            "loss" if data.task == "iemocap" else "MAE")
+        recorder = _make_recorder(store.uri, f"{store.uri.rstrip('/').rsplit('/', 1)[-1]}-retrain",
+                                  metric, metric_mode(metric), ns.executor, base, len(seeds),
+                                  retrain=True)
+        print(f"re-training trial {trial_id} on seeds {seeds}, {config['num_epochs']} epochs each",
+              flush=True)
+        tuner = tune.Tuner(
+            trainable, param_space={"seed": tune.grid_search(seeds)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=ns.max_concurrent or auto_concurrency(ns)),
+            run_config=tune.RunConfig(
+                name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=f"{store.uri.rstrip('/')}/retrain_runs", callbacks=[recorder],
+                verbose=0, failure_config=tune.FailureConfig(max_failures=ns.max_failures)),
+        )
+        tuner.fit()
+        finals = recorder.finals
+    finally:
+        ray.shutdown()
+    rows = []
+    for tid, fin in finals.items():
+        row = {"search": ns.retrain, "trial_id": trial_id, "retrain_trial": tid}
+        row.update({k: v for k, v in fin.items() if _is_metric_key(k)})
+        row.update({"best_epoch": fin["best_epoch"], "checkpoint": fin["model_checkpoint"]})
+        row.update(base)
+        row["seed"] = int(fin["seed"])
+        rows.append(row)
+    if len(rows) != len(seeds):
+        print(f"error: {len(seeds) - len(rows)} of {len(seeds)} re-training runs did not finish",
+              file=sys.stderr)
+    if not rows:
+        return 1
+    for row in rows:
+        store.write_rows(RETRAIN, f"seed_{row['seed']}", [row])
+    keys = [k for k in rows[0] if _is_metric_key(k)]
+    print(f"\nmean ± std over seeds {sorted(r['seed'] for r in rows)} ({len(rows)} runs):")
+    for split, pick in (("valid", lambda k: not k.startswith("test_")),
+                        ("test", lambda k: k.startswith("test_"))):
+        parts = []
+        for k in filter(pick, keys):
+            vals = np.array([r[k] for r in rows], dtype=float)
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            parts.append(f"{k.removeprefix('test_')} {np.mean(vals):.4f}±{std:.4f}")
+        print(f"  {split}: " + "  ".join(parts))
+    print(f"results: {store.path(RETRAIN)}")
+    return 0 if len(rows) == len(seeds) else 1
+
+
+def _is_metric_key(k: str) -> bool:
+    from search.results import METRICS
+
+    return k in METRICS or (k.startswith("test_") and k[5:] in METRICS)
+
+
+def _retrain_config(store: ResultsStore, ns: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    where = store.path("best_config.json")
+    if ns.trial:
+        book = TrialBook(store, "", "MAE", "min", "")
+        book.load()
+        row = book.trials.get(ns.trial)
+        if row is None:
+            raise UsageError(f"--trial {ns.trial}: no such trial in {store.path('trials.parquet')}")
+        raw = {k: row[k] for k in TrainConfig.__dataclass_fields__ if k in row}
+        where = f"trial {ns.trial}"
+        trial_id = ns.trial
+    else:
+        raw = store.read_json("best_config.json")
+        if raw is None:
+            raise UsageError(f"--retrain {ns.retrain}: no best_config.json there "
+                             "(is it a finished search?)")
+        trial_id = "best"
+    try:
+        return TrainConfig.from_dict(raw, where=where).to_dict(), trial_id
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        ns = build_parser().parse_args(argv)
+        if ns.retrain:
+            return run_retrain(ns)
+        return run_search(ns)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,217 @@
+"""What runs inside a trial: `ucrn.train.fit` plus reporting and checkpoints.
+
+Two executors share one body (`run_body`):
+- `train`: the Tune trial builds a Ray Train `TorchTrainer`; its workers run the body and
+  report with `ray.train.report`, forwarded to Tune by `TuneReportCallback`. Worker
+  deaths are retried by Ray Train from the last checkpoint; `workers > 1` is DDP.
+- `tune`: the Tune trial runs the body itself and reports with `tune.report`; no Ray
+  Train processes, so start-up is a few seconds instead of tens.
+
+Configs and settings reach the workers as arguments, never as module globals.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from ucrn.train import TrainConfig, fit
+
+STATE_FILE = "state.pt"
+Report = Callable[[dict[str, Any], str | None], None]
+
+
+def _node_info() -> dict[str, Any]:
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests)
+        node_id = ""
+    return {"node": socket.gethostname(), "node_id": node_id}
+
+
+def _peak_gpu_mb(device: torch.device) -> float:
+    if device.type != "cuda":
+        return math.nan
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: str | None,
+             rank: int = 0, save_model: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Train one config, reporting every epoch with a resumable checkpoint.
+
+    On resume (checkpoint_dir given) the checkpoint's history is reported again first:
+    the driver upserts rows by (trial, epoch), so an epoch whose report was lost when
+    the driver died is recovered and none is duplicated. A diverged run ends with one
+    report flagged `diverged`. With `save_model`, the final report also carries the
+    selected weights' location and the test metrics (re-training).
+    """
+    cfg = TrainConfig.from_dict(config)
+    t0 = time.perf_counter()
+    resume = None
+    if checkpoint_dir is not None:
+        resume = torch.load(Path(checkpoint_dir) / STATE_FILE, weights_only=True,
+                            map_location="cpu")
+    node = _node_info()
+    n_train = len(data.splits["train"])
+    speeds: list[float] = []
+    last: dict[str, Any] = {}
+
+    def extras(rec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        speeds.append(n_train / max(rec["seconds"], 1e-9))
+        return {**node, "diverged": 0.0, "replay": 0.0,
+                "samples_per_s": statistics.median(speeds),
+                "peak_gpu_mem_mb": _peak_gpu_mb(device),
+                "wall_seconds": time.perf_counter() - t0}
+
+    if resume is not None:
+        for rec in resume["history"]:
+            report({**rec, **node, "diverged": 0.0, "replay": 1.0}, None)
+
+    def on_epoch(epoch: int, rec: dict[str, Any], trainer) -> None:
+        metrics = {**rec, **extras(rec, trainer.device)}
+        last.update(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                torch.save(trainer.checkpoint(), Path(d) / STATE_FILE)
+            report(metrics, d if rank == 0 else None)
+
+    result = fit(cfg, data, on_epoch=on_epoch, resume=resume)
+    if result.status == "diverged":
+        final = dict(last) if last else {"epoch": 0, **node}
+        report({**final, "diverged": 1.0, "replay": 0.0}, None)
+    elif save_model is not None and result.model_state is not None:
+        location = ""
+        if rank == 0:  # every rank reports (a Ray Train report is a barrier); rank 0 saves
+            mcfg = cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)
+            location = save_model({"state_dict": result.model_state,
+                                   "model_config": mcfg.to_dict(), "config": cfg.to_dict(),
+                                   "epoch": result.best_epoch})
+        final = {**result.best, **{f"test_{k}": v for k, v in result.test.items()},
+                 "best_epoch": result.best_epoch, "model_checkpoint": location, "final": 1.0,
+                 "diverged": 0.0, "replay": 0.0, **node}
+        final["epoch"] = result.history[-1]["epoch"]
+        report(final, None)
+
+
+def threads_for(cpus: float) -> int:
+    return max(1, int(cpus))
+
+
+# ---- executor "tune": the body runs in the Tune trial process --------------------------
+
+def tune_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]) -> None:
+    from ray import tune
+
+    data = ray.get(data_box[0])
+    ckpt = tune.get_checkpoint()
+    trial_id = tune.get_context().get_trial_id()
+
+    def report(metrics: dict[str, Any], d: str | None) -> None:
+        if d is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    cfg = {**settings["base"], **config}
+    save = _model_saver(settings, trial_id, cfg)
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            run_body(cfg, data, report, d, save_model=save)
+    else:
+        run_body(cfg, data, report, None, save_model=save)
+
+
+# ---- executor "train": a Ray Train run per Tune trial ----------------------------------
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Per-worker loop of the TorchTrainer (rank 0 checkpoints; all ranks report)."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    cfg = dict(loop_config["config"])
+    if loop_config["use_gpu"]:
+        cfg["device"] = str(ray.train.torch.get_device())
+    data = ray.get(loop_config["data_box"][0])
+    rank = ctx.get_world_rank()
+
+    def report(metrics: dict[str, Any], d: str | None) -> None:
+        if d is None:
+            ray.train.report(metrics)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    save = _model_saver(loop_config["settings"], loop_config["trial_id"], cfg)
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            run_body(cfg, data, report, d, rank=rank, save_model=save)
+    else:
+        run_body(cfg, data, report, None, rank=rank, save_model=save)
+
+
+def train_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    workers, cpus, gpus = settings["workers"], settings["cpus_per_worker"], settings["gpus"]
+    per_worker = {"CPU": cpus}
+    if gpus > 0:
+        per_worker["GPU"] = gpus / workers
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": {**settings["base"], **config}, "data_box": data_box,
+                           "use_gpu": gpus > 0, "settings": settings, "trial_id": trial_id},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",  # stable: a retried or restored trial resumes its own run
+            storage_path=settings["train_storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+def _model_saver(settings: dict[str, Any], trial_id: str, cfg: dict[str, Any]
+                 ) -> Callable[[dict[str, Any]], str] | None:
+    """Re-training keeps each seed's selected weights in the results storage."""
+    if not settings.get("save_models"):
+        return None
+
+    def save(bundle: dict[str, Any]) -> str:
+        import io
+
+        from search.results import ResultsStore
+
+        buf = io.BytesIO()
+        torch.save(bundle, buf)
+        store = ResultsStore(settings["results_uri"])
+        return store.write_bytes(f"retrain/seed_{cfg['seed']}/checkpoint.pt", buf.getvalue())
+
+    return save
+
+
+def trial_env(threads: int) -> dict[str, str]:
+    """Environment for trial processes: thread caps and Ray Train's preemption watcher off
+    (it polls node drain state; useless off spot instances and it slows start-up)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+            "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
+                                                       str(Path(__file__).resolve().parents[1]))
+                                          if p)}
