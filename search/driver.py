@@ -49,9 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     a("--reduction-factor", type=float, default=2, help="ASHA reduction factor")
     a("--metric", default="MAE", help="validation metric to optimise (mode is the natural one)")
-    a("--cpus-per-trial", type=float, default=1.0)
-    a("--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU")
-    a("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP when > 1)")
+    a("--cpus-per-trial", type=float, default=1.0,
+      help="CPUs for each of the trial's workers (also its torch thread cap)")
+    a("--gpus-per-trial", type=float, default=0.0,
+      help="GPUs for each of the trial's workers; 0.25 packs 4 trials on a GPU")
+    a("--workers-per-trial", type=int, default=1,
+      help="Ray Train workers per trial (DDP when > 1): a trial takes this many times the "
+           "CPUs and GPUs above")
+    a("--trial-resources", default=None, metavar="JSON",
+      help='extra Ray resources per trial, e.g. \'{"gpu_node": 1}\' to pin trials to a node type')
     a("--executor", default="train", help="train (Ray Train per trial) | tune (plain Tune function)")
     a("--max-failures", type=int, default=2, help="retries of a failed trial, from its checkpoint")
     a("--storage", default="ray_results", help="results folder or URI (s3://..., shared on clusters)")
@@ -87,14 +93,16 @@ def check_flags(ns: argparse.Namespace) -> None:
     for ok, flag, value, expected in rules:
         if not ok:
             raise UsageError(f"{flag} {value}: expected {expected}")
+    ns.extra_resources = parse_resources(ns.trial_resources)
     if ns.executor == "tune" and ns.workers_per_trial > 1:
         raise UsageError("--workers-per-trial > 1 needs --executor train (DDP runs on Ray Train)")
     if ns.executor == "train" and ns.cpus_per_trial <= 0.1:
         raise UsageError(f"--cpus-per-trial {ns.cpus_per_trial}: --executor train needs > 0.1 "
                          "(0.1 CPU goes to the trial's driver)")
-    if ns.gpus_per_trial > 1 and ns.gpus_per_trial / ns.workers_per_trial > 1:
-        raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: more than 1 GPU per worker; "
-                         f"use --workers-per-trial {math.ceil(ns.gpus_per_trial)} for DDP")
+    if ns.gpus_per_trial > 1:
+        raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: a worker trains on one device; "
+                         f"use --gpus-per-trial 1 --workers-per-trial {math.ceil(ns.gpus_per_trial)}"
+                         " for DDP over several GPUs")
     try:
         metric_mode(ns.metric)
     except ValueError as e:
@@ -105,6 +113,24 @@ def check_flags(ns: argparse.Namespace) -> None:
         if torch.cuda.device_count() == 0:
             raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: this machine has no GPU "
                              "(use 0, or --address of a cluster with GPUs)")
+
+
+def parse_resources(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    import json
+
+    try:
+        res = json.loads(text)
+    except json.JSONDecodeError:
+        raise UsageError(f"--trial-resources {text}: expected JSON like '{{\"name\": 1}}'") from None
+    if not isinstance(res, dict) or not all(
+            isinstance(v, (int, float)) and v > 0 for v in res.values()):
+        raise UsageError(f"--trial-resources {text}: expected a JSON object of positive numbers")
+    for key in ("CPU", "GPU", "memory"):
+        if key in res:
+            raise UsageError(f"--trial-resources: {key} is set by --{key.lower()}s-per-trial")
+    return {str(k): float(v) for k, v in res.items()}
 
 
 def check_storage(storage: str) -> str:
@@ -269,21 +295,29 @@ def start_ray(address: str | None, threads: int) -> None:
     if address is None:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                  runtime_env=env, configure_logging=True, logging_level="ERROR")
-    else:
+        return
+    try:
         ray.init(address=address, log_to_driver=False, runtime_env=env, logging_level="ERROR")
+    except (ConnectionError, RuntimeError) as e:
+        cause = e.__cause__ or e
+        hint = ""
+        if "auth" in str(cause).lower():
+            hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and the "
+                    "token in RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+        raise UsageError(f"--address {address}: could not connect{hint}") from None
 
 
 def check_cluster(ns: argparse.Namespace) -> None:
     import ray
 
     if ns.gpus_per_trial > 0:
-        per_worker = ns.gpus_per_trial / ns.workers_per_trial
         most = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-        if most == 0:
-            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: the cluster has no GPU")
-        if per_worker > most:
-            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: {per_worker} GPU per worker, "
-                             f"but the largest node has {most}")
+        if most == 0:  # an autoscaling cluster may still add GPU nodes
+            print(f"warning: --gpus-per-trial {ns.gpus_per_trial}: no GPU node is up yet; "
+                  "trials wait until the autoscaler adds one", file=sys.stderr, flush=True)
+        elif ns.gpus_per_trial > most:
+            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: more than any node has "
+                             f"(the largest has {most:g} GPUs)")
 
 
 def auto_concurrency(ns: argparse.Namespace) -> int:
@@ -292,9 +326,12 @@ def auto_concurrency(ns: argparse.Namespace) -> int:
     import ray
 
     res = ray.cluster_resources()
-    fits = int(res.get("CPU", 0) // ns.cpus_per_trial)
+    w = ns.workers_per_trial
+    fits = int(res.get("CPU", 0) // (ns.cpus_per_trial * w))
     if ns.gpus_per_trial > 0:
-        fits = min(fits, int(res.get("GPU", 0) // ns.gpus_per_trial))
+        fits = min(fits, int(res.get("GPU", 0) // (ns.gpus_per_trial * w)))
+    for name, amount in ns.extra_resources.items():
+        fits = min(fits, int(res.get(name, 0) // amount))
     return max(1, fits)
 
 
@@ -304,7 +341,8 @@ def trial_settings(ns: argparse.Namespace, uri: str, base: dict[str, Any],
     driver_cpu = 0.1 if ns.executor == "train" else 0.0
     return {
         "base": base, "workers": workers, "gpus": ns.gpus_per_trial,
-        "cpus_per_worker": (ns.cpus_per_trial - driver_cpu) / workers,
+        "cpus_per_worker": ns.cpus_per_trial - driver_cpu / workers,
+        "extra_resources": ns.extra_resources,
         "max_failures": ns.max_failures, "train_storage": f"{uri.rstrip('/')}/train_runs",
         "results_uri": uri, "save_models": save_models,
     }
@@ -320,13 +358,14 @@ def make_trainable(ns: argparse.Namespace, data, settings: dict[str, Any]):
     if ns.executor == "train":
         fn, res = train_trial, {"CPU": 0.1}
     else:
-        fn, res = tune_trial, {"CPU": ns.cpus_per_trial, "GPU": ns.gpus_per_trial}
+        fn, res = tune_trial, {"CPU": ns.cpus_per_trial, "GPU": ns.gpus_per_trial,  # 1 worker
+                               **ns.extra_resources}
     return tune.with_resources(tune.with_parameters(fn, data_box=box, settings=settings), res)
 
 
 def base_config(ns: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
     """The fixed part of every trial's config: flags plus the space's fixed values."""
-    threads = max(1, int(ns.cpus_per_trial / ns.workers_per_trial))
+    threads = max(1, int(ns.cpus_per_trial))
     base = {"dataset": ns.dataset, "data_path": ns.data_path, "aligned": ns.aligned,
             "preset": ns.preset, "modalities": ns.modalities, "num_epochs": ns.max_epochs,
             "seed": ns.seed, "threads": threads, "select_metric": ns.metric,
@@ -370,15 +409,15 @@ def run_search(ns: argparse.Namespace) -> int:
 
     mode = metric_mode(ns.metric)
     param_space = to_tune({k: v for k, v in spec.items() if isinstance(v, dict)})
-    if not ns.resume:
-        store.write_json("search.json", {"flags": vars(ns), "space": spec, "metric": ns.metric,
-                                         "mode": mode, "searched": searched(spec),
-                                         "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     start_ray(ns.address, base["threads"])
     import ray
 
     try:
         check_cluster(ns)
+        if not ns.resume:
+            store.write_json("search.json", {
+                "flags": vars(ns), "space": spec, "metric": ns.metric, "mode": mode,
+                "searched": searched(spec), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         settings = trial_settings(ns, uri, base, save_models=False)
         trainable = make_trainable(ns, data, settings)
         recorder = _make_recorder(uri, ns.name, ns.metric, mode, ns.executor, base,
@@ -498,7 +537,7 @@ def run_retrain(ns: argparse.Namespace) -> int:
     try:
         check_cluster(ns)
         base = {k: v for k, v in config.items() if k != "seed"}
-        base["threads"] = max(1, int(ns.cpus_per_trial / ns.workers_per_trial))
+        base["threads"] = max(1, int(ns.cpus_per_trial))
         settings = trial_settings(ns, store.uri, base, save_models=True)
         trainable = make_trainable(ns, data, settings)
         metric = config["select_metric"] if config["select_metric"] != "auto" else (

@@ -33,6 +33,7 @@ _FIXED_TYPES: dict[str, pa.DataType] = {
     "wall_seconds": pa.float64(), "samples_per_s": pa.float64(), "peak_gpu_mem_mb": pa.float64(),
     "checkpoint": pa.string(), "node": pa.string(), "node_id": pa.string(),
     "executor": pa.string(), "search_metric": pa.string(), "search_mode": pa.string(),
+    "resumes": pa.int64(),
     "train_loss": pa.float64(), "mjs": pa.float64(), "current_lr": pa.float64(),
     "seconds": pa.float64(),
 }
@@ -197,6 +198,8 @@ class TrialBook:
         info = self.trials.get(trial_id, {})
         extra = {k: result[k] for k in ("node", "node_id", "samples_per_s", "peak_gpu_mem_mb",
                                         "checkpoint") if result.get(k) is not None}
+        if result.get("replay") and epoch == 1:  # a restarted run re-reports from its checkpoint
+            extra["resumes"] = int(info.get("resumes") or 0) + 1
         status = "diverged" if result.get("diverged") else info.get("status", "running")
         self._summarise(trial_id, config, status, info.get("error"),
                         wall=result.get("wall_seconds", info.get("wall_seconds")), extra=extra)
@@ -235,6 +238,7 @@ class TrialBook:
             "checkpoint": extra.get("checkpoint", prev.get("checkpoint")),
             "node": extra.get("node", prev.get("node")),
             "node_id": extra.get("node_id", prev.get("node_id")),
+            "resumes": extra.get("resumes", prev.get("resumes") or 0),
             "executor": self.executor, "search_metric": self.metric, "search_mode": self.mode,
         })
         summary.update({k: config.get(k) for k in CONFIG_KEYS if k in config})

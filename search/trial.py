@@ -168,9 +168,9 @@ def train_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]
 
     trial_id = tune.get_context().get_trial_id()
     workers, cpus, gpus = settings["workers"], settings["cpus_per_worker"], settings["gpus"]
-    per_worker = {"CPU": cpus}
+    per_worker = {"CPU": cpus, **{k: v / workers for k, v in settings["extra_resources"].items()}}
     if gpus > 0:
-        per_worker["GPU"] = gpus / workers
+        per_worker["GPU"] = gpus
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": {**settings["base"], **config}, "data_box": data_box,

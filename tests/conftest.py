@@ -1,0 +1,45 @@
+"""Shared fixtures: one Ray head for the whole test session, started and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.raynodes import RayNode, free_port, wait_for_nodes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for Ray processes and drivers of the test session (token auth on,
+    as Ray 2.60 does by default for a local head)."""
+    env = dict(os.environ)
+    env["RAY_AUTH_MODE"] = "token"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return env
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory, ray_env):
+    """A 2-CPU Ray head on loopback; yields its address; stopped even if tests fail."""
+    logs = tmp_path_factory.mktemp("ray-head")
+    port = free_port()
+    node = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                    "--num-gpus=0", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+                    f"--dashboard-port={free_port()}"], ray_env, logs / "head.log")
+    address = f"127.0.0.1:{port}"
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # for drivers started in this process
+    try:
+        wait_for_nodes(address, 1, ray_env)
+        yield address
+    finally:
+        node.stop()
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old

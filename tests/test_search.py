@@ -1,0 +1,226 @@
+"""The search end to end against the session's Ray head: Parquet, ASHA, executors,
+driver and worker failures, best_config reproduction, and flags checked before Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import run_search
+from ucrn.cli import main as ucrn_main
+from ucrn.data import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--max-epochs", "4", "--grace-period", "1", "--reduction-factor", "2"]
+
+
+def search(address: str, storage: Path, name: str, *extra: str) -> int:
+    return run_search.main(["--address", address, "--storage", str(storage), "--name", name,
+                            *extra])
+
+
+def read(storage: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    root = storage / name
+    return pd.read_parquet(root / "trials.parquet"), pd.read_parquet(root / "epochs.parquet")
+
+
+def constant_mae() -> float:
+    data = load_dataset("synthetic", None, preset="tiny")
+    labels = data.splits["valid"].labels
+    return float(np.abs(labels - data.splits["train"].labels.mean()).mean())
+
+
+def assert_each_once(trials: pd.DataFrame, epochs: pd.DataFrame, n: int) -> None:
+    assert len(trials) == n and trials.trial_id.is_unique
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for tid, rows in epochs.groupby("trial_id"):
+        run = int(trials.set_index("trial_id").loc[tid, "epochs_run"])
+        assert sorted(rows.epoch) == list(range(1, run + 1)), (tid, sorted(rows.epoch))
+
+
+@pytest.mark.slow
+def test_train_executor_search(ray_head, tmp_path, capsys):
+    rc = search(ray_head, tmp_path, "s", "--num-samples", "6", *FAST)
+    assert rc == 0
+    trials, epochs = read(tmp_path, "s")
+    assert_each_once(trials, epochs, 6)
+    assert set(trials.status) <= {"completed", "stopped"}
+    assert (trials.status == "stopped").sum() >= 1, trials[["trial_id", "status", "epochs_run"]]
+    assert (trials.executor == "train").all()
+    best = json.loads((tmp_path / "s" / "best_config.json").read_text())
+    assert best["num_epochs"] == 4 and "lr" in best and "threads" in best
+    assert trials.MAE.min() < 0.9 * constant_mae()
+    out = capsys.readouterr().out
+    assert "best trial" in out and "results:" in out
+
+    # the best config reproduces its trial's validation numbers without Ray
+    best_id = trials.loc[trials.MAE.idxmin(), "trial_id"]
+    assert ucrn_main(["train", "--config", str(tmp_path / "s" / "best_config.json"),
+                      "--out", str(tmp_path / "runs"), "--name", "again"]) == 0
+    rerun = [json.loads(x) for x in (tmp_path / "runs/again/epochs.jsonl").read_text().split("\n") if x]
+    ref = epochs[epochs.trial_id == best_id].sort_values("epoch")
+    for rec, (_, row) in zip(rerun, ref.iterrows()):
+        assert abs(rec["MAE"] - row.MAE) < 1e-4, (rec["epoch"], rec["MAE"], row.MAE)
+
+
+@pytest.mark.slow
+def test_tune_executor_and_ddp(ray_head, tmp_path):
+    assert search(ray_head, tmp_path, "t", "--executor", "tune", "--num-samples", "3", *FAST) == 0
+    trials, epochs = read(tmp_path, "t")
+    assert_each_once(trials, epochs, 3)
+    assert (trials.executor == "tune").all()
+
+    assert search(ray_head, tmp_path, "ddp", "--workers-per-trial", "2", "--num-samples", "1",
+                  "--max-epochs", "2") == 0
+    trials, epochs = read(tmp_path, "ddp")
+    assert trials.status.tolist() == ["completed"] and sorted(epochs.epoch) == [1, 2]
+
+
+def _start_driver(address: str, storage: Path, name: str, env: dict, *extra: str):
+    log = open(storage / f"{name}.log", "a")
+    return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--address", address,
+                             "--storage", str(storage), "--name", name, *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _wait_epochs(storage: Path, name: str, at_least: int, proc, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, (storage / f"{name}.log").read_text()[-3000:]
+        try:
+            if len(pd.read_parquet(storage / name / "epochs.parquet")) >= at_least:
+                return
+        except (FileNotFoundError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError((storage / f"{name}.log").read_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_each_trial_once(ray_head, ray_env, tmp_path):
+    from tests.raynodes import kill_session
+
+    proc = _start_driver(ray_head, tmp_path, "k", ray_env, "--num-samples", "5", *FAST)
+    try:
+        _wait_epochs(tmp_path, "k", 3, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kill_session(proc.pid)  # anything the dead driver left in its own session
+    trials_before, _ = read(tmp_path, "k")
+    assert (trials_before.status == "running").any()
+    rc = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address", ray_head,
+                         "--storage", str(tmp_path), "--name", "k", "--resume"],
+                        env=ray_env, capture_output=True, text=True, timeout=600)
+    assert rc.returncode == 0, rc.stdout[-3000:] + rc.stderr[-3000:]
+    trials, epochs = read(tmp_path, "k")
+    assert_each_once(trials, epochs, 5)
+    assert set(trials.status) <= {"completed", "stopped"}
+
+
+def _train_worker_pids(address: str, env: dict) -> list[int]:
+    res = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "actors",
+                          "--address", f"http://{_dashboard(address, env)}", "--format", "json",
+                          "--filter", "state=ALIVE", "--limit", "1000"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    actors = json.loads(res.stdout or "[]")
+    return [int(a["pid"]) for a in actors if a.get("class_name") == "RayTrainWorker"]
+
+
+def _dashboard(address: str, env: dict) -> str:
+    import ray
+
+    ctx = ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        return ctx.dashboard_url
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path):
+    proc = _start_driver(ray_head, tmp_path, "w", ray_env, "--num-samples", "1",
+                         "--max-epochs", "6")
+    try:
+        _wait_epochs(tmp_path, "w", 2, proc)
+        pids = _train_worker_pids(ray_head, ray_env)
+        assert pids, "no RayTrainWorker found"
+        os.kill(pids[0], signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    trials, epochs = read(tmp_path, "w")
+    assert_each_once(trials, epochs, 1)
+    row = trials.iloc[0]
+    assert row.status == "completed" and row.epochs_run == 6
+    assert row.resumes >= 1  # restarted from its checkpoint, not from scratch
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--num-samples", "0"], "--num-samples 0"),
+        (["--cpus-per-trial", "-1"], "--cpus-per-trial -1"),
+        (["--cpus-per-trial", "lots"], "--cpus-per-trial"),
+        (["--gpus-per-trial", "1"], "no GPU"),
+        (["--executor", "spark"], "--executor spark"),
+        (["--executor", "tune", "--workers-per-trial", "2"], "--workers-per-trial"),
+        (["--metric", "R2"], "--metric R2"),
+        (["--grace-period", "9", "--max-epochs", "4"], "--grace-period 9"),
+        (["--dataset", "mosi", "--data-path", "/nonexistent"], "/nonexistent"),
+        (["--address", "127.0.0.1:1"], "nobody answers"),
+        (["--trial-resources", "{bad"], "--trial-resources"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_flags_one_line_before_ray(tmp_path, capsys, args, needle):
+    rc = run_search.main(["--storage", str(tmp_path / "st"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert needle in err[0]
+    assert not (tmp_path / "st" / "ucrn-search" / "search.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("space", "needle"),
+    [
+        ("lr: {loguniform: [0.1, 0.01]}\n", "low=0.1 > high=0.01"),
+        ("lr: {loguniform: [0, 0.01]}\n", "positive"),
+        ("heads: {choice: [4]}\n", "heads=4 does not divide d_model=30"),
+        ("heads: {choice: []}\n", "non-empty"),
+        ("layer: {int: [1, 3]}\n", "unknown parameter 'layer'"),
+        ("lr: {normal: [0, 1]}\n", "lr"),
+        ("lr: [1, 2\n", "malformed YAML"),
+        ("num_epochs: 3\n", "num_epochs"),
+        ("optim: {choice: [Adam, Lion]}\n", "Lion"),
+    ],
+)
+def test_bad_space_one_line(tmp_path, capsys, space, needle):
+    f = tmp_path / "space.yaml"
+    f.write_text(space)
+    rc = run_search.main(["--space", str(f), "--storage", str(tmp_path / "st")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert needle in err[0] and str(f) in err[0]
+
+
+def test_storage_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert run_search.main(["--storage", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys):
+    assert run_search.main(["--storage", str(tmp_path), "--name", "none", "--resume"]) == 2
+    assert "--resume: no search named 'none'" in capsys.readouterr().err
