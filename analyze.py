@@ -17,6 +17,8 @@ Exit codes: 0 ok, 1 the report could not be written, 2 nothing usable / bad argu
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -42,8 +44,8 @@ RESULT_COLUMNS = frozenset({
     "search", "trial_id", "status", "error", "best_epoch", "epochs_run", "wall_seconds",
     "samples_per_s", "peak_gpu_mem_mb", "checkpoint", "node", "node_id", "executor",
     "search_metric", "search_mode", "epoch", "train_loss", "mjs", "current_lr", "seconds",
+    "resumes",
 })
-INT_COLUMNS = frozenset({"rank", "best_epoch", "epochs_run", "epoch", "seed", "trials"})
 GROUP_KEYS = ("dataset", "aligned", "modalities")
 NOT_RANKED = ("diverged", "errored")  # counted, never "best"
 STATUS_ORDER = ("completed", "stopped", "running", "diverged", "errored")
@@ -187,10 +189,15 @@ def load_search(path: str) -> Search:
     if "status" not in trials.columns:
         trials["status"] = "unknown"
     trials["status"] = trials["status"].fillna("unknown").astype(str)
-    search = Search(label=str(trials["search"].iloc[0]), location=shown, trials=trials,
+    names = trials["search"].value_counts()
+    label = name if name in names.index else str(names.index[0])
+    search = Search(label=label, location=shown, trials=trials,
                     epochs=_with_search_name(epochs, name),
                     retrain=_with_search_name(retrain, name) if retrain is not None
                     and not retrain.empty else None)
+    if len(names) > 1:  # e.g. another run writing into this folder: shown, not hidden
+        search.notes.append("trials.parquet holds rows of several searches: " + ", ".join(
+            f"{k} ({v})" for k, v in names.items()))
     search.notes.extend(_running_notes(search))
     meta = _read_search_json(fs, f"{base}/search.json")
     search.metric, search.mode = _search_metric(trials, meta)
@@ -234,9 +241,6 @@ def load_searches(paths: Sequence[str], metric: str | None) -> list[Search]:
     for s in searches:
         if labels.count(s.label) > 1:  # the same name under two storages
             s.label = f"{s.label} ({s.location})"
-        for df in (s.trials, s.epochs, s.retrain):
-            if df is not None and not df.empty:
-                df["_search"] = s.label
         if metric:
             s.metric, s.mode = metric, metric_mode(metric)
         if s.metric not in s.trials.columns:
@@ -252,7 +256,21 @@ def load_searches(paths: Sequence[str], metric: str | None) -> list[Search]:
 # --------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _train_config_fields() -> frozenset[str] | None:
+    """docs/results.md: the config columns are TrainConfig's fields. None without torch
+    (ucrn.train imports it): then every column the schema does not name counts."""
+    try:
+        from ucrn.train import TrainConfig
+    except ImportError:
+        return None
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
 def config_columns(df: pd.DataFrame) -> list[str]:
+    known = _train_config_fields()
+    if known is not None:
+        return [c for c in df.columns if c in known]
     return [c for c in df.columns if c not in RESULT_COLUMNS and c not in METRIC_MODES
             and not c.startswith(("test_", "_"))]
 
@@ -294,6 +312,9 @@ def leaderboard(s: Search, top: int) -> pd.DataFrame:
     cols = [c for c in front if c in r.columns] + s.params
     cols += [m for m in metric_columns(r) if m not in cols]
     out = r[cols].copy()
+    for c in ("epochs_run", "best_epoch"):  # int64 with nulls arrives as float
+        if c in out.columns:
+            out[c] = pd.to_numeric(out[c], errors="coerce").round().astype("Int64")
     out.insert(0, "search", s.label)
     return out
 
@@ -426,8 +447,9 @@ def importance(s: Search, evaluator: str = "ped-anova") -> Importance:
 def _evaluator(which: str, n: int):
     """PED-ANOVA (Optuna's default, no extra dependency) or fANOVA (needs scikit-learn).
 
-    PED-ANOVA asks which parameters matter for reaching the top quantile; with the few
-    trials of a small search, the quantile is raised so that it holds about 5 trials.
+    PED-ANOVA asks which parameters matter for reaching the top quantile of trials. Its
+    default (top 10%) holds one or two trials in a search of tens, so the quantile is the
+    top quarter (as in the best-region table), raised to hold 5 trials, at most half.
     """
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
@@ -438,7 +460,7 @@ def _evaluator(which: str, n: int):
             return FanovaImportanceEvaluator(seed=0), "FanovaImportanceEvaluator(seed=0)", note
         except ImportError:
             note = "fanova needs scikit-learn (not installed): used PED-ANOVA instead"
-    q = min(0.5, max(0.1, 5 / n))
+    q = max(0.25, min(0.5, 5 / n))
     return (PedAnovaImportanceEvaluator(target_quantile=q),
             f"PedAnovaImportanceEvaluator(target_quantile={q:.2f}: what it takes to be in "
             f"the top {q:.0%} of {n} trials)", note)
@@ -493,6 +515,7 @@ def asha_savings(s: Search) -> dict[str, Any]:
     """Epochs run versus every trial running all its epochs, and stops per rung."""
     t = s.trials
     run = pd.to_numeric(t.get("epochs_run"), errors="coerce").fillna(0)
+    has_budget = "num_epochs" in t.columns and t["num_epochs"].notna().all()
     if "num_epochs" in t.columns:
         budget = pd.to_numeric(t["num_epochs"], errors="coerce").fillna(run.max())
     else:  # an old search without config columns: the most epochs any trial ran
@@ -506,6 +529,7 @@ def asha_savings(s: Search) -> dict[str, Any]:
         "saved_other": int((budget - run)[t["status"].isin(NOT_RANKED)].sum()),
         "running": int((t["status"] == "running").sum()),
         "stopped_per_rung": {int(k): int(v) for k, v in rungs.items()},
+        "budget_known": has_budget,
     }
 
 
@@ -519,6 +543,9 @@ def asha_text(a: dict[str, Any]) -> list[str]:
             f"{k}: {v} trial(s)" for k, v in a["stopped_per_rung"].items()))
     else:
         lines.append("no trial was stopped by ASHA")
+    if not a["budget_known"]:
+        lines.append("note: no num_epochs for some trials: their max epochs is taken as the "
+                     "most epochs any trial ran")
     if a["running"]:
         lines.append(f"{a['running']} trial(s) still running: their epochs are not final")
     return lines
@@ -655,7 +682,7 @@ def render_markdown(sections: list[Section], images: list[tuple[str, str]],
     for sec in sections:
         out += [f"## {sec.title}", ""]
         for b in sec.blocks:
-            out += [markdown_table(b) if isinstance(b, pd.DataFrame) else f"{b}  ", ""]
+            out += [markdown_table(b) if isinstance(b, pd.DataFrame) else b, ""]
     if images:
         out += ["## Plots", ""]
         out += [f"### {title}\n\n![{title}]({name})\n" for name, title in images]
@@ -667,7 +694,7 @@ def machine_output(searches: list[Search], top: int, fmt: str) -> str:
     if fmt == "csv":
         return board.to_csv(index=False)
     if fmt == "json":
-        return board.to_json(orient="records", indent=1) + "\n"
+        return board.to_json(orient="records", indent=1, double_precision=15) + "\n"
     return markdown_table(board) + "\n"
 
 
@@ -756,7 +783,7 @@ def plot_params(searches: list[Search], path: Path, imps: dict[str, Importance])
               for s in searches for i in range(0, max(1, len(s.params)), PARAMS_PER_ROW)]
     ncols = max(len(ps) for _, ps in layout)
     fig, axes = plt.subplots(len(layout), ncols, figsize=(4.2 * ncols, 3.5 * len(layout) + 0.4),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for row, (s, params) in zip(axes, layout):
         for ax in row[len(params):]:
             ax.axis("off")
@@ -784,7 +811,6 @@ def plot_params(searches: list[Search], path: Path, imps: dict[str, Importance])
                 ax.legend(fontsize=7, loc="best")
     fig.suptitle("searched parameters vs the metric (black edge: top quarter of trials; "
                  "x at the top: diverged)", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -797,10 +823,15 @@ def _scatter_numeric(ax, r: pd.DataFrame, p: str, metric: str, top_ids: set,
                    color=STATUS_COLORS.get(str(status), "tab:purple"),
                    edgecolors=np.where(top, "black", "none"), linewidths=1, label=str(status))
     if len(diverged) and p in diverged.columns:  # no metric: mark x at the top edge
-        ax.scatter(diverged[p], np.full(len(diverged), 1.0), marker="x", color="tab:red",
-                   transform=ax.get_xaxis_transform(), clip_on=False, label="diverged")
-    if log:
+        ax.plot(diverged[p], np.full(len(diverged), 1.0), "x", color="tab:red", ms=7, mew=2,
+                transform=ax.get_xaxis_transform(), clip_on=False, label="diverged")
+    if log:  # plain numbers at 1 and 3 per decade: minor labels like 2x10^-4 collide
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _strip_categorical(ax, r: pd.DataFrame, p: str, metric: str, choices: tuple) -> None:
@@ -809,8 +840,10 @@ def _strip_categorical(ax, r: pd.DataFrame, p: str, metric: str, choices: tuple)
     ax.boxplot([g if len(g) else [np.nan] for g in groups], positions=pos, widths=0.5,
                showfliers=False)
     rng = np.random.default_rng(0)
-    for x, g in zip(pos, groups):
-        ax.scatter(x + rng.uniform(-0.12, 0.12, len(g)), g, s=18, color="tab:blue", zorder=3)
+    for i, c in enumerate(choices):
+        g = r[r[p].map(_py) == c]
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(g)), g[metric], s=18, zorder=3,
+                   color=[STATUS_COLORS.get(st, "tab:purple") for st in g["status"]])
     ax.set_xticks(pos, [_fmt(c, p) for c in choices], rotation=20)
 
 
@@ -843,10 +876,15 @@ def plot_parallel(searches: list[Search], path: Path, top: int) -> None:
         for i in np.argsort(-vals if s.mode == "min" else vals):  # best drawn last
             ys = [col[i] for col in scaled]
             ax.plot(xs, ys, color=cmap(norm(vals[i])), lw=2.2 if i == 0 else 1.4, alpha=0.9)
-        for x, (lo, hi) in zip(xs, labels):
+        for x, ticks in zip(xs, labels):
             ax.axvline(x, color="0.3", lw=0.8)
-            ax.text(x, -0.06, lo, ha="center", va="top", fontsize=7)
-            ax.text(x, 1.06, hi, ha="center", va="bottom", fontsize=7)
+            if len(ticks) == 2:  # numbers (or two choices): below and above the axis
+                ax.text(x, -0.06, ticks[0][1], ha="center", va="top", fontsize=7)
+                ax.text(x, 1.06, ticks[1][1], ha="center", va="bottom", fontsize=7)
+            else:  # every choice beside the axis at its position
+                for y, text in ticks:
+                    ax.text(x + 0.04, y, text, ha="left", va="center", fontsize=7,
+                            bbox=dict(fc="white", ec="none", alpha=0.7, pad=0.5))
         ax.set_xticks(xs, names, fontsize=9)
         ax.tick_params(axis="x", pad=16)
         ax.set_yticks([])
@@ -861,16 +899,16 @@ def plot_parallel(searches: list[Search], path: Path, top: int) -> None:
     plt.close(fig)
 
 
-def _axis_scale(r: pd.DataFrame, shown: pd.DataFrame, name: str) -> tuple[list[float],
-                                                                            tuple[str, str]]:
-    """Values of `shown` scaled to [0, 1] over the range of all ranked trials; labels for
-    the bottom and top of the axis."""
+def _axis_scale(r: pd.DataFrame, shown: pd.DataFrame, name: str
+                ) -> tuple[list[float], list[tuple[float, str]]]:
+    """Values of `shown` scaled to [0, 1] over the range of `r`, and the axis labels as
+    (position, text): min and max for numbers, every choice for categories."""
     kind = param_kind(r[name], name)
     if not kind.numeric:
-        idx = {c: i for i, c in enumerate(kind.choices)}
-        k = max(1, len(idx) - 1)
-        return ([idx.get(_py(v), 0) / k if len(idx) > 1 else 0.5 for v in shown[name]],
-                (_fmt(kind.choices[0], name), _fmt(kind.choices[-1], name)))
+        k = max(1, len(kind.choices) - 1)
+        pos = {c: (i / k if len(kind.choices) > 1 else 0.5) for i, c in enumerate(kind.choices)}
+        return ([pos.get(_py(v), 0.5) for v in shown[name]],
+                [(pos[c], _fmt(c, name)) for c in kind.choices])
     x_all = pd.to_numeric(r[name], errors="coerce").astype(float)
     x = pd.to_numeric(shown[name], errors="coerce").astype(float)
     if kind.log:
@@ -878,7 +916,7 @@ def _axis_scale(r: pd.DataFrame, shown: pd.DataFrame, name: str) -> tuple[list[f
     lo, hi = float(np.nanmin(x_all)), float(np.nanmax(x_all))
     scaled = ((x - lo) / (hi - lo) if hi > lo else x * 0 + 0.5).fillna(0.5).tolist()
     raw = pd.to_numeric(r[name], errors="coerce")
-    return scaled, (_fmt(raw.min(), name), _fmt(raw.max(), name))
+    return scaled, [(0.0, _fmt(raw.min(), name)), (1.0, _fmt(raw.max(), name))]
 
 
 def write_report(searches: list[Search], sections: list[Section], out: Path, top: int,

@@ -183,8 +183,9 @@ def _make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
 
         def setup(self, **info: Any) -> None:
             self.book = TrialBook(ResultsStore(self.uri), self.search, self.metric, self.mode,
-                                  self.executor)
-            self.book.load()
+                                  self.executor, prefix="retrain/" if self.retrain else "")
+            if not self.retrain:  # a resumed search continues its book
+                self.book.load()
             self.t0 = time.time()
             self.finals: dict[str, dict[str, Any]] = {}
 
@@ -293,7 +294,9 @@ def start_ray(address: str | None, threads: int) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Tune's tables
     env = {"env_vars": trial_env(threads)}
     if address is None:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+        # "local": always a new instance, never a stale /tmp/ray/ray_current_cluster
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=False,
                  runtime_env=env, configure_logging=True, logging_level="ERROR")
         return
     try:

@@ -33,7 +33,7 @@ _FIXED_TYPES: dict[str, pa.DataType] = {
     "wall_seconds": pa.float64(), "samples_per_s": pa.float64(), "peak_gpu_mem_mb": pa.float64(),
     "checkpoint": pa.string(), "node": pa.string(), "node_id": pa.string(),
     "executor": pa.string(), "search_metric": pa.string(), "search_mode": pa.string(),
-    "resumes": pa.int64(),
+    "resumes": pa.int64(), "retrain_trial": pa.string(),
     "train_loss": pa.float64(), "mjs": pa.float64(), "current_lr": pa.float64(),
     "seconds": pa.float64(),
 }
@@ -169,18 +169,19 @@ class TrialBook:
     """
 
     def __init__(self, store: ResultsStore, search: str, metric: str, mode: str,
-                 executor: str):
+                 executor: str, prefix: str = ""):
         self.store, self.search, self.metric, self.mode = store, search, metric, mode
         self.executor = executor
+        # re-training runs keep their own rows (prefix "retrain/"), apart from the search's
+        self.trials_dir, self.epochs_dir = prefix + TRIALS, prefix + EPOCHS
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         self.trials: dict[str, dict[str, Any]] = {}
 
     def load(self) -> None:
-        for key, rows in self.store.read_rows(EPOCHS).items():
+        for rows in self.store.read_rows(self.epochs_dir).values():
             for row in rows:
                 self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = row
-            del key
-        for rows in self.store.read_rows(TRIALS).values():
+        for rows in self.store.read_rows(self.trials_dir).values():
             for row in rows:
                 self.trials[row["trial_id"]] = row
 
@@ -194,7 +195,7 @@ class TrialBook:
         row.update(config)
         if epoch >= 1:
             self.epochs.setdefault(trial_id, {})[epoch] = row
-            self.store.write_rows(EPOCHS, trial_id, self._epoch_rows(trial_id))
+            self.store.write_rows(self.epochs_dir, trial_id, self._epoch_rows(trial_id))
         info = self.trials.get(trial_id, {})
         extra = {k: result[k] for k in ("node", "node_id", "samples_per_s", "peak_gpu_mem_mb",
                                         "checkpoint") if result.get(k) is not None}
@@ -243,7 +244,7 @@ class TrialBook:
         })
         summary.update({k: config.get(k) for k in CONFIG_KEYS if k in config})
         self.trials[trial_id] = summary
-        self.store.write_rows(TRIALS, trial_id, [summary])
+        self.store.write_rows(self.trials_dir, trial_id, [summary])
         return summary
 
     def _best_row(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -38,7 +38,7 @@ def ray_head(tmp_path_factory, ray_env):
         wait_for_nodes(address, 1, ray_env)
         yield address
     finally:
-        node.stop()
+        node.stop(address)
         if old is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:

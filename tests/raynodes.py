@@ -65,11 +65,18 @@ class RayNode:
     def sid(self) -> int:
         return self.proc.pid
 
-    def stop(self) -> None:
+    def stop(self, address: str | None = None) -> None:
         kill_session(self.sid)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            pass
+        # a killed head leaves Ray's pointer to it; a later plain ray.init() would hang on it
+        pointer = Path("/tmp/ray/ray_current_cluster")
+        try:
+            if address and pointer.read_text().strip() == address:
+                pointer.unlink()
+        except OSError:
             pass
 
 

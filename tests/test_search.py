@@ -47,29 +47,66 @@ def assert_each_once(trials: pd.DataFrame, epochs: pd.DataFrame, n: int) -> None
         assert sorted(rows.epoch) == list(range(1, run + 1)), (tid, sorted(rows.epoch))
 
 
+@pytest.fixture(scope="module")
+def small_search(ray_head, tmp_path_factory):
+    """One finished 6-trial search (Ray Train executor), shared by the tests below."""
+    storage = tmp_path_factory.mktemp("search")
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = search(ray_head, storage, "s", "--num-samples", "6", *FAST)
+    assert rc == 0, out.getvalue()[-3000:]
+    return storage, "s", out.getvalue()
+
+
 @pytest.mark.slow
-def test_train_executor_search(ray_head, tmp_path, capsys):
-    rc = search(ray_head, tmp_path, "s", "--num-samples", "6", *FAST)
-    assert rc == 0
-    trials, epochs = read(tmp_path, "s")
+def test_train_executor_search(small_search):
+    storage, name, out = small_search
+    trials, epochs = read(storage, name)
     assert_each_once(trials, epochs, 6)
     assert set(trials.status) <= {"completed", "stopped"}
     assert (trials.status == "stopped").sum() >= 1, trials[["trial_id", "status", "epochs_run"]]
     assert (trials.executor == "train").all()
-    best = json.loads((tmp_path / "s" / "best_config.json").read_text())
+    best = json.loads((storage / name / "best_config.json").read_text())
     assert best["num_epochs"] == 4 and "lr" in best and "threads" in best
     assert trials.MAE.min() < 0.9 * constant_mae()
-    out = capsys.readouterr().out
     assert "best trial" in out and "results:" in out
 
-    # the best config reproduces its trial's validation numbers without Ray
+
+@pytest.mark.slow
+def test_best_config_reproduces_the_trial(small_search, tmp_path):
+    """The best config, trained without Ray, gives its trial's validation MAE per epoch."""
+    storage, name, _ = small_search
+    trials, epochs = read(storage, name)
     best_id = trials.loc[trials.MAE.idxmin(), "trial_id"]
-    assert ucrn_main(["train", "--config", str(tmp_path / "s" / "best_config.json"),
+    assert ucrn_main(["train", "--config", str(storage / name / "best_config.json"),
                       "--out", str(tmp_path / "runs"), "--name", "again"]) == 0
-    rerun = [json.loads(x) for x in (tmp_path / "runs/again/epochs.jsonl").read_text().split("\n") if x]
+    lines = (tmp_path / "runs/again/epochs.jsonl").read_text().splitlines()
+    rerun = [json.loads(x) for x in lines]
     ref = epochs[epochs.trial_id == best_id].sort_values("epoch")
+    assert len(ref) >= 1
     for rec, (_, row) in zip(rerun, ref.iterrows()):
         assert abs(rec["MAE"] - row.MAE) < 1e-4, (rec["epoch"], rec["MAE"], row.MAE)
+
+
+@pytest.mark.slow
+def test_retrain_three_seeds(small_search, ray_head, capsys):
+    storage, name, _ = small_search
+    rc = run_search.main(["--retrain", str(storage / name), "--seeds", "7,8,9",
+                          "--address", ray_head])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    rows = pd.read_parquet(storage / name / "retrain.parquet")
+    assert sorted(rows.seed) == [7, 8, 9]
+    assert {"MAE", "test_MAE", "test_Corr", "test_Has0_acc_2", "checkpoint"} <= set(rows.columns)
+    assert rows.test_MAE.notna().all()
+    assert all(Path(p).is_file() for p in rows.checkpoint)
+    assert f"test: loss {rows.test_loss.mean():.4f}" in out and "[7, 8, 9]" in out
+    # the search's own records are untouched by the re-training runs
+    trials, _ = read(storage, name)
+    assert len(trials) == 6
 
 
 @pytest.mark.slow
