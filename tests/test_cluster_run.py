@@ -1,0 +1,66 @@
+"""A real two-node Ray cluster on loopback: trials pinned to the second node, results
+in the driver's Parquet. Both nodes are stopped by process id, also on failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.raynodes import RayNode, free_port, wait_for_nodes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def node_ids(address: str) -> dict[str, str]:
+    """{"head": id, "second": id} by the custom resource the second node declares."""
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        ids = {}
+        for n in ray.nodes():
+            if n["Alive"]:
+                ids["second" if "second_node" in n["Resources"] else "head"] = n["NodeID"]
+        return ids
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_two_node_loopback_search(ray_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60 heads use token auth by default
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"],
+                   ray_env, tmp_path / "head.log")
+    second = None
+    try:
+        wait_for_nodes(address, 1, ray_env)
+        second = RayNode([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                          '--resources={"second_node": 2}'], ray_env, tmp_path / "second.log")
+        wait_for_nodes(address, 2, ray_env)
+        ids = node_ids(address)
+        assert set(ids) == {"head", "second"}
+        storage = tmp_path / "shared"  # a path both nodes see (NFS or object storage on a real cluster)
+        res = subprocess.run(
+            [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",
+             str(storage), "--name", "two", "--num-samples", "2", "--max-epochs", "2",
+             "--executor", "train", "--cpus-per-trial", "0.5",
+             "--trial-resources", '{"second_node": 1}'],
+            env=ray_env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        trials = pd.read_parquet(storage / "two" / "trials.parquet")
+        epochs = pd.read_parquet(storage / "two" / "epochs.parquet")
+        assert len(trials) == 2 and set(trials.status) <= {"completed", "stopped"}
+        assert (trials.node_id == ids["second"]).all(), trials[["trial_id", "node_id"]]
+        assert not epochs.duplicated(["trial_id", "epoch"]).any()
+        assert len(epochs) == int(trials.epochs_run.sum())
+    finally:
+        if second is not None:
+            second.stop()
+        head.stop(address)
