@@ -12,17 +12,23 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from search.results import RETRAIN, ResultsStore, TrialBook
-from search.space import SpaceError, load_space, searched
+from search.space import SpaceError, first_value, load_space, searched
 from ucrn.data import DataError, load_dataset
 from ucrn.metrics import metric_mode
 from ucrn.train import TrainConfig
 
 EXECUTORS = ("train", "tune")
+_INTERRUPTED = threading.Event()  # set by SIGINT/SIGTERM in this (driver) process
+
+
+def interrupted() -> bool:
+    return _INTERRUPTED.is_set()
 
 
 class UsageError(Exception):
@@ -197,7 +203,10 @@ def _make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
             print(f"[{self._clock()}] start {trial.trial_id}: {shown}", flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            result = dict(result)
+            with _storage_guard(self.uri):
+                self._on_result(trials, trial, dict(result))
+
+        def _on_result(self, trials, trial, result: dict[str, Any]) -> None:
             if "checkpoint_path" in result:
                 result["checkpoint"] = result["checkpoint_path"]
             elif trial.checkpoint is not None:
@@ -210,16 +219,22 @@ def _make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
                 self._table(trials)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            row = self.book.finish(trial.trial_id, self.config_of(trial))
+            if interrupted():  # Tune ends interrupted trials; they resume later
+                return
+            with _storage_guard(self.uri):
+                row = self.book.finish(trial.trial_id, self.config_of(trial))
             self._line(row)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            row = self.book.finish(trial.trial_id, self.config_of(trial), "errored",
-                                   _first_error_line(trial))
+            with _storage_guard(self.uri):
+                row = self.book.finish(trial.trial_id, self.config_of(trial), "errored",
+                                       _first_error_line(trial))
             self._line(row)
 
         def on_experiment_end(self, trials, **info):
             # trials finished before a driver crash may never have been closed here
+            if interrupted():
+                return
             for trial in trials:
                 row = self.book.trials.get(trial.trial_id)
                 if row is None or row["status"] != "running":
@@ -264,10 +279,44 @@ def _make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
     return Recorder()
 
 
+class StorageFailure(RuntimeError):
+    """The results storage refused a write; the search stops rather than lose rows."""
+
+
+class _storage_guard:
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        import pyarrow as pa
+
+        if exc is not None and isinstance(exc, (OSError, pa.ArrowException)):
+            raise StorageFailure(f"results storage {self.uri} failed: {str(exc).splitlines()[0]}")
+        return False
+
+
+def _storage_failure(exc: BaseException) -> StorageFailure | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageFailure):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _first_error_line(trial) -> str:
+    """The exception line of the trial's latest failure (Tune writes its local error file
+    before calling back; the synced copy may lag)."""
+    text = ""
     try:
-        err = trial.get_error()
-        text = str(err) if err is not None else ""
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text()
+        elif (err := trial.get_error()) is not None:
+            text = str(err)
     except Exception:  # noqa: BLE001 - the error file may be gone; the status says enough
         text = ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -315,10 +364,11 @@ def check_cluster(ns: argparse.Namespace) -> None:
 
     if ns.gpus_per_trial > 0:
         most = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-        if most == 0:  # an autoscaling cluster may still add GPU nodes
-            print(f"warning: --gpus-per-trial {ns.gpus_per_trial}: no GPU node is up yet; "
-                  "trials wait until the autoscaler adds one", file=sys.stderr, flush=True)
-        elif ns.gpus_per_trial > most:
+        if most == 0:
+            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: no node of the cluster has "
+                             "a GPU (an autoscaling cluster must keep one GPU node up: "
+                             "min_workers >= 1)")
+        if ns.gpus_per_trial > most:
             raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: more than any node has "
                              f"(the largest has {most:g} GPUs)")
 
@@ -374,7 +424,11 @@ def base_config(ns: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
             "seed": ns.seed, "threads": threads, "select_metric": ns.metric,
             "device": "cpu" if ns.gpus_per_trial == 0 else "auto"}
     base.update({k: v for k, v in spec.items() if not isinstance(v, dict)})
-    TrainConfig.from_dict(base, where="flags")
+    sample = {k: first_value(v) for k, v in spec.items() if isinstance(v, dict)}
+    try:  # one complete config: flags and the space's fixed values agree with the trainer
+        TrainConfig.from_dict({**base, **sample}, where="flags and space")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return base
 
 
@@ -436,6 +490,7 @@ def run_search(ns: argparse.Namespace) -> int:
                 trainable, param_space=param_space,
                 tune_config=tune.TuneConfig(
                     metric=ns.metric, mode=mode, num_samples=ns.num_samples,
+                    reuse_actors=ns.executor == "tune",  # no new process per tiny trial
                     max_concurrent_trials=ns.max_concurrent or auto_concurrency(ns),
                     search_alg=OptunaSearch(seed=ns.seed),
                     scheduler=ASHAScheduler(time_attr="epoch", max_t=ns.max_epochs,
@@ -446,31 +501,49 @@ def run_search(ns: argparse.Namespace) -> int:
                     failure_config=tune.FailureConfig(max_failures=ns.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
             )
-        with _graceful_stop(ns, uri):
-            tuner.fit()
+        try:
+            with _graceful_stop(ns, uri):
+                tuner.fit()
+        except Exception as e:  # noqa: BLE001 - only a storage failure is ours to explain
+            failure = _storage_failure(e)
+            if failure is None:
+                raise
+            print(f"error: {failure}; the Parquet files written so far are complete up to this "
+                  f"point; fix the storage, then: python run_search.py --resume --name {ns.name} "
+                  f"--storage {ns.storage}", file=sys.stderr, flush=True)
+            return 1
         return summarize(store, ns, mode)
     finally:
         ray.shutdown()
 
 
 class _graceful_stop:
-    """SIGINT/SIGTERM: let Tune stop its trials and flush, then say how to resume."""
+    """SIGINT/SIGTERM: Tune stops its trials and saves its state (we forward the signal as
+    the SIGUSR1 Tune listens to), Parquet is already flushed per report; then we say how
+    to resume and exit 130. A second signal interrupts at once."""
 
     def __init__(self, ns: argparse.Namespace, uri: str):
         self.ns, self.uri, self.hit = ns, uri, False
 
     def __enter__(self):
-        self.old = signal.signal(signal.SIGTERM, self._term)
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards it instead
+        self.old = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def _term(self, signum, frame):
+    def _stop(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
         self.hit = True
-        raise KeyboardInterrupt
+        _INTERRUPTED.set()
+        print("\nstopping: finishing the current step and saving the search state "
+              "(signal again to stop at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
 
     def __exit__(self, typ, exc, tb):
-        signal.signal(signal.SIGTERM, self.old)
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
         if typ is KeyboardInterrupt or self.hit:
-            print(f"\ninterrupted: results so far are in {self.uri}\nresume with: python "
+            print(f"interrupted: results so far are in {self.uri}\nresume with: python "
                   f"run_search.py --resume --name {self.ns.name} --storage {self.ns.storage}",
                   file=sys.stderr, flush=True)
             raise SystemExit(130)

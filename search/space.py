@@ -114,6 +114,11 @@ def _check_each_value(spec: dict[str, Any], where: str) -> None:
                              f"choose heads from {[x for x in range(1, d + 1) if d % x == 0]}")
 
 
+def first_value(entry: Any) -> Any:
+    """One valid value of a parameter (for checking a whole config before Ray starts)."""
+    return _values(entry)[0]
+
+
 def searched(spec: dict[str, Any]) -> list[str]:
     """Names of the parameters that vary (not fixed values)."""
     return [k for k, v in spec.items() if isinstance(v, dict)]

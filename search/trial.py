@@ -73,6 +73,9 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
                 "peak_gpu_mem_mb": _peak_gpu_mb(device),
                 "wall_seconds": time.perf_counter() - t0}
 
+    fault = _fault(cfg)
+    if fault:
+        raise RuntimeError(f"injected fault (UCRN_FAULT={fault})")
     if resume is not None:
         for rec in resume["history"]:
             report({**rec, **node, "diverged": 0.0, "replay": 1.0}, None)
@@ -87,7 +90,9 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
 
     result = fit(cfg, data, on_epoch=on_epoch, resume=resume)
     if result.status == "diverged":
-        final = dict(last) if last else {"epoch": 0, **node}
+        metric, mode = cfg.selection(data.task)  # Tune requires the metric in every report
+        final = dict(last) if last else {"epoch": 0, **node,
+                                         metric: math.inf if mode == "min" else -math.inf}
         report({**final, "diverged": 1.0, "replay": 0.0}, None)
     elif save_model is not None and result.model_state is not None:
         location = ""
@@ -103,8 +108,14 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
         report(final, None)
 
 
-def threads_for(cpus: float) -> int:
-    return max(1, int(cpus))
+def _fault(cfg: TrainConfig) -> str:
+    """Test-only fault injection: UCRN_FAULT="raise:KEY=VALUE" makes every trial whose
+    config has KEY == VALUE raise when it starts (docs/reliability.md)."""
+    spec = os.environ.get("UCRN_FAULT", "")
+    if not spec.startswith("raise:") or "=" not in spec:
+        return ""
+    key, value = spec.removeprefix("raise:").split("=", 1)
+    return spec if str(getattr(cfg, key, None)) == value else ""
 
 
 # ---- executor "tune": the body runs in the Tune trial process --------------------------
@@ -210,7 +221,8 @@ def _model_saver(settings: dict[str, Any], trial_id: str, cfg: dict[str, Any]
 def trial_env(threads: int) -> dict[str, str]:
     """Environment for trial processes: thread caps and Ray Train's preemption watcher off
     (it polls node drain state; useless off spot instances and it slows start-up)."""
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+    env = {"UCRN_FAULT": os.environ["UCRN_FAULT"]} if "UCRN_FAULT" in os.environ else {}
+    return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
             "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
                                                        str(Path(__file__).resolve().parents[1]))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ucrn.data import make_synthetic, write_mult_pickle
+from ucrn.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--d_model=12", "--num_heads=2", "--nlevels=1", "--threads=1"]
@@ -57,7 +58,7 @@ def test_authors_command_verbatim(mosei_dir, tmp_path):
 
 
 def test_config_file_and_seeds(tmp_path):
-    cfg = {"d_model": 12, "heads": 2, "layers": 1, "num_epochs": 1, "threads": 1, "seed": 5}
+    cfg = TrainConfig(d_model=12, heads=2, layers=1, num_epochs=1, threads=1, seed=5).to_dict()
     (tmp_path / "best.json").write_text(json.dumps(cfg))
     res = ucrn("train", "--config", "best.json", "--seeds", "1,2", "--name", "s", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -89,6 +90,28 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert needle in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"lr": 0.001}', "incomplete, missing"),
+        ('["lr"]', "expected a JSON object"),
+        ('{"lr": "fast"}', "lr='fast'"),
+    ],
+)
+def test_bad_config_file_is_one_line(tmp_path, content, needle):
+    (tmp_path / "best.json").write_text(content)
+    if content.startswith('{"lr": "fast"'):
+        full = TrainConfig().to_dict()
+        full["lr"] = "fast"
+        (tmp_path / "best.json").write_text(json.dumps(full))
+    res = ucrn("train", "--config", "best.json", cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "best.json" in lines[0], res.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -129,6 +129,11 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
         flags["jsd_weight"] = 1.0
     if args.get("no_cuda"):
         flags["device"] = "cpu"
+    if "config" in args:  # a saved config must be whole, or it would not reproduce its run
+        missing = [k for k in TrainConfig.__dataclass_fields__ if k not in base and k not in flags]
+        if missing:
+            raise CliError(f"--config {args['config']}: incomplete, missing {', '.join(missing)} "
+                           "(expected a full config as run_search.py or ucrn train writes it)")
     merged = {**base, **flags}
     try:
         return TrainConfig.from_dict(merged, where=str(args.get("config", "flags")))

@@ -1,0 +1,315 @@
+"""Bad input gets one clear line and writes nothing; faults lose nothing (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import run_search
+from search.results import ResultsStore, TrialBook
+from ucrn.cli import main as ucrn_main
+from ucrn.data import load_dataset, make_synthetic, write_mult_pickle
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "mosi_data_noalign.pkl"
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _raw(n: int = 8) -> dict:
+    return make_synthetic("tiny", seed=1, n_train=n, n_valid=n, n_test=n)
+
+
+def _write(folder: Path, obj) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / NAME, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def _bad_data(kind: str, root: Path) -> tuple[str, str]:
+    """Build one broken input; returns (data_path, text the message must contain)."""
+    d = root / kind
+    raw = _raw()
+    if kind == "missing_path":
+        return str(root / "nope"), str(root / "nope")
+    if kind == "not_a_folder":
+        d.mkdir()
+        (d / "notes.txt").write_text("hello")
+        return str(d / "notes.txt"), "notes.txt"
+    if kind == "file_absent":
+        d.mkdir()
+        return str(d), NAME
+    if kind == "truncated":
+        write_mult_pickle(raw, d / NAME)
+        data = (d / NAME).read_bytes()
+        (d / NAME).write_bytes(data[: len(data) // 3])
+        return str(d), NAME
+    if kind == "not_a_dict":
+        _write(d, [raw["train"], raw["valid"]])
+        return str(d), "dict"
+    if kind == "split_missing":
+        del raw["test"]
+        _write(d, raw)
+        return str(d), "test"
+    if kind == "modality_missing":
+        del raw["valid"]["vision"]
+        _write(d, raw)
+        return str(d), "vision"
+    if kind == "wrong_rank":
+        raw["train"]["audio"] = raw["train"]["audio"][:, :, 0]
+        _write(d, raw)
+        return str(d), "audio"
+    if kind == "n_mismatch":
+        raw["train"]["labels"] = raw["train"]["labels"][:-1]
+        _write(d, raw)
+        return str(d), "labels"
+    if kind == "empty_split":
+        raw["valid"] = {k: v[:0] for k, v in raw["valid"].items()}
+        _write(d, raw)
+        return str(d), "valid"
+    if kind == "malicious":
+        _write(d, {"train": _Evil(root / "PWNED")})
+        return str(d), "system"
+    raise AssertionError(kind)
+
+
+BAD_DATA = ["missing_path", "not_a_folder", "file_absent", "truncated", "not_a_dict",
+            "split_missing", "modality_missing", "wrong_rank", "n_mismatch", "empty_split",
+            "malicious"]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("kind", BAD_DATA)
+def test_bad_data_one_line_nothing_written(kind, tmp_path, capsys):
+    data_path, needle = _bad_data(kind, tmp_path)
+    storage = tmp_path / "results"
+    rc = run_search.main(["--dataset", "mosi", "--data-path", data_path, "--storage", str(storage)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert needle in err[0], err[0]
+    assert _files(storage) == []
+    rc = ucrn_main(["train", "--dataset=mosi", f"--data_path={data_path}", "--out",
+                    str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "PWNED").exists()  # the malicious pickle ran nothing
+
+
+def test_iemocap_labels_of_the_wrong_shape(tmp_path, capsys):
+    raw = _raw()  # sentiment labels (N, 1, 1) where IEMOCAP needs (N, 4, 2)
+    d = tmp_path / "iemo"
+    d.mkdir()
+    write_mult_pickle(raw, d / "iemocap_data_noalign.pkl")
+    assert run_search.main(["--dataset", "iemocap", "--data-path", str(d), "--storage",
+                            str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'labels'" in err and "(N,4,2) expected for iemocap" in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_all_nan_modality_warns_and_trains(tmp_path):
+    raw = _raw(32)
+    for split in ("train", "valid", "test"):
+        raw[split]["vision"][:] = np.nan
+    write_mult_pickle(raw, tmp_path / NAME)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_dataset("mosi", tmp_path)
+    assert any("vision" in str(w.message) for w in caught)
+    assert not data.splits["train"].vision.any()
+    assert data.nonfinite["train"]["vision"] == raw["train"]["vision"].size
+
+
+def test_results_store_cost_is_flat(tmp_path):
+    """Writing trial k's rows costs the same whether k is 1 or 200 (no growing rewrite)."""
+    book = TrialBook(ResultsStore(tmp_path / "s"), "s", "MAE", "min", "tune")
+    config = {"lr": 1e-3, "num_epochs": 3, "heads": 2}
+    times, mems = [], []
+    tracemalloc.start()
+    for i in range(200):
+        tid = f"t{i:04d}"
+        t0 = time.perf_counter()
+        before = tracemalloc.get_traced_memory()[0]
+        for epoch in (1, 2, 3):
+            book.add_result(tid, config, {"epoch": epoch, "MAE": 1.0 / (i + epoch),
+                                          "loss": 1.0, "train_loss": 1.0, "seconds": 0.1})
+        book.finish(tid, config)
+        times.append(time.perf_counter() - t0)
+        mems.append(tracemalloc.get_traced_memory()[0] - before)
+    tracemalloc.stop()
+    first, last = np.median(times[:20]), np.median(times[-20:])
+    assert last < 2.0 * first, (first, last)
+    assert np.median(mems[-20:]) < 2.0 * np.median(mems[:20]) + 4096
+    trials = pd.read_parquet(tmp_path / "s" / "trials.parquet")
+    assert len(trials) == 200 and trials.trial_id.is_unique
+    assert len(pd.read_parquet(tmp_path / "s" / "epochs.parquet")) == 600
+
+
+FAULT_SPACE = """\
+lr: {choice: [0.001, 1.0e12]}
+batch_size: {choice: [32, 64]}
+optim: SGD
+clip: 0.0
+layers: 1
+"""
+
+
+@pytest.mark.slow
+def test_diverged_and_errored_trials_are_recorded(ray_head, tmp_path, monkeypatch, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(FAULT_SPACE)
+    monkeypatch.setenv("UCRN_FAULT", "raise:batch_size=64")
+    rc = run_search.main(["--address", ray_head, "--storage", str(tmp_path), "--name", "f",
+                          "--executor", "tune", "--space", str(space), "--num-samples", "8",
+                          "--max-epochs", "2", "--max-failures", "1", "--seed", "3"])
+    out = capsys.readouterr().out
+    trials = pd.read_parquet(tmp_path / "f" / "trials.parquet")
+    assert len(trials) == 8
+    errored = trials[trials.batch_size == 64]  # the fault fires when such a trial starts
+    diverged = trials[(trials.batch_size == 32) & (trials.lr > 1)]
+    healthy = trials[(trials.batch_size == 32) & (trials.lr < 1)]
+    assert (errored.status == "errored").all()
+    assert errored.error.str.contains("injected fault").all(), errored.error.tolist()
+    assert (diverged.status == "diverged").all()
+    assert set(healthy.status) <= {"completed", "stopped"}
+    if len(healthy):
+        assert rc == 0, out[-2000:]
+        best = pd.read_json(tmp_path / "f" / "best_config.json", typ="series")
+        assert best["lr"] < 1 and best["batch_size"] == 32
+    assert len(errored) and len(diverged), trials[["lr", "batch_size", "status"]]
+
+
+def _driver(address: str, storage: Path, name: str, env: dict, *extra: str):
+    log = open(storage / f"{name}.log", "a")
+    return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--address", address,
+                             "--storage", str(storage), "--name", name, *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _wait_rows(path: Path, n: int, proc, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "driver ended early"
+        try:
+            if len(pd.read_parquet(path)) >= n:
+                return
+        except (FileNotFoundError, OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_flushes_and_resumes(ray_head, ray_env, tmp_path, sig):
+    name = f"sig{int(sig)}"
+    proc = _driver(ray_head, tmp_path, name, ray_env, "--executor", "tune", "--num-samples", "4",
+                   "--max-epochs", "4")
+    try:
+        _wait_rows(tmp_path / name / "epochs.parquet", 2, proc)
+        os.kill(proc.pid, sig)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    log = (tmp_path / f"{name}.log").read_text()
+    assert rc == 130, log[-2000:]
+    assert f"--resume --name {name}" in log
+    before = pd.read_parquet(tmp_path / name / "trials.parquet")
+    assert (before.status == "running").any()  # interrupted trials are not "finished"
+    res = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address", ray_head,
+                          "--storage", str(tmp_path), "--name", name, "--resume"],
+                         env=ray_env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    trials = pd.read_parquet(tmp_path / name / "trials.parquet")
+    epochs = pd.read_parquet(tmp_path / name / "epochs.parquet")
+    assert len(trials) == 4 and trials.trial_id.is_unique
+    assert set(trials.status) <= {"completed", "stopped"}
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for tid, rows in epochs.groupby("trial_id"):
+        assert sorted(rows.epoch) == list(range(1, len(rows) + 1)), tid
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    res = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True)
+    return res.returncode == 0
+
+
+@pytest.mark.slow
+def test_storage_failure_mid_search(ray_head, ray_env, tmp_path):
+    """The results folders turn read-only (chattr +i stops even root) while trials run."""
+    name = "ro"
+    proc = _driver(ray_head, tmp_path, name, ray_env, "--executor", "tune", "--num-samples", "4",
+                   "--max-epochs", "4")
+    folders = [tmp_path / name / "epochs.parquet", tmp_path / name / "trials.parquet"]
+    locked = []
+    try:
+        _wait_rows(folders[0], 1, proc)
+        _wait_rows(folders[1], 1, proc)
+        for f in folders:
+            if not _immutable(f, True):
+                pytest.skip("chattr +i is not supported on this filesystem")
+            locked.append(f)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        for f in locked:
+            _immutable(f, False)
+    log = (tmp_path / f"{name}.log").read_text()
+    assert rc == 1, log[-2000:]
+    line = [ln for ln in log.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "results storage" in line[0] and "--resume" in line[0]
+    trials = pd.read_parquet(folders[1])  # readable, each trial once
+    epochs = pd.read_parquet(folders[0])
+    assert trials.trial_id.is_unique and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+LOAD_SPACE = """\
+lr: {loguniform: [1.0e-4, 1.0e-2]}
+heads: {choice: [1, 2]}
+layers: 1
+d_model: 8
+batch_size: 128
+"""
+
+
+@pytest.mark.slow
+def test_200_trial_search(ray_head, ray_env, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(LOAD_SPACE)
+    t0 = time.time()
+    res = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address", ray_head,
+                          "--storage", str(tmp_path), "--name", "load", "--executor", "tune",
+                          "--space", str(space), "--num-samples", "200", "--max-epochs", "1",
+                          "--cpus-per-trial", "0.5"],
+                         env=ray_env, capture_output=True, text=True, timeout=1200)
+    wall = time.time() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    trials = pd.read_parquet(tmp_path / "load" / "trials.parquet")
+    assert len(trials) == 200 and trials.trial_id.is_unique
+    assert len(pd.read_parquet(tmp_path / "load" / "epochs.parquet")) == 200
+    print(f"\n200-trial search: {wall:.0f} s wall, driver peak RSS {peak_mb:.0f} MB")
