@@ -189,8 +189,8 @@ class TrialBook:
         """Record one reported epoch (upsert) and refresh the trial's summary."""
         epoch = int(result["epoch"])
         row = {"search": self.search, "trial_id": trial_id, "epoch": epoch}
-        row.update({k: result[k] for k in ("train_loss", "mjs", "current_lr", "seconds")
-                    if k in result})
+        row.update({k: result[k] for k in ("train_loss", "mjs", "current_lr", "seconds",
+                                           "node_id") if k in result})
         row.update({k: result[k] for k in METRICS if k in result})
         row.update(config)
         if epoch >= 1:

@@ -64,3 +64,62 @@ def test_two_node_loopback_search(ray_env, tmp_path, monkeypatch):
         if second is not None:
             second.stop()
         head.stop(address)
+
+
+@pytest.mark.slow
+def test_lost_node_trial_retried_on_head(ray_env, tmp_path, monkeypatch):
+    """Stop the second node (by its process ids) while a trial trains there: the trial
+    resumes from its checkpoint on the head and the search completes."""
+    import time
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    # 1 CPU per node, 2 trials of 0.1 (trial driver) + 0.9 (worker): one worker per node
+    head = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"],
+                   ray_env, tmp_path / "head.log")
+    second = None
+    proc = None
+    try:
+        wait_for_nodes(address, 1, ray_env)
+        second = RayNode([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                          '--resources={"second_node": 1}'], ray_env, tmp_path / "second.log")
+        wait_for_nodes(address, 2, ray_env)
+        ids = node_ids(address)
+        storage = tmp_path / "shared"
+        log = open(tmp_path / "driver.log", "w")
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",
+             str(storage), "--name", "lost", "--num-samples", "2", "--max-epochs", "5",
+             "--grace-period", "5", "--max-failures", "3"],
+            env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        epochs_path = storage / "lost" / "epochs.parquet"
+        deadline = time.time() + 300
+        while time.time() < deadline:  # until an epoch was trained on the second node
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            try:
+                if (pd.read_parquet(epochs_path).node_id == ids["second"]).any():
+                    break
+            except (FileNotFoundError, OSError, ValueError, AttributeError):
+                pass
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("no epoch ran on the second node")
+        second.stop()
+        second = None
+        assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        trials = pd.read_parquet(storage / "lost" / "trials.parquet")
+        epochs = pd.read_parquet(epochs_path)
+        assert len(trials) == 2 and set(trials.status) == {"completed"}
+        assert not epochs.duplicated(["trial_id", "epoch"]).any()
+        assert (epochs.groupby("trial_id").epoch.max() == 5).all()
+        moved = trials[trials.resumes >= 1]
+        assert len(moved) >= 1, trials[["trial_id", "resumes", "node_id"]]
+        assert (moved.node_id == ids["head"]).all()  # finished on the head
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if second is not None:
+            second.stop()
+        head.stop(address)
