@@ -24,9 +24,7 @@ epoch 1).
                whole `search.driver.main` call, Ray start (or connect) and shutdown included
 
 A trial whose Tune actor is reused (`reuse_actors`, a process that ran an earlier trial)
-starts in milliseconds: the table counts them ("reused"). The trial processes get
-`RAY_ADDRESS` of their own cluster (see `pinned_address`), else Ray Train's resource
-cleaner may ask another Ray instance on the same machine and the search hangs.
+starts in milliseconds: the table counts them ("reused").
 
     python -m benchmarks.search_overhead                     # 6 trials x 2 epochs, each executor
     python -m benchmarks.search_overhead --small             # 2 trials x 1 epoch (CI)
@@ -45,7 +43,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -188,52 +185,6 @@ def instrumented(log: dict[str, TrialTiming], loop: dict[str, float]) -> Iterato
         drv._make_recorder = orig_make
 
 
-@contextlib.contextmanager
-def pinned_address(address: str | None) -> Iterator[str | None]:
-    """Tell the trial processes which Ray cluster is theirs (`RAY_ADDRESS` in the search's
-    runtime env); yields that address (None where it cannot be pinned).
-
-    Why: Ray Train frees a finished trial's worker resources from a `PlacementGroupCleaner`
-    actor that asks the state API about "the" cluster without an address: it picks the
-    last `ray start` cluster (/tmp/ray/ray_current_cluster) or fails when several Ray
-    instances run on the machine. Then the freed slots never come back and a `train`
-    search with more trials than slots hangs. For a local start the GCS port is chosen
-    here (`RAY_GCS_SERVER_PORT`) so that the address is known before Ray starts.
-    """
-    import search.trial as trial_mod
-
-    saved_port = os.environ.get("RAY_GCS_SERVER_PORT")
-    if address is None:
-        from ray._private.services import get_node_ip_address
-
-        port = _free_port()
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-        pinned: str | None = f"{get_node_ip_address()}:{port}"
-    else:
-        pinned = None if address == "auto" or "://" in address else address
-    orig_env = trial_mod.trial_env
-
-    def trial_env(threads: int) -> dict[str, str]:
-        env = orig_env(threads)
-        return {**env, "RAY_ADDRESS": pinned} if pinned else env
-
-    trial_mod.trial_env = trial_env
-    try:
-        yield pinned
-    finally:
-        trial_mod.trial_env = orig_env
-        if saved_port is None:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
-        else:
-            os.environ["RAY_GCS_SERVER_PORT"] = saved_port
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
     """Run the fixed search once with `executor`; raise RuntimeError if it fails."""
     import pandas as pd
@@ -257,7 +208,7 @@ def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
     # the driver stops the search cleanly on SIGTERM (and exits 130): a hung search ends
     watchdog = threading.Timer(ns.timeout, os.kill, (os.getpid(), signal.SIGTERM))
     watchdog.daemon = True
-    with pinned_address(ns.address), instrumented(log, loop), contextlib.redirect_stdout(out):
+    with instrumented(log, loop), contextlib.redirect_stdout(out):
         t0 = time.time()
         watchdog.start()
         try:

@@ -334,6 +334,14 @@ def _fmt(v: Any) -> str:
 # ---- Ray ---------------------------------------------------------------------------------
 
 def start_ray(address: str | None, threads: int) -> None:
+    """Start a local Ray or connect to `address`, with the job's environment set.
+
+    Ray Train frees the workers of a stopped trial from an actor that finds the cluster
+    through the state API; left to itself, that actor reads /tmp/ray/ray_current_cluster,
+    which another Ray instance on the same machine may have overwritten (it then times out
+    and the freed CPUs stay reserved: the search hangs). So the job tells its processes
+    where this cluster is: the dashboard URL (local) or the GCS address (--address).
+    """
     import optuna
     import ray
 
@@ -341,15 +349,20 @@ def start_ray(address: str | None, threads: int) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Tune's tables
-    env = {"env_vars": trial_env(threads)}
+    env_vars = trial_env(threads)
     if address is None:
+        port = _free_port()
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         # "local": always a new instance, never a stale /tmp/ray/ray_current_cluster
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=False,
-                 runtime_env=env, configure_logging=True, logging_level="ERROR")
+                 dashboard_port=port, log_to_driver=False, runtime_env={"env_vars": env_vars},
+                 configure_logging=True, logging_level="ERROR")
         return
+    if ":" in address and "://" not in address:
+        env_vars["RAY_ADDRESS"] = address
     try:
-        ray.init(address=address, log_to_driver=False, runtime_env=env, logging_level="ERROR")
+        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env_vars},
+                 logging_level="ERROR")
     except (ConnectionError, RuntimeError) as e:
         cause = e.__cause__ or e
         hint = ""
@@ -357,6 +370,12 @@ def start_ray(address: str | None, threads: int) -> None:
             hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and the "
                     "token in RAY_AUTH_TOKEN or ~/.ray/auth_token)")
         raise UsageError(f"--address {address}: could not connect{hint}") from None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def check_cluster(ns: argparse.Namespace) -> None:

@@ -261,3 +261,39 @@ def test_storage_that_is_a_file(tmp_path, capsys):
 def test_resume_with_nothing_to_resume(tmp_path, capsys):
     assert run_search.main(["--storage", str(tmp_path), "--name", "none", "--resume"]) == 2
     assert "--resume: no search named 'none'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_analyze_and_predict_on_the_real_search(small_search, tmp_path, capsys):
+    import analyze
+
+    storage, name, _ = small_search
+    assert analyze.main([str(storage / name), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "MAE" in out and "importance" in out.lower()
+    assert (tmp_path / "report" / "report.md").is_file()
+    retrain = storage / name / "retrain.parquet"
+    if retrain.exists():  # after test_retrain_three_seeds: predict with a selected checkpoint
+        from ucrn.data import make_synthetic, write_mult_pickle
+
+        data = write_mult_pickle(make_synthetic("tiny", seed=0), tmp_path / "tiny.pkl")
+        ckpt = pd.read_parquet(retrain).checkpoint.iloc[0]
+        preds = tmp_path / "preds.parquet"
+        assert ucrn_main(["predict", "--checkpoint", ckpt, "--dataset", "synthetic",
+                          "--data_path", str(data), "--split", "test", "--out", str(preds)]) == 0
+        rows = pd.read_parquet(preds)
+        assert len(rows) == 128 and rows.id.is_unique
+
+
+@pytest.mark.slow
+def test_no_secret_in_results(small_search):
+    """The cluster's auth token never lands in results, configs or logs of a search."""
+    token_file = Path.home() / ".ray" / "auth_token"
+    if not token_file.is_file():
+        pytest.skip("no Ray auth token on this machine")
+    token = token_file.read_text().strip().encode()
+    storage, name, out = small_search
+    assert token not in out.encode()
+    for f in (storage / name).rglob("*"):
+        if f.is_file() and f.stat().st_size < 50_000_000:
+            assert token not in f.read_bytes(), f

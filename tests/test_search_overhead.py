@@ -1,0 +1,49 @@
+"""The search-overhead benchmark end to end (`--small`) against the session's Ray head."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_small_benchmark_prints_startup_per_executor(ray_head, ray_env, tmp_path):
+    """Both executors (about a minute in all on 2 cores): a table row each with numeric
+    start-up values, the train/tune ratio line, and the same numbers in --json."""
+    out_json = tmp_path / "overhead.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.search_overhead", "--small", "--executor", "both",
+         "--address", ray_head, "--json", str(out_json)],
+        cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("executor"))
+    assert "start-up s median" in lines[header] and "overhead" in lines[header]
+    rows = {ln.split()[0]: ln.split() for ln in lines[header + 2:header + 4]}
+    assert set(rows) == {"train", "tune"}
+    for cells in rows.values():
+        trials, reused, slots, wall, loop, median, worst = cells[1:8]
+        assert int(trials) == 2 and int(slots) == 2 and int(reused) == 0  # one wave
+        assert 0 < float(median) <= float(worst) < float(wall)
+        assert 0 < float(loop) <= float(wall)
+        assert cells[-1].endswith("%")
+    assert any(ln.startswith("train/tune: wall ") for ln in lines)
+
+    doc = json.loads(out_json.read_text())
+    runs = {r["executor"]: r for r in doc["runs"]}
+    for r in runs.values():
+        assert r["epochs_run"] == 2 and len(r["startup_s"]) == 2
+        assert all(math.isfinite(s) and s > 0 for s in r["startup_s"])
+        assert 0 < r["compute_s"] < r["wall_s"] and 0 < r["overhead"] < 1
+        parts = r["parts_median_s"]
+        assert set(parts) == {"startup", "actor", "ray", "body"} and parts["actor"] > 0
+    # a Ray Train trial starts its own controller and worker processes: slower to start
+    assert runs["train"]["parts_median_s"]["ray"] > runs["tune"]["parts_median_s"]["ray"]
+    assert doc["environment"]["ray"] and doc["ratios_train_over_tune"]["wall"] > 0
