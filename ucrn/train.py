@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -392,7 +393,16 @@ class Trainer:
             self._graph_idx = idx.clone()
             static_idx = self._graph_idx
             self.opt.zero_grad(set_to_none=True)  # gradients are allocated inside the graph
-            self._graph = self._graph_factory(lambda: self._train_step(static_idx))
+            try:
+                self._graph = self._graph_factory(lambda: self._train_step(static_idx))
+            except RuntimeError as e:  # a capture never executes the step: fall back to eager
+                if self.cfg.cuda_graphs == "on":
+                    raise
+                warnings.warn(f"CUDA graph capture failed ({str(e).splitlines()[0]}); "
+                              "training this run eagerly", RuntimeWarning, stacklevel=2)
+                self._graph_factory, self._graph = None, None
+                self._train_step(idx)
+                return
             self._graph_key = key
         else:
             self._graph_idx.copy_(idx)
