@@ -633,6 +633,7 @@ def run_retrain(ns: argparse.Namespace) -> int:
         check_cluster(ns)
         base = {k: v for k, v in config.items() if k != "seed"}
         base["threads"] = max(1, int(ns.cpus_per_trial))
+        base["device"] = "cpu" if ns.gpus_per_trial == 0 else "auto"  # this run's resources
         settings = trial_settings(ns, store.uri, base, save_models=True)
         trainable = make_trainable(ns, data, settings)
         metric = config["select_metric"] if config["select_metric"] != "auto" else (

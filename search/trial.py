@@ -123,23 +123,30 @@ def _fault(cfg: TrainConfig) -> str:
 def tune_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]) -> None:
     from ray import tune
 
-    data = ray.get(data_box[0])
-    ckpt = tune.get_checkpoint()
-    trial_id = tune.get_context().get_trial_id()
+    cfg = {**settings["base"], **config}
+    _run_from(tune.get_checkpoint(), cfg, ray.get(data_box[0]),
+              _reporter(tune.report, tune.Checkpoint), rank=0,
+              save_model=_model_saver(settings, cfg))
 
+
+def _reporter(report_fn: Callable, checkpoint_cls: Any) -> Report:
     def report(metrics: dict[str, Any], d: str | None) -> None:
         if d is None:
-            tune.report(metrics)
+            report_fn(metrics)
         else:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            report_fn(metrics, checkpoint=checkpoint_cls.from_directory(d))
 
-    cfg = {**settings["base"], **config}
-    save = _model_saver(settings, trial_id, cfg)
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            run_body(cfg, data, report, d, save_model=save)
-    else:
-        run_body(cfg, data, report, None, save_model=save)
+    return report
+
+
+def _run_from(ckpt: Any, cfg: dict[str, Any], data: Any, report: Report, rank: int,
+              save_model: Callable[[dict[str, Any]], str] | None) -> None:
+    """run_body from a Ray checkpoint (Tune's or Train's), or from scratch."""
+    if ckpt is None:
+        run_body(cfg, data, report, None, rank=rank, save_model=save_model)
+        return
+    with ckpt.as_directory() as d:
+        run_body(cfg, data, report, d, rank=rank, save_model=save_model)
 
 
 # ---- executor "train": a Ray Train run per Tune trial ----------------------------------
@@ -149,26 +156,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    ctx = ray.train.get_context()
     cfg = dict(loop_config["config"])
     if loop_config["use_gpu"]:
         cfg["device"] = str(ray.train.torch.get_device())
-    data = ray.get(loop_config["data_box"][0])
-    rank = ctx.get_world_rank()
-
-    def report(metrics: dict[str, Any], d: str | None) -> None:
-        if d is None:
-            ray.train.report(metrics)
-        else:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-    save = _model_saver(loop_config["settings"], loop_config["trial_id"], cfg)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            run_body(cfg, data, report, d, rank=rank, save_model=save)
-    else:
-        run_body(cfg, data, report, None, rank=rank, save_model=save)
+    _run_from(ray.train.get_checkpoint(), cfg, ray.get(loop_config["data_box"][0]),
+              _reporter(ray.train.report, ray.train.Checkpoint),
+              rank=ray.train.get_context().get_world_rank(),
+              save_model=_model_saver(loop_config["settings"], cfg))
 
 
 def train_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]) -> None:
@@ -185,7 +179,7 @@ def train_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": {**settings["base"], **config}, "data_box": data_box,
-                           "use_gpu": gpus > 0, "settings": settings, "trial_id": trial_id},
+                           "use_gpu": gpus > 0, "settings": settings},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -199,7 +193,7 @@ def train_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]
     trainer.fit()
 
 
-def _model_saver(settings: dict[str, Any], trial_id: str, cfg: dict[str, Any]
+def _model_saver(settings: dict[str, Any], cfg: dict[str, Any]
                  ) -> Callable[[dict[str, Any]], str] | None:
     """Re-training keeps each seed's selected weights in the results storage."""
     if not settings.get("save_models"):
