@@ -11,6 +11,11 @@ from tests.raynodes import RayNode, free_port, wait_for_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Ray 2.60 heads use token authentication by default. Ray reads the client's auth mode once,
+# when it is first imported, and some test modules import Ray at collection time: so the
+# mode is set here, before any of them, for every driver this test process starts.
+os.environ["RAY_AUTH_MODE"] = "token"
+
 
 @pytest.fixture(scope="session")
 def ray_env(tmp_path_factory) -> dict[str, str]:
@@ -32,14 +37,8 @@ def ray_head(tmp_path_factory, ray_env):
                     "--num-gpus=0", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                     f"--dashboard-port={free_port()}"], ray_env, logs / "head.log")
     address = f"127.0.0.1:{port}"
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"  # for drivers started in this process
     try:
         wait_for_nodes(address, 1, ray_env)
         yield address
     finally:
         node.stop(address)
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old

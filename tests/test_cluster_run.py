@@ -31,8 +31,7 @@ def node_ids(address: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_two_node_loopback_search(ray_env, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # Ray 2.60 heads use token auth by default
+def test_two_node_loopback_search(ray_env, tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
     head = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
@@ -67,12 +66,11 @@ def test_two_node_loopback_search(ray_env, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_lost_node_trial_retried_on_head(ray_env, tmp_path, monkeypatch):
+def test_lost_node_trial_retried_on_head(ray_env, tmp_path):
     """Stop the second node (by its process ids) while a trial trains there: the trial
     resumes from its checkpoint on the head and the search completes."""
     import time
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     port = free_port()
     address = f"127.0.0.1:{port}"
     # 1 CPU per node, 2 trials of 0.1 (trial driver) + 0.9 (worker): one worker per node
