@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,10 +15,16 @@ from tests.raynodes import RayNode, free_port, wait_for_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Ray 2.60 heads use token authentication by default. Ray reads the client's auth mode once,
-# when it is first imported, and some test modules import Ray at collection time: so the
-# mode is set here, before any of them, for every driver this test process starts.
+# Ray 2.60 heads use token authentication by default. The test session makes its own token
+# (a fresh machine has no ~/.ray/auth_token, and the user's is left alone) and sets the mode
+# here, before any test module imports Ray: Ray reads the client's auth mode once, at import.
+_TOKEN_DIR = tempfile.mkdtemp(prefix="ucrn-test-ray-")
+_TOKEN = Path(_TOKEN_DIR) / "auth_token"
+_TOKEN.write_text(secrets.token_hex(32))
+_TOKEN.chmod(0o600)
+atexit.register(shutil.rmtree, _TOKEN_DIR, ignore_errors=True)
 os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(_TOKEN)
 
 
 @pytest.fixture(scope="session")
