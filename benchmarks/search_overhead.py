@@ -135,7 +135,7 @@ def instrumented(log: dict[str, TrialTiming], loop: dict[str, float]) -> Iterato
         return log.setdefault(trial_id, TrialTiming(trial_id))
 
     orig_schedule = TuneController._schedule_trial_actor
-    orig_make = drv._make_recorder
+    orig_make = drv.make_recorder
 
     def schedule(self, trial):
         t = timing(trial.trial_id)
@@ -177,12 +177,12 @@ def instrumented(log: dict[str, TrialTiming], loop: dict[str, float]) -> Iterato
         return Timed()
 
     TuneController._schedule_trial_actor = schedule
-    drv._make_recorder = make_recorder
+    drv.make_recorder = make_recorder
     try:
         yield
     finally:
         TuneController._schedule_trial_actor = orig_schedule
-        drv._make_recorder = orig_make
+        drv.make_recorder = orig_make
 
 
 def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:

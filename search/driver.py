@@ -7,329 +7,26 @@ is checked before Ray starts, and reported in one line (exit code 2).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import socket
 import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
+from search.flags import (
+    UsageError,
+    build_parser,
+    check_address,
+    check_flags,
+    check_storage,
+)
+from search.progress import fmt, interrupted_event, make_recorder, storage_failure
 from search.results import RETRAIN, ResultsStore, TrialBook
 from search.space import SpaceError, first_value, load_space, searched
 from ucrn.data import DataError, load_dataset
 from ucrn.metrics import metric_mode
 from ucrn.train import TrainConfig
-
-EXECUTORS = ("train", "tune")
-_INTERRUPTED = threading.Event()  # set by SIGINT/SIGTERM in this (driver) process
-
-
-def interrupted() -> bool:
-    return _INTERRUPTED.is_set()
-
-
-class UsageError(Exception):
-    """A bad flag or input: one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run_search.py", description=__doc__.splitlines()[0])
-    a = p.add_argument
-    a("--dataset", default="synthetic", help="synthetic | mosi | mosei_senti | iemocap")
-    a("--data-path", default=None, help="folder with the MulT pickle (or the file)")
-    a("--aligned", action="store_true", help="word-aligned MulT files")
-    a("--preset", default="tiny", help="synthetic data preset (tiny, mosi, mosei, ...)")
-    a("--modalities", default="lav", help="subset of 'lav'")
-    a("--space", default=None, help="search space YAML (default: search/spaces/default.yaml)")
-    a("--num-samples", type=int, default=8, help="trials to run")
-    a("--max-concurrent", type=int, default=0, help="trials at once (0 = as resources allow)")
-    a("--max-epochs", type=int, default=4, help="epochs per trial (ASHA's max_t)")
-    a("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-    a("--reduction-factor", type=float, default=2, help="ASHA reduction factor")
-    a("--metric", default="MAE", help="validation metric to optimise (mode is the natural one)")
-    a("--cpus-per-trial", type=float, default=1.0,
-      help="CPUs for each of the trial's workers (also its torch thread cap)")
-    a("--gpus-per-trial", type=float, default=0.0,
-      help="GPUs for each of the trial's workers; 0.25 packs 4 trials on a GPU")
-    a("--workers-per-trial", type=int, default=1,
-      help="Ray Train workers per trial (DDP when > 1): a trial takes this many times the "
-           "CPUs and GPUs above")
-    a("--trial-resources", default=None, metavar="JSON",
-      help='extra Ray resources per trial, e.g. \'{"gpu_node": 1}\' to pin trials to a node type')
-    a("--executor", default="train", help="train (Ray Train per trial) | tune (plain Tune function)")
-    a("--max-failures", type=int, default=2, help="retries of a failed trial, from its checkpoint")
-    a("--storage", default="ray_results", help="results folder or URI (s3://..., shared on clusters)")
-    a("--name", default="ucrn-search", help="search name: results go to STORAGE/NAME")
-    a("--address", default=None, help="existing Ray cluster (host:port or auto); default: start one")
-    a("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
-    a("--seed", type=int, default=1234, help="seed of the trials and of Optuna's sampler")
-    a("--retrain", default=None, metavar="STORAGE/NAME",
-      help="re-train that search's best config once per --seeds and test it")
-    a("--seeds", default="1111,1112,1113,1114,1115", help="seeds for --retrain")
-    a("--trial", default=None, help="with --retrain: this trial's config instead of the best")
-    return p
-
-
-# ---- validation, before Ray --------------------------------------------------------------
-
-def check_flags(ns: argparse.Namespace) -> None:
-    rules = [
-        (ns.num_samples >= 1, "--num-samples", ns.num_samples, "an integer >= 1"),
-        (ns.max_concurrent >= 0, "--max-concurrent", ns.max_concurrent, ">= 0 (0 = auto)"),
-        (ns.max_epochs >= 1, "--max-epochs", ns.max_epochs, "an integer >= 1"),
-        (1 <= ns.grace_period <= ns.max_epochs, "--grace-period", ns.grace_period,
-         f"between 1 and --max-epochs ({ns.max_epochs})"),
-        (ns.reduction_factor > 1, "--reduction-factor", ns.reduction_factor, "> 1"),
-        (math.isfinite(ns.cpus_per_trial) and ns.cpus_per_trial > 0, "--cpus-per-trial",
-         ns.cpus_per_trial, "a number > 0"),
-        (math.isfinite(ns.gpus_per_trial) and ns.gpus_per_trial >= 0, "--gpus-per-trial",
-         ns.gpus_per_trial, "a number >= 0"),
-        (ns.workers_per_trial >= 1, "--workers-per-trial", ns.workers_per_trial, "an integer >= 1"),
-        (ns.executor in EXECUTORS, "--executor", ns.executor, "train or tune"),
-        (ns.max_failures >= 0, "--max-failures", ns.max_failures, ">= 0"),
-    ]
-    for ok, flag, value, expected in rules:
-        if not ok:
-            raise UsageError(f"{flag} {value}: expected {expected}")
-    ns.extra_resources = parse_resources(ns.trial_resources)
-    if ns.executor == "tune" and ns.workers_per_trial > 1:
-        raise UsageError("--workers-per-trial > 1 needs --executor train (DDP runs on Ray Train)")
-    if ns.executor == "train" and ns.cpus_per_trial <= 0.1:
-        raise UsageError(f"--cpus-per-trial {ns.cpus_per_trial}: --executor train needs > 0.1 "
-                         "(0.1 CPU goes to the trial's driver)")
-    if ns.gpus_per_trial > 1:
-        raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: a worker trains on one device; "
-                         f"use --gpus-per-trial 1 --workers-per-trial {math.ceil(ns.gpus_per_trial)}"
-                         " for DDP over several GPUs")
-    try:
-        metric_mode(ns.metric)
-    except ValueError as e:
-        raise UsageError(f"--metric {ns.metric}: {e}") from None
-    if ns.gpus_per_trial > 0 and ns.address is None:
-        import torch
-
-        if torch.cuda.device_count() == 0:
-            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: this machine has no GPU "
-                             "(use 0, or --address of a cluster with GPUs)")
-
-
-def parse_resources(text: str | None) -> dict[str, float]:
-    if not text:
-        return {}
-    import json
-
-    try:
-        res = json.loads(text)
-    except json.JSONDecodeError:
-        raise UsageError(f"--trial-resources {text}: expected JSON like '{{\"name\": 1}}'") from None
-    if not isinstance(res, dict) or not all(
-            isinstance(v, (int, float)) and v > 0 for v in res.values()):
-        raise UsageError(f"--trial-resources {text}: expected a JSON object of positive numbers")
-    for key in ("CPU", "GPU", "memory"):
-        if key in res:
-            raise UsageError(f"--trial-resources: {key} is set by --{key.lower()}s-per-trial")
-    return {str(k): float(v) for k, v in res.items()}
-
-
-def check_storage(storage: str) -> str:
-    """An absolute local path (created, writable) or a URI; returns what Ray should get."""
-    if "://" in storage and not storage.startswith("file://"):
-        return storage
-    path = Path(storage.removeprefix("file://")).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--storage {storage}: is a file, expected a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--storage {storage}: not writable ({e.strerror or e})") from None
-    return str(path)
-
-
-def check_address(address: str | None) -> None:
-    """Fail within seconds when nobody answers, instead of Ray's long retries."""
-    if address is None or address == "auto" or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--address {address}: expected host:port, auto or ray://host:port")
-    try:
-        with socket.create_connection((host, int(port)), timeout=5):
-            pass
-    except OSError:
-        raise UsageError(f"--address {address}: nobody answers there (waited 5 s); "
-                         "is the Ray head running?") from None
-
-
-# ---- progress and results, on the driver -----------------------------------------------
-
-def _make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
-                   base: dict[str, Any], total: int, retrain: bool):
-    from ray import tune
-
-    class Recorder(tune.Callback):
-        """Writes Parquet as trials report and prints a compact progress view."""
-
-        def __init__(self) -> None:
-            self.uri, self.search, self.metric, self.mode = uri, search, metric, mode
-            self.executor, self.base, self.total, self.retrain = executor, base, total, retrain
-            self.book: TrialBook | None = None
-            self.last_print = 0.0
-            self.t0 = time.time()
-
-        def setup(self, **info: Any) -> None:
-            self.book = TrialBook(ResultsStore(self.uri), self.search, self.metric, self.mode,
-                                  self.executor, prefix="retrain/" if self.retrain else "")
-            if not self.retrain:  # a resumed search continues its book
-                self.book.load()
-            self.t0 = time.time()
-            self.finals: dict[str, dict[str, Any]] = {}
-
-        def config_of(self, trial) -> dict[str, Any]:
-            return TrainConfig.from_dict({**self.base, **trial.config}).to_dict()
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
-            print(f"[{self._clock()}] start {trial.trial_id}: {shown}", flush=True)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            with _storage_guard(self.uri):
-                self._on_result(trials, trial, dict(result))
-
-        def _on_result(self, trials, trial, result: dict[str, Any]) -> None:
-            if "checkpoint_path" in result:
-                result["checkpoint"] = result["checkpoint_path"]
-            elif trial.checkpoint is not None:
-                result["checkpoint"] = trial.checkpoint.path
-            if result.get("final"):
-                self.finals[trial.trial_id] = {**result, "seed": trial.config.get("seed")}
-                return
-            self.book.add_result(trial.trial_id, self.config_of(trial), result)
-            if time.time() - self.last_print > 15:
-                self._table(trials)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            if interrupted():  # Tune ends interrupted trials; they resume later
-                return
-            with _storage_guard(self.uri):
-                row = self.book.finish(trial.trial_id, self.config_of(trial))
-            self._line(row)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            with _storage_guard(self.uri):
-                row = self.book.finish(trial.trial_id, self.config_of(trial), "errored",
-                                       _first_error_line(trial))
-            self._line(row)
-
-        def on_experiment_end(self, trials, **info):
-            # trials finished before a driver crash may never have been closed here
-            if interrupted():
-                return
-            for trial in trials:
-                row = self.book.trials.get(trial.trial_id)
-                if row is None or row["status"] != "running":
-                    continue
-                if trial.status == "TERMINATED":
-                    self.book.finish(trial.trial_id, self.config_of(trial))
-                elif trial.status == "ERROR":
-                    self.book.finish(trial.trial_id, self.config_of(trial), "errored",
-                                     _first_error_line(trial))
-
-        def _line(self, row: dict[str, Any]) -> None:
-            done = sum(t["status"] != "running" for t in self.book.trials.values())
-            best = self.book.best_trial()
-            value = row.get(self.metric, math.nan)
-            msg = (f"[{self._clock()}] {done}/{self.total} {row['trial_id']} {row['status']}"
-                   f" after {row['epochs_run']} epoch(s): {self.metric} {_fmt(value)}")
-            if row.get("error"):
-                msg += f"  error: {row['error']}"
-            if best is not None:
-                msg += f"  | best {best['trial_id']} {self.metric} {_fmt(best[self.metric])}"
-            print(msg, flush=True)
-
-        def _table(self, trials) -> None:
-            self.last_print = time.time()
-            by_status: dict[str, int] = {}
-            for t in self.book.trials.values():
-                by_status[t["status"]] = by_status.get(t["status"], 0) + 1
-            best = self.book.best_trial()
-            running = [t for t in self.book.trials.values() if t["status"] == "running"]
-            parts = [f"{k} {v}" for k, v in sorted(by_status.items())]
-            print(f"[{self._clock()}] trials: {', '.join(parts)}; pending "
-                  f"{max(0, self.total - len(self.book.trials))}"
-                  + (f"; best {self.metric} {_fmt(best[self.metric])}" if best else ""), flush=True)
-            for t in running:
-                print(f"           {t['trial_id']} epoch {t['epochs_run']}: {self.metric} "
-                      f"{_fmt(t.get(self.metric, math.nan))}", flush=True)
-
-        def _clock(self) -> str:
-            s = int(time.time() - self.t0)
-            return f"{s // 60:02d}:{s % 60:02d}"
-
-    return Recorder()
-
-
-class StorageFailure(RuntimeError):
-    """The results storage refused a write; the search stops rather than lose rows."""
-
-
-class _storage_guard:
-    def __init__(self, uri: str):
-        self.uri = uri
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, exc, tb):
-        import pyarrow as pa
-
-        if exc is not None and isinstance(exc, (OSError, pa.ArrowException)):
-            raise StorageFailure(f"results storage {self.uri} failed: {str(exc).splitlines()[0]}")
-        return False
-
-
-def _storage_failure(exc: BaseException) -> StorageFailure | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, StorageFailure):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _first_error_line(trial) -> str:
-    """The exception line of the trial's latest failure (Tune writes its local error file
-    before calling back; the synced copy may lag)."""
-    text = ""
-    try:
-        if trial.error_file and Path(trial.error_file).is_file():
-            text = Path(trial.error_file).read_text()
-        elif (err := trial.get_error()) is not None:
-            text = str(err)
-    except Exception:  # noqa: BLE001 - the error file may be gone; the status says enough
-        text = ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # the last line of a traceback is the exception itself
-    useful = [ln for ln in lines if not ln.startswith(("Traceback", "File ", "^", "The above"))]
-    return (useful[-1] if useful else "unknown error")[:500]
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
 
 # ---- Ray ---------------------------------------------------------------------------------
 
@@ -496,7 +193,7 @@ def run_search(ns: argparse.Namespace) -> int:
                 "searched": searched(spec), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         settings = trial_settings(ns, uri, base, save_models=False)
         trainable = make_trainable(ns, data, settings)
-        recorder = _make_recorder(uri, ns.name, ns.metric, mode, ns.executor, base,
+        recorder = make_recorder(uri, ns.name, ns.metric, mode, ns.executor, base,
                                   ns.num_samples, retrain=False)
         print(f"search {ns.name}: {ns.num_samples} trials x up to {ns.max_epochs} epochs, "
               f"executor {ns.executor}, {ns.metric} ({mode}); searching {', '.join(searched(spec))}"
@@ -524,7 +221,7 @@ def run_search(ns: argparse.Namespace) -> int:
             with _graceful_stop(ns, uri):
                 tuner.fit()
         except Exception as e:  # noqa: BLE001 - only a storage failure is ours to explain
-            failure = _storage_failure(e)
+            failure = storage_failure(e)
             if failure is None:
                 raise
             print(f"error: {failure}; the Parquet files written so far are complete up to this "
@@ -553,7 +250,7 @@ class _graceful_stop:
         if self.hit:
             raise KeyboardInterrupt
         self.hit = True
-        _INTERRUPTED.set()
+        interrupted_event.set()
         print("\nstopping: finishing the current step and saving the search state "
               "(signal again to stop at once)", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -594,8 +291,8 @@ def summarize(store: ResultsStore, ns: argparse.Namespace, mode: str) -> int:
                                     "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
                                     "Mean_acc", "Mean_F1") if k in best}
     print(f"best trial {best['trial_id']} ({best['status']}, best epoch {best['best_epoch']}): "
-          + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
-    print("config: " + ", ".join(f"{k}={_fmt(best[k])}" for k in searched(
+          + "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items()))
+    print("config: " + ", ".join(f"{k}={fmt(best[k])}" for k in searched(
         store.read_json("search.json")["space"])))
     print(f"results: {store.path('trials.parquet')}, {store.path('epochs.parquet')}, "
           f"{store.path('best_config.json')}\nanalyse: python analyze.py {store.uri}")
@@ -638,7 +335,7 @@ def run_retrain(ns: argparse.Namespace) -> int:
         trainable = make_trainable(ns, data, settings)
         metric = config["select_metric"] if config["select_metric"] != "auto" else (
             "loss" if data.task == "iemocap" else "MAE")
-        recorder = _make_recorder(store.uri, f"{store.uri.rstrip('/').rsplit('/', 1)[-1]}-retrain",
+        recorder = make_recorder(store.uri, f"{store.uri.rstrip('/').rsplit('/', 1)[-1]}-retrain",
                                   metric, metric_mode(metric), ns.executor, base, len(seeds),
                                   retrain=True)
         print(f"re-training trial {trial_id} on seeds {seeds}, {config['num_epochs']} epochs each",

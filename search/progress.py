@@ -1,0 +1,180 @@
+"""The driver's Tune callback: Parquet as trials report, and a compact progress view.
+
+Also how the driver stops: SIGINT/SIGTERM set `interrupted()`, after which trials that Tune
+ends are not closed (they resume), and a failing results store stops the search.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from search.results import ResultsStore, TrialBook
+from ucrn.train import TrainConfig
+
+interrupted_event = threading.Event()  # set by SIGINT/SIGTERM in this (driver) process
+
+
+def interrupted() -> bool:
+    return interrupted_event.is_set()
+
+
+def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
+                   base: dict[str, Any], total: int, retrain: bool):
+    from ray import tune
+
+    class Recorder(tune.Callback):
+        """Writes Parquet as trials report and prints a compact progress view."""
+
+        def __init__(self) -> None:
+            self.uri, self.search, self.metric, self.mode = uri, search, metric, mode
+            self.executor, self.base, self.total, self.retrain = executor, base, total, retrain
+            self.book: TrialBook | None = None
+            self.last_print = 0.0
+            self.t0 = time.time()
+
+        def setup(self, **info: Any) -> None:
+            self.book = TrialBook(ResultsStore(self.uri), self.search, self.metric, self.mode,
+                                  self.executor, prefix="retrain/" if self.retrain else "")
+            if not self.retrain:  # a resumed search continues its book
+                self.book.load()
+            self.t0 = time.time()
+            self.finals: dict[str, dict[str, Any]] = {}
+
+        def config_of(self, trial) -> dict[str, Any]:
+            return TrainConfig.from_dict({**self.base, **trial.config}).to_dict()
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            shown = ", ".join(f"{k}={fmt(v)}" for k, v in trial.config.items())
+            print(f"[{self._clock()}] start {trial.trial_id}: {shown}", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            with storage_guard(self.uri):
+                self._on_result(trials, trial, dict(result))
+
+        def _on_result(self, trials, trial, result: dict[str, Any]) -> None:
+            if "checkpoint_path" in result:
+                result["checkpoint"] = result["checkpoint_path"]
+            elif trial.checkpoint is not None:
+                result["checkpoint"] = trial.checkpoint.path
+            if result.get("final"):
+                self.finals[trial.trial_id] = {**result, "seed": trial.config.get("seed")}
+                return
+            self.book.add_result(trial.trial_id, self.config_of(trial), result)
+            if time.time() - self.last_print > 15:
+                self._table(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if interrupted():  # Tune ends interrupted trials; they resume later
+                return
+            with storage_guard(self.uri):
+                row = self.book.finish(trial.trial_id, self.config_of(trial))
+            self._line(row)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            with storage_guard(self.uri):
+                row = self.book.finish(trial.trial_id, self.config_of(trial), "errored",
+                                       _first_error_line(trial))
+            self._line(row)
+
+        def on_experiment_end(self, trials, **info):
+            # trials finished before a driver crash may never have been closed here
+            if interrupted():
+                return
+            for trial in trials:
+                row = self.book.trials.get(trial.trial_id)
+                if row is None or row["status"] != "running":
+                    continue
+                if trial.status == "TERMINATED":
+                    self.book.finish(trial.trial_id, self.config_of(trial))
+                elif trial.status == "ERROR":
+                    self.book.finish(trial.trial_id, self.config_of(trial), "errored",
+                                     _first_error_line(trial))
+
+        def _line(self, row: dict[str, Any]) -> None:
+            done = sum(t["status"] != "running" for t in self.book.trials.values())
+            best = self.book.best_trial()
+            value = row.get(self.metric, math.nan)
+            msg = (f"[{self._clock()}] {done}/{self.total} {row['trial_id']} {row['status']}"
+                   f" after {row['epochs_run']} epoch(s): {self.metric} {fmt(value)}")
+            if row.get("error"):
+                msg += f"  error: {row['error']}"
+            if best is not None:
+                msg += f"  | best {best['trial_id']} {self.metric} {fmt(best[self.metric])}"
+            print(msg, flush=True)
+
+        def _table(self, trials) -> None:
+            self.last_print = time.time()
+            by_status: dict[str, int] = {}
+            for t in self.book.trials.values():
+                by_status[t["status"]] = by_status.get(t["status"], 0) + 1
+            best = self.book.best_trial()
+            running = [t for t in self.book.trials.values() if t["status"] == "running"]
+            parts = [f"{k} {v}" for k, v in sorted(by_status.items())]
+            print(f"[{self._clock()}] trials: {', '.join(parts)}; pending "
+                  f"{max(0, self.total - len(self.book.trials))}"
+                  + (f"; best {self.metric} {fmt(best[self.metric])}" if best else ""), flush=True)
+            for t in running:
+                print(f"           {t['trial_id']} epoch {t['epochs_run']}: {self.metric} "
+                      f"{fmt(t.get(self.metric, math.nan))}", flush=True)
+
+        def _clock(self) -> str:
+            s = int(time.time() - self.t0)
+            return f"{s // 60:02d}:{s % 60:02d}"
+
+    return Recorder()
+
+
+class StorageFailure(RuntimeError):
+    """The results storage refused a write; the search stops rather than lose rows."""
+
+
+class storage_guard:
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        import pyarrow as pa
+
+        if exc is not None and isinstance(exc, (OSError, pa.ArrowException)):
+            raise StorageFailure(f"results storage {self.uri} failed: {str(exc).splitlines()[0]}")
+        return False
+
+
+def storage_failure(exc: BaseException) -> StorageFailure | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageFailure):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _first_error_line(trial) -> str:
+    """The exception line of the trial's latest failure (Tune writes its local error file
+    before calling back; the synced copy may lag)."""
+    text = ""
+    try:
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text()
+        elif (err := trial.get_error()) is not None:
+            text = str(err)
+    except Exception:  # noqa: BLE001 - the error file may be gone; the status says enough
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # the last line of a traceback is the exception itself
+    useful = [ln for ln in lines if not ln.startswith(("Traceback", "File ", "^", "The above"))]
+    return (useful[-1] if useful else "unknown error")[:500]
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
