@@ -30,68 +30,85 @@ def node_ids(address: str) -> dict[str, str]:
         ray.shutdown()
 
 
-@pytest.mark.slow
-def test_two_node_loopback_search(ray_env, tmp_path):
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    head = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"],
-                   ray_env, tmp_path / "head.log")
-    second = None
+class TwoNodes:
+    """A head (1 CPU) and a second node (1 CPU, custom resource `second_node`) on loopback,
+    each its own `ray start` session; `stop_second()` ends the second node's processes."""
+
+    def __init__(self, env: dict[str, str], logs: Path, second_node: int):
+        port = free_port()
+        self.address, self.env = f"127.0.0.1:{port}", env
+        self.head = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=1", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={free_port()}"], env, logs / "head.log")
+        self.second: RayNode | None = None
+        try:
+            wait_for_nodes(self.address, 1, env)
+            self.second = RayNode([f"--address={self.address}", "--node-ip-address=127.0.0.1",
+                                   "--num-cpus=1", f'--resources={{"second_node": {second_node}}}'],
+                                  env, logs / "second.log")
+            wait_for_nodes(self.address, 2, env)
+            self.ids = node_ids(self.address)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop_second(self) -> None:
+        if self.second is not None:
+            self.second.stop()
+            self.second = None
+
+    def stop(self) -> None:
+        self.stop_second()
+        self.head.stop(self.address)
+
+
+@pytest.fixture
+def two_nodes(request, ray_env, tmp_path):
+    nodes = TwoNodes(ray_env, tmp_path, second_node=request.param)
     try:
-        wait_for_nodes(address, 1, ray_env)
-        second = RayNode([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                          '--resources={"second_node": 2}'], ray_env, tmp_path / "second.log")
-        wait_for_nodes(address, 2, ray_env)
-        ids = node_ids(address)
-        assert set(ids) == {"head", "second"}
-        storage = tmp_path / "shared"  # a path both nodes see (NFS or object storage on a real cluster)
-        res = subprocess.run(
-            [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",
-             str(storage), "--name", "two", "--num-samples", "2", "--max-epochs", "2",
-             "--executor", "train", "--cpus-per-trial", "0.5",
-             "--trial-resources", '{"second_node": 1}'],
-            env=ray_env, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        trials = pd.read_parquet(storage / "two" / "trials.parquet")
-        epochs = pd.read_parquet(storage / "two" / "epochs.parquet")
-        assert len(trials) == 2 and set(trials.status) <= {"completed", "stopped"}
-        assert (trials.node_id == ids["second"]).all(), trials[["trial_id", "node_id"]]
-        assert not epochs.duplicated(["trial_id", "epoch"]).any()
-        assert len(epochs) == int(trials.epochs_run.sum())
+        yield nodes
     finally:
-        if second is not None:
-            second.stop()
-        head.stop(address)
+        nodes.stop()
 
 
 @pytest.mark.slow
-def test_lost_node_trial_retried_on_head(ray_env, tmp_path):
+@pytest.mark.parametrize("two_nodes", [2], indirect=True)
+def test_two_node_loopback_search(two_nodes, ray_env, tmp_path):
+    address, ids = two_nodes.address, two_nodes.ids
+    assert set(ids) == {"head", "second"}
+    storage = tmp_path / "shared"  # a path both nodes see (NFS or object storage on a real cluster)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",
+         str(storage), "--name", "two", "--num-samples", "2", "--max-epochs", "2",
+         "--executor", "train", "--cpus-per-trial", "0.5",
+         "--trial-resources", '{"second_node": 1}'],
+        env=ray_env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    trials = pd.read_parquet(storage / "two" / "trials.parquet")
+    epochs = pd.read_parquet(storage / "two" / "epochs.parquet")
+    assert len(trials) == 2 and set(trials.status) <= {"completed", "stopped"}
+    assert (trials.node_id == ids["second"]).all(), trials[["trial_id", "node_id"]]
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(epochs) == int(trials.epochs_run.sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("two_nodes", [1], indirect=True)
+def test_lost_node_trial_retried_on_head(two_nodes, ray_env, tmp_path):
     """Stop the second node (by its process ids) while a trial trains there: the trial
     resumes from its checkpoint on the head and the search completes."""
     import time
 
-    port = free_port()
-    address = f"127.0.0.1:{port}"
     # 1 CPU per node, 2 trials of 0.1 (trial driver) + 0.9 (worker): one worker per node
-    head = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"],
-                   ray_env, tmp_path / "head.log")
-    second = None
-    proc = None
+    address, ids = two_nodes.address, two_nodes.ids
+    storage = tmp_path / "shared"
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",
+         str(storage), "--name", "lost", "--num-samples", "2", "--max-epochs", "5",
+         "--grace-period", "5", "--max-failures", "3"],
+        env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_nodes(address, 1, ray_env)
-        second = RayNode([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                          '--resources={"second_node": 1}'], ray_env, tmp_path / "second.log")
-        wait_for_nodes(address, 2, ray_env)
-        ids = node_ids(address)
-        storage = tmp_path / "shared"
-        log = open(tmp_path / "driver.log", "w")
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",
-             str(storage), "--name", "lost", "--num-samples", "2", "--max-epochs", "5",
-             "--grace-period", "5", "--max-failures", "3"],
-            env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         epochs_path = storage / "lost" / "epochs.parquet"
         deadline = time.time() + 300
         while time.time() < deadline:  # until an epoch was trained on the second node
@@ -104,20 +121,16 @@ def test_lost_node_trial_retried_on_head(ray_env, tmp_path):
             time.sleep(0.5)
         else:
             raise TimeoutError("no epoch ran on the second node")
-        second.stop()
-        second = None
+        two_nodes.stop_second()
         assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-        trials = pd.read_parquet(storage / "lost" / "trials.parquet")
-        epochs = pd.read_parquet(epochs_path)
-        assert len(trials) == 2 and set(trials.status) == {"completed"}
-        assert not epochs.duplicated(["trial_id", "epoch"]).any()
-        assert (epochs.groupby("trial_id").epoch.max() == 5).all()
-        moved = trials[trials.resumes >= 1]
-        assert len(moved) >= 1, trials[["trial_id", "resumes", "node_id"]]
-        assert (moved.node_id == ids["head"]).all()  # finished on the head
     finally:
-        if proc is not None and proc.poll() is None:
+        if proc.poll() is None:
             proc.kill()
-        if second is not None:
-            second.stop()
-        head.stop(address)
+    trials = pd.read_parquet(storage / "lost" / "trials.parquet")
+    epochs = pd.read_parquet(epochs_path)
+    assert len(trials) == 2 and set(trials.status) == {"completed"}
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert (epochs.groupby("trial_id").epoch.max() == 5).all()
+    moved = trials[trials.resumes >= 1]
+    assert len(moved) >= 1, trials[["trial_id", "resumes", "node_id"]]
+    assert (moved.node_id == ids["head"]).all()  # finished on the head
