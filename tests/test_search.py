@@ -258,6 +258,24 @@ def test_storage_that_is_a_file(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+def test_storage_not_writable(capsys):
+    assert run_search.main(["--storage", "/proc/ucrn-results"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage /proc/ucrn-results: not writable" in err[0]
+
+
+def test_more_gpus_than_any_node(ray_head, tmp_path, capsys):
+    """The session's head has no GPU: asking for one fails after connecting, before any
+    trial, and writes no search."""
+    rc = run_search.main(["--address", ray_head, "--gpus-per-trial", "0.5", "--storage",
+                          str(tmp_path), "--name", "g"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no node of the cluster has a GPU" in err[0], err
+    assert not (tmp_path / "g" / "search.json").exists()
+    assert run_search.main(["--gpus-per-trial", "2", "--storage", str(tmp_path)]) == 2
+    assert "--workers-per-trial 2" in capsys.readouterr().err
+
+
 def test_resume_with_nothing_to_resume(tmp_path, capsys):
     assert run_search.main(["--storage", str(tmp_path), "--name", "none", "--resume"]) == 2
     assert "--resume: no search named 'none'" in capsys.readouterr().err
