@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -521,11 +520,3 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
                      best=dict(tr.best_record), test=test, history=list(tr.history),
                      model_state=tr.best_state, n_params=sum(p.numel() for p in tr.model.parameters()),
                      seconds=time.perf_counter() - t_start)
-
-
-def set_thread_env(threads: int) -> None:
-    """Cap OpenMP/MKL threads for child libraries (set before heavy imports where possible)."""
-    if threads > 0:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-        torch.set_num_threads(threads)
