@@ -350,6 +350,11 @@ class Trainer:
             else:  # eager: CPU, DDP, or the last partial batch
                 self._train_step(idx)
             count += idx.numel()
+        if self.world > 1:  # every rank reports (and judges divergence by) the same epoch mean
+            total = torch.cat([self._acc, torch.tensor([float(count)], device=self.device)])
+            dist.all_reduce(total)
+            self._acc.copy_(total[:2])
+            count = int(total[2].item())
         train_loss, train_mjs = (self._acc / max(count, 1)).tolist()
         return train_loss, train_mjs
 
