@@ -23,7 +23,9 @@ def interrupted() -> bool:
 
 
 def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
-                   base: dict[str, Any], total: int, retrain: bool):
+                  base: dict[str, Any], total: int, retrain: bool):
+    """The search's Tune callback (a class made here: Ray is imported only once a search
+    really starts, never for the checks before it)."""
     from ray import tune
 
     class Recorder(tune.Callback):
