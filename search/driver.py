@@ -25,7 +25,7 @@ from search.progress import fmt, interrupted_event, make_recorder, storage_failu
 from search.results import RETRAIN, ResultsStore, TrialBook
 from search.space import SpaceError, first_value, load_space, searched
 from ucrn.data import DataError, load_dataset
-from ucrn.metrics import metric_mode
+from ucrn.metrics import mean_std, metric_mode
 from ucrn.train import TrainConfig
 
 # ---- Ray ---------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def run_search(ns: argparse.Namespace) -> int:
     except SpaceError as e:
         raise UsageError(str(e)) from None
     base = base_config(ns, spec)
-    data = load_data(ns)
+    data = load_data(ns.dataset, ns.data_path, ns.aligned, ns.preset)
     check_address(ns.address)
 
     from ray import tune
@@ -266,12 +266,12 @@ class _graceful_stop:
         return False
 
 
-def load_data(ns: argparse.Namespace):
+def load_data(dataset: str, data_path: str | None, aligned: bool, preset: str, seed: int = 0):
+    """The dataset, once, on the driver; a data problem is a usage error (one line)."""
     try:
-        data = load_dataset(ns.dataset, ns.data_path, ns.aligned, preset=ns.preset)
+        return load_dataset(dataset, data_path, aligned, preset=preset, seed=seed)
     except DataError as e:
         raise UsageError(str(e)) from None
-    return data
 
 
 def summarize(store: ResultsStore, ns: argparse.Namespace, mode: str) -> int:
@@ -302,8 +302,6 @@ def summarize(store: ResultsStore, ns: argparse.Namespace, mode: str) -> int:
 # ---- re-training the best configuration on several seeds ---------------------------------
 
 def run_retrain(ns: argparse.Namespace) -> int:
-    import numpy as np
-
     store = ResultsStore(ns.retrain)
     try:
         seeds = [int(s) for s in ns.seeds.split(",") if s.strip()]
@@ -312,13 +310,11 @@ def run_retrain(ns: argparse.Namespace) -> int:
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {ns.seeds!r}: expected distinct seeds")
     config, trial_id = _retrain_config(store, ns)
-    ns.executor = "train" if ns.workers_per_trial > 1 or ns.executor == "train" else ns.executor
+    if ns.workers_per_trial > 1:  # DDP runs on Ray Train
+        ns.executor = "train"
     check_flags(ns)
-    try:
-        data = load_dataset(config["dataset"], config["data_path"], config["aligned"],
-                            preset=config["preset"], seed=config["data_seed"])
-    except DataError as e:
-        raise UsageError(str(e)) from None
+    data = load_data(config["dataset"], config["data_path"], config["aligned"],
+                     config["preset"], config["data_seed"])
     check_address(ns.address)
 
     from ray import tune
@@ -374,9 +370,8 @@ def run_retrain(ns: argparse.Namespace) -> int:
                         ("test", lambda k: k.startswith("test_"))):
         parts = []
         for k in filter(pick, keys):
-            vals = np.array([r[k] for r in rows], dtype=float)
-            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-            parts.append(f"{k.removeprefix('test_')} {np.mean(vals):.4f}±{std:.4f}")
+            mean, std = mean_std([r[k] for r in rows])
+            parts.append(f"{k.removeprefix('test_')} {mean:.4f}±{std:.4f}")
         print(f"  {split}: " + "  ".join(parts))
     print(f"results: {store.path(RETRAIN)}")
     return 0 if len(rows) == len(seeds) else 1

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ucrn.data import DataError, load_dataset
+from ucrn.metrics import mean_std
 from ucrn.train import FitResult, TrainConfig, fit
 
 # authors' flag -> our name (one name per thing; theirs stay accepted)
@@ -206,10 +207,9 @@ def summarize(results: list[tuple[int, FitResult]]) -> dict[str, Any]:
                 if k not in ("epoch", "seconds", "current_lr", "train_loss", "mjs")]
         stats = {}
         for k in keys:
-            vals = np.array([(r.best if split == "valid" else r.test).get(k, math.nan)
-                             for _, r in results], dtype=float)
-            stats[k] = {"mean": float(np.mean(vals)),
-                        "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+            mean, std = mean_std([(r.best if split == "valid" else r.test).get(k, math.nan)
+                                  for _, r in results])
+            stats[k] = {"mean": mean, "std": std}
         out[split] = stats
     return out
 

@@ -175,3 +175,10 @@ def iemocap_metrics(logits: Any, labels: Any) -> dict[str, float]:
     out["Mean_acc"] = float(np.mean(accs))
     out["Mean_F1"] = float(np.mean(f1s))
     return out
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value), as papers in this
+    field report results over seeds."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if v.size > 1 else 0.0
