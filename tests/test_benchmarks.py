@@ -87,9 +87,7 @@ class ReplayByRerun:
 
 def _train(data, graphed: bool, lr_drop_after: int = 1, epochs: int = 3):
     cfg = TrainConfig(device="cpu", threads=1, d_model=16, heads=2, layers=2, batch_size=48)
-    tr = Trainer(cfg, data)
-    if graphed:
-        tr._graph_factory = lambda step: ReplayByRerun(step, tr.opt)
+    tr = Trainer(cfg, data, graph_factory=ReplayByRerun if graphed else None)
     losses = []
     for epoch in range(epochs):
         losses.append(tr.train_epoch())
@@ -119,12 +117,10 @@ def test_failed_capture_falls_back_to_eager(tiny):
     """If a GPU refuses the capture, the run goes on eagerly with a warning, same numbers."""
     eager, eager_losses = _train(tiny, graphed=False)
     cfg = TrainConfig(device="cpu", threads=1, d_model=16, heads=2, layers=2, batch_size=48)
-    tr = Trainer(cfg, tiny)
-
-    def refuse(step):
+    def refuse(step, opt):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    tr._graph_factory = refuse
+    tr = Trainer(cfg, tiny, graph_factory=refuse)
     losses = []
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
         for epoch in range(3):

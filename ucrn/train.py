@@ -244,10 +244,10 @@ def use_cuda_graphs(cfg: TrainConfig, device: torch.device, world: int) -> bool:
 class CudaStepGraph:
     """A training step recorded once as a CUDA graph; `replay` reruns all its kernels on
     the same buffers with one launch, removing the per-kernel launch cost that bounds this
-    small model (performance.md: 53 -> 10.9 ms/step on an H200). Recording executes
+    small model (docs/benchmarks.md: 53 -> 10.9 ms/step on an H200). Recording executes
     nothing: the caller replays for the batch it captured with."""
 
-    def __init__(self, step: Callable[[], None]):
+    def __init__(self, step: Callable[[], None], opt: torch.optim.Optimizer | None = None):
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             step()
@@ -275,10 +275,18 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-class Trainer:
-    """Holds model, optimizer and scheduler for one trial; `fit` drives it."""
+# makes the step graph: (step, optimizer) -> object with replay(); CudaStepGraph on a GPU
+GraphFactory = Callable[[Callable[[], None], torch.optim.Optimizer], Any]
 
-    def __init__(self, cfg: TrainConfig, data: MultData):
+
+class Trainer:
+    """Holds model, optimizer and scheduler for one trial; `fit` drives it.
+
+    `graph_factory` replaces CudaStepGraph (tests use a stand-in that reruns the step, so
+    the capture/replay bookkeeping is checked on CPU); given, it is used on any device."""
+
+    def __init__(self, cfg: TrainConfig, data: MultData,
+                 graph_factory: GraphFactory | None = None):
         self.cfg, self.task = cfg, data.task
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -317,9 +325,9 @@ class Trainer:
         # (sum of loss * n, sum of mjs * n) over the epoch, on the device; a persistent
         # buffer because a captured step adds into this very memory
         self._acc = torch.zeros(2, device=self.device)
-        # graph state; the factory is swappable so the bookkeeping can be tested on CPU
-        self._graph_factory: Callable[[Callable[[], None]], Any] | None = (
-            CudaStepGraph if self.uses_cuda_graphs else None)
+        if graph_factory is None and self.uses_cuda_graphs:
+            graph_factory = CudaStepGraph
+        self._graph_factory: GraphFactory | None = graph_factory
         self._graph: Any = None
         self._graph_key: list[dict[str, Any]] | None = None
         self._graph_idx: Tensor | None = None
@@ -398,7 +406,7 @@ class Trainer:
             static_idx = self._graph_idx
             self.opt.zero_grad(set_to_none=True)  # gradients are allocated inside the graph
             try:
-                self._graph = self._graph_factory(lambda: self._train_step(static_idx))
+                self._graph = self._graph_factory(lambda: self._train_step(static_idx), self.opt)
             except RuntimeError as e:  # a capture never executes the step: fall back to eager
                 if self.cfg.cuda_graphs == "on":
                     raise
@@ -474,17 +482,19 @@ OnEpoch = Callable[[int, dict[str, float], Trainer], Any]
 
 
 def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch | None = None,
-        resume: dict[str, Any] | None = None) -> FitResult:
+        resume: dict[str, Any] | None = None,
+        graph_factory: GraphFactory | None = None) -> FitResult:
     """Train one configuration for `num_epochs` (or until stopped) and test the best epoch.
 
     `on_epoch(epoch, record, trainer)` runs after each epoch's validation with the
     epoch's record (train_loss, mjs, validation `loss` and metrics, lr, seconds);
     `trainer.checkpoint()` gives a resumable state. Returning True stops training.
-    `resume` is such a checkpoint: training continues after its epoch.
+    `resume` is such a checkpoint: training continues after its epoch. `graph_factory`:
+    see Trainer.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     t_start = time.perf_counter()
-    tr = Trainer(cfg, data)
+    tr = Trainer(cfg, data, graph_factory=graph_factory)
     if resume is not None:
         tr.restore(resume)
     sel, mode = cfg.selection(data.task)
