@@ -1,4 +1,4 @@
-"""MJS regulariser and total loss: properties of the generalised JSD and the authors' variant."""
+"""MJS regulariser and training loss: properties of the generalised JSD and the authors' variant."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ucrn.losses import mjs_divergence, total_loss
+from ucrn.losses import mjs_divergence, task_loss, training_loss
 
 
 def _reps(m: int, b: int = 4, k: int = 3, d: int = 8, scale: float = 2.0, seed: int = 0):
@@ -31,10 +31,11 @@ def _jsd_reference(reps, tau: float = 1.0) -> float:
 
 
 def _authors_reference(reps) -> float:
-    """Pairwise 1/4 * sum (e^p - e^q)(p - q) / batch, averaged over pairs (float64)."""
+    """Three modalities: pairwise 1/4 * sum (e^p - e^q)(p - q) / (k * batch), averaged over
+    the pairs (float64); reps are (B, k, d)."""
     xs = [r.detach().double().numpy() for r in reps]
     terms = [
-        0.25 * ((np.exp(p) - np.exp(q)) * (p - q)).sum() / p.shape[0]
+        0.25 * ((np.exp(p) - np.exp(q)) * (p - q)).sum() / (p.shape[1] * p.shape[0])
         for p, q in itertools.combinations(xs, 2)
     ]
     return float(np.mean(terms))
@@ -118,19 +119,42 @@ def test_authors_variant_matches_pairwise_formula() -> None:
     reps = _reps(3, b=4, k=5, d=7, scale=0.5, seed=5)
     got = mjs_divergence(reps, variant="authors").item()
     assert got == pytest.approx(_authors_reference(reps), rel=1e-5)
-    # The pairwise term is what 0.5 * (KL(p||m) + KL(q||m)) reduces to in their kl_div call.
-    p, q = reps[0], reps[1]
+    # Their call on their (k, B, d) stack, then / batch as their forward does.
+    p, q = (r.transpose(0, 1) for r in reps[:2])
     mid = (p + q) / 2
     kl = 0.5 * (
         F.kl_div(mid, p, reduction="batchmean", log_target=True)
         + F.kl_div(mid, q, reduction="batchmean", log_target=True)
-    )
-    single = 0.25 * ((p.exp() - q.exp()) * (p - q)).sum() / p.shape[0]
+    ) / p.shape[1]
+    single = 0.25 * ((p.exp() - q.exp()) * (p - q)).sum() / (p.shape[0] * p.shape[1])
     assert kl.item() == pytest.approx(single.item(), rel=1e-5)
 
 
-def test_authors_variant_zero_for_two_modalities() -> None:
-    assert mjs_divergence(_reps(2, seed=6), variant="authors").item() == 0.0
+def test_authors_variant_hand_computed() -> None:
+    """Hand-worked values of the authors' arithmetic, k = 2 (theirs divides by k, not only B)."""
+    e = math.exp
+    # two modalities, B = 1, k = 2, d = 1: softmax over the k steps first
+    p = torch.tensor([[[0.0], [math.log(3.0)]]])  # softmax over k -> (1/4, 3/4)
+    q = torch.zeros(1, 2, 1)  # -> (1/2, 1/2)
+    want = 0.25 * ((e(0.25) - e(0.5)) * (0.25 - 0.5) + (e(0.75) - e(0.5)) * (0.75 - 0.5)) / 2
+    assert mjs_divergence([p, q], variant="authors").item() == pytest.approx(want, rel=1e-6)
+    # the same with k = 1: every softmax is 1, the term is 0 (their quirk)
+    assert mjs_divergence([p[:, :1], q[:, :1]], variant="authors").item() == 0.0
+    # three modalities, B = 2, k = 2, d = 1: raw values, / (k * B), mean of three pairs
+    a = torch.tensor([[[1.0], [0.0]], [[0.0], [0.0]]])
+    b = torch.zeros(2, 2, 1)
+    c = torch.tensor([[[0.0], [0.0]], [[0.0], [-1.0]]])
+    ab = 0.25 * (e(1) - 1) * 1 / 4
+    bc = 0.25 * (1 - e(-1)) * 1 / 4
+    ca = 0.25 * ((1 - e(1)) * -1 + (e(-1) - 1) * -1) / 4
+    want3 = (ab + bc + ca) / 3
+    assert mjs_divergence([a, b, c], variant="authors").item() == pytest.approx(want3, rel=1e-6)
+
+
+def test_authors_variant_two_modalities() -> None:
+    """k = 1 (the default temp_proj): identically 0; k > 1: softmax over the steps, not 0."""
+    assert mjs_divergence(_reps(2, k=1, seed=6), variant="authors").item() == 0.0
+    assert mjs_divergence(_reps(2, k=3, seed=6), variant="authors").item() > 0.0
 
 
 def test_unknown_variant_and_bad_shapes() -> None:
@@ -144,25 +168,34 @@ def test_unknown_variant_and_bad_shapes() -> None:
         mjs_divergence(_reps(2), tau=0.0)
 
 
-def test_total_loss() -> None:
+def test_training_loss() -> None:
     reps = _reps(3, seed=7)
     pred = torch.tensor([[0.5], [-1.0], [2.0], [0.0]], requires_grad=True)
     label = torch.tensor([1.0, -1.0, 1.0, 0.5])  # (B,) vs (B, 1): must not broadcast
     l1 = (0.5 + 0.0 + 1.0 + 0.5) / 4
 
-    loss, mjs = total_loss(pred, label, reps, jsd_weight=0.0)
-    assert loss.item() == pytest.approx(l1) and mjs.item() == 0.0
+    total, loss, mjs = training_loss(pred, label, reps, "regression", jsd_weight=0.0)
+    assert total.item() == loss.item() == pytest.approx(l1) and mjs.item() == 0.0
 
-    loss, mjs = total_loss(pred, label, reps, jsd_weight=0.3)
+    total, loss, mjs = training_loss(pred, label, reps, "regression", jsd_weight=0.3)
     assert mjs.item() == pytest.approx(mjs_divergence(reps).item())
-    assert loss.item() == pytest.approx(l1 + 0.3 * mjs.item())
-    loss.backward()
+    assert total.item() == pytest.approx(l1 + 0.3 * mjs.item())
+    total.backward()
     assert pred.grad is not None and torch.isfinite(pred.grad).all()
 
-    _, mjs_auth = total_loss(pred, label, reps, jsd_weight=1.0, variant="authors")
+    _, _, mjs_auth = training_loss(pred, label, reps, "regression", 1.0, variant="authors")
     assert mjs_auth.item() == pytest.approx(_authors_reference(reps), rel=1e-5)
 
     with pytest.raises(ValueError):
-        total_loss(pred, label[:3], reps, jsd_weight=1.0)
+        training_loss(pred, label[:3], reps, "regression", jsd_weight=1.0)
     with pytest.raises(ValueError):
-        total_loss(pred, label, reps, jsd_weight=1.0, variant="nope")
+        training_loss(pred, label, reps, "regression", jsd_weight=1.0, variant="nope")
+
+
+def test_iemocap_task_loss_is_cross_entropy_per_emotion() -> None:
+    logits = torch.tensor([[2.0, 0.0, 0.0, 1.0, 0.0, 0.0, 3.0, 3.0]])
+    labels = torch.tensor([[0, 1, 0, 1]])
+    e2 = math.exp(2)  # pairs (2, 0)->0, (0, 1)->1, (0, 0)->0, (3, 3)->1
+    want = -np.mean([math.log(e2 / (e2 + 1)), math.log(math.e / (1 + math.e)),
+                     math.log(0.5), math.log(0.5)])
+    assert task_loss(logits, labels, "iemocap").item() == pytest.approx(want, rel=1e-6)

@@ -1,9 +1,10 @@
-"""Training losses: L1 regression loss plus the multimodal Jensen-Shannon (MJS) regulariser.
+"""Training losses: the task loss (L1, or cross-entropy for IEMOCAP) plus the multimodal
+Jensen-Shannon (MJS) regulariser.
 
 MJS pulls the M refined unimodal representations towards a common latent space
-(see ``spec/ucrn-model.md``). The default ``"jsd"`` variant is the generalised
-Jensen-Shannon divergence with equal weights; ``"authors"`` reproduces what the original
-code computes and exists only to reproduce their numbers.
+(docs/model.md). The default ``"jsd"`` variant is the generalised Jensen-Shannon
+divergence with equal weights; ``"authors"`` reproduces what the original code computes
+and exists only to reproduce their numbers.
 """
 
 from __future__ import annotations
@@ -62,17 +63,29 @@ def _generalised_jsd(reps: list[Tensor], tau: float) -> Tensor:
     return js.mean()
 
 
-def _authors_pairwise(reps: list[Tensor]) -> Tensor:
-    """Pairwise term of the authors' code: 1/4 * sum (e^p - e^q)(p - q) / batch, pair-averaged.
+def _authors_pair(p: Tensor, q: Tensor) -> Tensor:
+    """One pair term of the authors' code on their (k, B, d) stack; ours is (B, k, d).
 
-    Their ``kl_div`` receives the raw mean (p + q) / 2 as log-probabilities with
-    ``log_target=True``; 0.5 * (KL(p||m) + KL(q||m)) then collapses to this expression.
+    Their ``kl_div(m, p, 'batchmean', log_target=True)`` gets the raw mean m = (p + q) / 2 as
+    log-probabilities, so 0.5 * (KL(p||m) + KL(q||m)) = 1/4 * sum (e^p - e^q)(p - q), and
+    'batchmean' divides that sum by the first axis of their stack: k, not the batch.
     """
+    k = p.shape[1] if p.dim() == 3 else 1
+    return 0.25 * ((p.exp() - q.exp()) * (p - q)).sum() / k
+
+
+def _authors_mjs(reps: list[Tensor]) -> Tensor:
+    """The authors' MultiJSD: for three modalities the mean of the three raw pair terms; for
+    two, one term on softmaxed inputs, where their ``F.softmax`` without ``dim`` runs over
+    the first axis of (k, B, d), i.e. over the k steps (so the term is 0 when k = 1);
+    either way divided by the batch size once more."""
     batch = reps[0].shape[0] if reps[0].dim() > 1 else 1
-    terms = []
-    for p, q in combinations([r.float() for r in reps], 2):
-        terms.append(0.25 * ((p.exp() - q.exp()) * (p - q)).sum() / batch)
-    return torch.stack(terms).mean()
+    reps = [r.float() for r in reps]
+    if len(reps) == 2:
+        p, q = (F.softmax(r, dim=1 if r.dim() == 3 else 0) for r in reps)
+        return _authors_pair(p, q) / batch
+    terms = [_authors_pair(p, q) for p, q in combinations(reps, 2)]
+    return torch.stack(terms).mean() / batch
 
 
 def mjs_divergence(reps: Sequence[Tensor], variant: str = "jsd", tau: float = 1.0) -> Tensor:
@@ -82,47 +95,44 @@ def mjs_divergence(reps: Sequence[Tensor], variant: str = "jsd", tau: float = 1.
     JS = H(mean_m P_m) - mean_m H(P_m) (nats), averaged over batch and steps. It lies in
     [0, log M], is symmetric in the modalities and is 0 for a single modality.
 
-    ``"authors"``: reproduction only. For every pair (p, q) of the raw representations,
-    1/4 * sum over features and steps of (e^p - e^q)(p - q), divided by the batch size, then
-    averaged over the pairs. Quirk: with exactly two modalities the authors' code softmaxes
-    over a length-1 (time) axis, so every value becomes 1 and the term is identically 0; this
-    variant therefore returns 0 for M == 2 (and for M == 1), as their code does.
+    ``"authors"``: reproduction only, their arithmetic for every k (see `_authors_mjs`):
+    M = 3: mean over the pairs of 1/4 * sum (e^p - e^q)(p - q) / (k * B) on the raw values;
+    M = 2: the same single term on the values softmaxed over the k steps; M = 1: 0.
     """
     _check_variant(variant)
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
     reps = _check_reps(reps)
-    if variant == "jsd":
-        if len(reps) == 1:
-            return _zero_like(reps[0])
-        return _generalised_jsd(reps, tau)
-    if len(reps) <= 2:
+    if len(reps) == 1:
         return _zero_like(reps[0])
-    return _authors_pairwise(reps)
+    if variant == "jsd":
+        return _generalised_jsd(reps, tau)
+    return _authors_mjs(reps)
 
 
-def total_loss(
-    pred: Tensor,
-    label: Tensor,
-    reps: Sequence[Tensor],
-    jsd_weight: float,
-    variant: str = "jsd",
-) -> tuple[Tensor, Tensor]:
-    """Return (L1(pred, label) + jsd_weight * MJS, MJS); MJS is skipped when the weight is 0.
+def task_loss(out: Tensor, labels: Tensor, task: str) -> Tensor:
+    """L1 for sentiment regression; for IEMOCAP (B, 8) logits, cross-entropy of 4 two-way
+    decisions. Computed in float32 whatever the autocast dtype."""
+    if task == "iemocap":
+        return F.cross_entropy(out.float().view(-1, 2), labels.view(-1))
+    if out.numel() != labels.numel():
+        raise ValueError(
+            f"prediction has {out.numel()} elements but labels have {labels.numel()} "
+            f"(shapes {tuple(out.shape)} and {tuple(labels.shape)})"
+        )
+    # flattened: a (B, 1) prediction against a (B,) label must not broadcast to (B, B)
+    return F.l1_loss(out.float().reshape(-1), labels.float().reshape(-1))
 
-    ``pred`` and ``label`` are flattened (same element count required) so that a (B, 1)
-    prediction against a (B,) label cannot silently broadcast to (B, B).
-    """
+
+def training_loss(out: Tensor, labels: Tensor, reps: Sequence[Tensor], task: str,
+                  jsd_weight: float, variant: str = "jsd") -> tuple[Tensor, Tensor, Tensor]:
+    """(task loss + jsd_weight * MJS, task loss, MJS); MJS is skipped when the weight is 0.
+    No host sync, so a training step built on it can be captured as a CUDA graph."""
     if jsd_weight < 0:
         raise ValueError(f"jsd_weight must be >= 0, got {jsd_weight}")
-    if pred.numel() != label.numel():
-        raise ValueError(
-            f"pred has {pred.numel()} elements but label has {label.numel()} "
-            f"(shapes {tuple(pred.shape)} and {tuple(label.shape)})"
-        )
-    l1 = F.l1_loss(pred.float().reshape(-1), label.float().reshape(-1))
+    loss = task_loss(out, labels, task)
     if jsd_weight == 0:
         _check_variant(variant)
-        return l1, _zero_like(l1)
+        return loss, loss, _zero_like(loss)
     mjs = mjs_divergence(reps, variant=variant)
-    return l1 + jsd_weight * mjs, mjs
+    return loss + jsd_weight * mjs, loss, mjs

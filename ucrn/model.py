@@ -1,6 +1,6 @@
 """UCRN: Unimodal and Crossmodal Refinement Network (Guo et al., EMNLP 2021).
 
-One file, in the manner of nanoGPT's model.py. Stages (shared/spec/ucrn-model.md):
+One file, in the manner of nanoGPT's model.py. Stages (docs/model.md):
 
     input projection -> URM (per-modality transformer) -> temporal projection
     -> [MJS regulariser on these] -> SQIL gate -> CRM (crossmodal transformer) -> residual head
@@ -12,7 +12,8 @@ k = temp_proj steps, M = number of enabled modalities.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -20,33 +21,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MODALITY_KEYS = "lav"  # l = text (language), a = audio, v = vision; order of input_dims/seq_lens
+POSITIONAL = ("none", "sinusoidal")
+DROPOUTS = ("embed_dropout", "attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout",
+            "res_dropout", "out_dropout")
+
+
+def hparam(default: Any, help: str, choices: tuple = ()) -> Any:
+    """A config field with its help text (and allowed values): the CLI and docs read these."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
-class UCRNConfig:
-    input_dims: tuple[int, int, int] = (300, 74, 35)  # (Dl, Da, Dv), read from the data
-    seq_lens: tuple[int, int, int] = (50, 500, 500)  # (Tl, Ta, Tv), read from the data
-    modalities: str = "lav"  # any non-empty subset of "lav"
-    d_model: int = 30
-    heads: int = 3
-    layers: int = 5
-    temp_proj: int = 1  # k steps after temporal projection; 0 = take the last step
-    causal: bool = True  # the authors' --attn_mask (on by default in their runs)
-    positional: str = "none"  # "none" (authors) | "sinusoidal" (MulT)
-    embed_dropout: float = 0.25
-    attn_dropout: float = 0.1  # text URM and CRM
-    attn_dropout_a: float = 0.0
-    attn_dropout_v: float = 0.0
-    relu_dropout: float = 0.1
-    res_dropout: float = 0.1
-    out_dropout: float = 0.5
-    sqil_reduction: int = 16
-    output_dim: int = 1  # 1 = sentiment regression, 8 = IEMOCAP (4 emotions x 2 logits)
+class UCRNHyper:
+    """The model's hyperparameters. Each field is also a training-config field, a
+    `ucrn train` flag, a search-space key and a results column (ucrn/config.py derives
+    them all from here), so adding one touches this file only."""
 
-    def __post_init__(self) -> None:
-        self.input_dims = tuple(int(x) for x in self.input_dims)
-        self.seq_lens = tuple(int(x) for x in self.seq_lens)
-        self.validate()
+    modalities: str = hparam("lav", "any non-empty subset of 'lav' (l=text, a=audio, v=vision)")
+    d_model: int = hparam(30, "width d of every modality's encoder")
+    heads: int = hparam(3, "attention heads; must divide d_model and M*d_model")
+    layers: int = hparam(5, "layers per encoder (URM and CRM)")
+    temp_proj: int = hparam(1, "steps k after the temporal projection; 0 = take the last step")
+    causal: bool = hparam(True, "causal attention mask, as the authors ran it")
+    positional: str = hparam("none", "none (authors) | sinusoidal (MulT's fairseq table)",
+                             POSITIONAL)
+    embed_dropout: float = hparam(0.25, "dropout on the scaled encoder input (and text input)")
+    attn_dropout: float = hparam(0.1, "attention dropout, text URM and CRM")
+    attn_dropout_a: float = hparam(0.0, "attention dropout, audio URM")
+    attn_dropout_v: float = hparam(0.0, "attention dropout, vision URM")
+    relu_dropout: float = hparam(0.1, "dropout after the feed-forward ReLU")
+    res_dropout: float = hparam(0.1, "dropout on each residual branch")
+    out_dropout: float = hparam(0.5, "dropout in the prediction head")
+    sqil_reduction: int = hparam(16, "SQIL squeeze ratio r: gate width max(1, d_model // r)")
 
     def validate(self) -> None:
         """Fail early, naming the values, instead of deep inside attention."""
@@ -55,15 +61,11 @@ class UCRNConfig:
             raise ValueError(
                 f"modalities={mods!r}: expected a non-empty subset of 'lav' (l=text, a=audio, v=vision)"
             )
-        for name in ("d_model", "heads", "layers", "output_dim", "sqil_reduction"):
+        for name in ("d_model", "heads", "layers", "sqil_reduction"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected an integer >= 1")
         if self.temp_proj < 0:
             raise ValueError(f"temp_proj={self.temp_proj}: expected >= 0 (0 = last time step)")
-        if len(self.input_dims) != 3 or len(self.seq_lens) != 3:
-            raise ValueError(
-                f"input_dims={self.input_dims}, seq_lens={self.seq_lens}: expected 3 values each (l, a, v)"
-            )
         if self.d_model % self.heads:
             raise ValueError(f"heads={self.heads} does not divide d_model={self.d_model}")
         crm_dim = len(mods) * self.d_model
@@ -72,26 +74,59 @@ class UCRNConfig:
                 f"heads={self.heads} does not divide the crossmodal width "
                 f"M*d_model={len(mods)}*{self.d_model}={crm_dim}"
             )
-        if self.positional not in ("none", "sinusoidal"):
+        if self.positional not in POSITIONAL:
             raise ValueError(f"positional={self.positional!r}: expected 'none' or 'sinusoidal'")
-        for name in ("embed_dropout", "attn_dropout", "attn_dropout_a", "attn_dropout_v",
-                     "relu_dropout", "res_dropout", "out_dropout"):
+        if self.positional == "sinusoidal" and self.d_model < 4:
+            raise ValueError(f"positional='sinusoidal' needs d_model >= 4 (MulT's table divides "
+                             f"by d_model // 2 - 1), got d_model={self.d_model}")
+        for name in DROPOUTS:
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name}={p}: expected a dropout probability in [0, 1)")
+
+
+@dataclass
+class UCRNConfig(UCRNHyper):
+    """The hyperparameters plus what the data decides."""
+
+    input_dims: tuple[int, int, int] = (300, 74, 35)  # (Dl, Da, Dv), read from the data
+    seq_lens: tuple[int, int, int] = (50, 500, 500)  # (Tl, Ta, Tv), read from the data
+    output_dim: int = 1  # 1 = sentiment regression, 8 = IEMOCAP (4 emotions x 2 logits)
+
+    def __post_init__(self) -> None:
+        self.input_dims = tuple(int(x) for x in self.input_dims)
+        self.seq_lens = tuple(int(x) for x in self.seq_lens)
+        self.validate()
+
+    def validate(self) -> None:
+        super().validate()
+        if self.output_dim < 1:
+            raise ValueError(f"output_dim={self.output_dim}: expected an integer >= 1")
+        if len(self.input_dims) != 3 or len(self.seq_lens) != 3:
+            raise ValueError(
+                f"input_dims={self.input_dims}, seq_lens={self.seq_lens}: expected 3 values each (l, a, v)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def sinusoidal_positions(T: int, d: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(T, d) fixed sin/cos table, as in "Attention is all you need"; no parameters."""
-    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
-    half = (d + 1) // 2
-    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=device) / max(half, 1))
-    ang = pos * freq[None, :]  # (T, half)
-    table = torch.cat([ang.sin(), ang.cos()], dim=1)[:, :d]
-    return table.to(dtype)
+def sinusoidal_positions(x_in: Tensor) -> Tensor:
+    """MulT's positional table (fairseq's): (B, T, C) -> (B, T, C), no parameters.
+
+    Positions count from 1; a step whose first input channel is exactly 0 counts as
+    padding and gets a zero row (as MulT marks padding); per position, sin of C // 2
+    frequencies 10000^(-i / (C // 2 - 1)) then their cos, and a zero column when C is odd.
+    """
+    B, T, C = x_in.shape
+    half = C // 2
+    freq = torch.exp(torch.arange(half, device=x_in.device, dtype=torch.float32)
+                     * -(math.log(10000.0) / (half - 1)))
+    pos = torch.arange(1, T + 1, device=x_in.device, dtype=torch.float32)
+    ang = pos[:, None] * freq[None, :]  # (T, half)
+    table = F.pad(torch.cat([ang.sin(), ang.cos()], dim=1), (0, C - 2 * half))  # (T, C)
+    real = (x_in[..., :1] != 0).to(x_in.dtype)  # (B, T, 1): 0 on padding steps
+    return table.to(x_in.dtype)[None] * real
 
 
 class SelfAttention(nn.Module):
@@ -151,9 +186,9 @@ class Encoder(nn.Module):
         self.ln_f = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
-        x = self.scale * x
+        x_in, x = x, self.scale * x
         if self.positional:
-            x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
+            x = x + sinusoidal_positions(x_in)
         x = F.dropout(x, self.embed_dropout, self.training)
         for layer in self.layers:
             x = layer(x)
@@ -225,7 +260,3 @@ class UCRN(nn.Module):
         h = self.crm(torch.cat(gated, dim=-1))[:, -1, :]  # (B, M*d), last step
         h = h + self.fc2(F.dropout(F.relu(self.fc1(h)), self.cfg.out_dropout, self.training))
         return self.head(h), reps  # (B, output_dim)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

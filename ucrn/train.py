@@ -9,171 +9,26 @@ the test split is evaluated once, for the selected weights.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
+from ucrn.config import TrainConfig
 from ucrn.data import MultData, Split
-from ucrn.losses import mjs_divergence
-from ucrn.metrics import iemocap_metrics, metric_mode, regression_metrics
-from ucrn.model import UCRN, UCRNConfig
+from ucrn.losses import task_loss, training_loss
+from ucrn.metrics import iemocap_metrics, regression_metrics
+from ucrn.model import UCRN
 
-OPTIMIZERS = ("Adam", "AdamW", "SGD")
-COMPILE_MODES = ("off", "default", "reduce-overhead")
 GRAPH_WARMUP_STEPS = 3  # eager steps before capture: lazy state (Adam moments, cuBLAS) must exist
-
-
-@dataclass
-class TrainConfig:
-    """Everything one trial needs, flat, so that a search space, a CLI and a saved
-    best_config.json all use the same names."""
-
-    # data
-    dataset: str = "synthetic"
-    data_path: str | None = None
-    aligned: bool = False
-    preset: str = "tiny"  # synthetic only
-    data_seed: int = 0  # synthetic only
-    # model (see UCRNConfig)
-    modalities: str = "lav"
-    d_model: int = 30
-    heads: int = 3
-    layers: int = 5
-    temp_proj: int = 1
-    causal: bool = True
-    positional: str = "none"
-    embed_dropout: float = 0.25
-    attn_dropout: float = 0.1
-    attn_dropout_a: float = 0.0
-    attn_dropout_v: float = 0.0
-    relu_dropout: float = 0.1
-    res_dropout: float = 0.1
-    out_dropout: float = 0.5
-    # optimisation
-    lr: float = 1e-3
-    batch_size: int = 32
-    num_epochs: int = 40
-    optim: str = "Adam"
-    weight_decay: float = 0.0
-    clip: float = 0.8  # gradient-norm clip; 0 = off
-    when: int = 20  # ReduceLROnPlateau patience (epochs)
-    lr_factor: float = 0.1
-    jsd_weight: float = 1.0  # weight of the MJS regulariser; 0 switches it off
-    mjs: str = "jsd"  # "jsd" (spec) | "authors" (their code, for reproduction)
-    patience: int = 0  # early stopping on the selection metric; 0 = off
-    # run
-    seed: int = 1234
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    select_metric: str = "auto"  # auto = MAE (regression) or loss (iemocap)
-    eval_batch_size: int = 512
-    # speed (GPU): whole-step CUDA graph for full batches; torch.compile of the forward
-    cuda_graphs: str = "auto"  # auto (on for one CUDA device, Adam/AdamW, no compile) | on | off
-    compile: str = "off"  # off | default | reduce-overhead
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> TrainConfig:
-        """Build from a dict, refusing unknown keys and coercing JSON/YAML scalars."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {}
-        for key, value in d.items():
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"{where}: unknown key {key!r}{hint}")
-            kwargs[key] = _coerce(key, value, cls.__dataclass_fields__[key].default, where)
-        cfg = cls(**kwargs)
-        cfg.validate(where)
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def validate(self, where: str = "config") -> None:
-        checks = [
-            (self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number"),
-            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.num_epochs >= 1, "num_epochs", "an integer >= 1"),
-            (self.optim in OPTIMIZERS, "optim", f"one of {', '.join(OPTIMIZERS)}"),
-            (self.weight_decay >= 0, "weight_decay", ">= 0"),
-            (self.clip >= 0, "clip", ">= 0 (0 = off)"),
-            (self.when >= 1, "when", "an integer >= 1"),
-            (0 < self.lr_factor < 1, "lr_factor", "in (0, 1)"),
-            (self.jsd_weight >= 0 and math.isfinite(self.jsd_weight), "jsd_weight", ">= 0"),
-            (self.mjs in ("jsd", "authors"), "mjs", "'jsd' or 'authors'"),
-            (self.patience >= 0, "patience", ">= 0 (0 = off)"),
-            (self.threads >= 0, "threads", ">= 0 (0 = torch default)"),
-            (self.amp in ("auto", "bf16", "off"), "amp", "auto, bf16 or off"),
-            (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
-            (self.cuda_graphs in ("auto", "on", "off"), "cuda_graphs", "auto, on or off"),
-            (self.compile in COMPILE_MODES, "compile", ", ".join(COMPILE_MODES)),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ValueError(f"{where}: {name}={getattr(self, name)!r}: expected {expected}")
-        if self.cuda_graphs == "on" and (self.compile != "off" or self.optim == "SGD"):
-            raise ValueError(f"{where}: cuda_graphs='on' needs compile='off' and optim Adam "
-                             f"or AdamW, got compile={self.compile!r}, optim={self.optim!r}")
-        if self.select_metric != "auto":
-            try:
-                metric_mode(self.select_metric)
-            except ValueError as e:
-                raise ValueError(f"{where}: select_metric: {e}") from None
-        try:  # model shape rules, independent of the data's dims
-            self.model_config((1, 1, 1), (1, 1, 1), 1)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-
-    def model_config(self, input_dims, seq_lens, output_dim: int) -> UCRNConfig:
-        names = {f.name for f in fields(UCRNConfig)} - {"input_dims", "seq_lens", "output_dim"}
-        kw = {n: getattr(self, n) for n in names if hasattr(self, n)}
-        return UCRNConfig(input_dims=tuple(input_dims), seq_lens=tuple(seq_lens),
-                          output_dim=output_dim, **kw)
-
-    def selection(self, task: str) -> tuple[str, str]:
-        """(metric, mode) used to pick the best epoch."""
-        name = self.select_metric
-        if name == "auto":
-            name = "loss" if task == "iemocap" else "MAE"
-        return name, metric_mode(name)
-
-
-def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    if value is None or default is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() in ("true", "1", "yes", "on"):
-                    return True
-                if value.lower() in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, str):
-            return str(value)
-    except (TypeError, ValueError):
-        kind = type(default).__name__
-        raise ValueError(f"{where}: {key}={value!r}: expected a value of type {kind}") from None
-    return value
 
 
 @dataclass
@@ -213,18 +68,22 @@ class DeviceSplit:
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a device this machine has; ValueError naming it if not."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: CUDA is not available on this machine")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s)")
     return dev
-
-
-def task_loss(out: Tensor, labels: Tensor, task: str) -> Tensor:
-    if task == "iemocap":  # (B, 8) -> 4 two-way decisions
-        return F.cross_entropy(out.float().view(-1, 2), labels.view(-1))
-    return F.l1_loss(out.float(), labels)
 
 
 def use_cuda_graphs(cfg: TrainConfig, device: torch.device, world: int) -> bool:
@@ -288,6 +147,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: MultData,
                  graph_factory: GraphFactory | None = None):
         self.cfg, self.task = cfg, data.task
+        cfg.check_machine()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
@@ -373,12 +233,10 @@ class Trainer:
         inputs, labels = self.splits["train"].batch(idx)
         with self._autocast(cache=False):
             out, reps = self.net(*inputs)
-        loss = task_loss(out, labels, self.task)
-        mjs = (mjs_divergence(reps, cfg.mjs) if cfg.jsd_weight > 0
-               else torch.zeros((), device=self.device))
-        total_loss = loss + cfg.jsd_weight * mjs
+        total, loss, mjs = training_loss(out, labels, reps, self.task, cfg.jsd_weight,
+                                         cfg.mjs_variant)
         self.opt.zero_grad(set_to_none=True)
-        total_loss.backward()
+        total.backward()
         if cfg.clip > 0:  # foreach norm and a clamped scale: no host sync
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.opt.step()

@@ -1,0 +1,220 @@
+"""TrainConfig: everything one trial needs, flat, under one name per setting.
+
+The model's hyperparameters are `ucrn.model.UCRNHyper`'s fields, inherited here; the
+rest (data, optimisation, run) are declared below. A search space, `ucrn train`'s flags,
+a saved best_config.json and the Parquet config columns all use these names, and all
+are derived from the fields: a new hyperparameter is added in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import warnings
+from dataclasses import MISSING, Field, asdict, dataclass, fields
+from typing import Any
+
+from ucrn.metrics import metric_mode
+from ucrn.model import UCRNConfig, UCRNHyper, hparam
+
+DATASETS = ("mosi", "mosei_senti", "iemocap", "synthetic")
+OPTIMIZERS = ("Adam", "AdamW", "SGD")
+MJS_VARIANTS = ("jsd", "authors")
+AMP_MODES = ("auto", "bf16", "off")
+GRAPH_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+SEED_MAX = 2**63 - 1
+# old key -> current name; still accepted in JSON configs and as flags
+RENAMED = {"mjs": "mjs_variant"}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclass
+class TrainConfig(UCRNHyper):
+    """One trial: the model's hyperparameters (inherited) plus the fields below."""
+
+    # data
+    dataset: str = hparam("synthetic", "which data: a MulT file set or the built-in synthetic",
+                          DATASETS)
+    data_path: str | None = hparam(None, "folder with the MulT pickle, or the file itself")
+    aligned: bool = hparam(False, "word-aligned files (*_data.pkl)")
+    preset: str = hparam("tiny", "synthetic data preset (tiny, mosi, mosei, ...)")
+    data_seed: int = hparam(0, "synthetic data seed")
+    # optimisation
+    lr: float = hparam(1e-3, "learning rate")
+    batch_size: int = hparam(32, "training batch size")
+    num_epochs: int = hparam(40, "epochs")
+    optim: str = hparam("Adam", "optimizer", OPTIMIZERS)
+    weight_decay: float = hparam(0.0, "weight decay")
+    clip: float = hparam(0.8, "gradient-norm clip; 0 = off")
+    when: int = hparam(20, "ReduceLROnPlateau patience (epochs)")
+    lr_factor: float = hparam(0.1, "ReduceLROnPlateau factor")
+    jsd_weight: float = hparam(1.0, "weight of the MJS regulariser; 0 switches it off")
+    mjs_variant: str = hparam("jsd", "jsd (generalised JS divergence) | authors (their "
+                              "formula, for reproducing their numbers)", MJS_VARIANTS)
+    patience: int = hparam(0, "early stopping patience on the selection metric; 0 = off")
+    # run
+    seed: int = hparam(1234, "seed of initialisation, dropout and shuffling")
+    device: str = hparam("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = hparam(0, "torch CPU threads; 0 = torch's default")
+    amp: str = hparam("auto", "auto (bf16 on CUDA) | bf16 | off", AMP_MODES)
+    select_metric: str = hparam("auto", "validation metric that picks the best epoch; auto = "
+                                "MAE (regression) or loss (IEMOCAP)")
+    eval_batch_size: int = hparam(512, "batch size of evaluation passes")
+    # speed (GPU): whole-step CUDA graph for full batches; torch.compile of the forward
+    cuda_graphs: str = hparam("auto", "whole-step CUDA graph: auto (one CUDA device, Adam or "
+                              "AdamW, no compile) | on | off", GRAPH_MODES)
+    compile: str = hparam("off", "torch.compile mode", COMPILE_MODES)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> TrainConfig:
+        """Build from a dict, refusing unknown keys and coercing JSON/YAML scalars."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, value in normalize_keys(d, where).items():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{where}: unknown key {key!r}{hint}")
+            kwargs[key] = coerce(known[key], value, where)
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ValueError(f"{f.name}={value!r}: expected one of {', '.join(choices)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value!r}: expected a finite number")
+        checks = [
+            (self.lr > 0, "lr", "a positive number"),
+            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+            (self.num_epochs >= 1, "num_epochs", "an integer >= 1"),
+            (self.weight_decay >= 0, "weight_decay", "a finite number >= 0"),
+            (self.clip >= 0, "clip", ">= 0 (0 = off)"),
+            (self.when >= 1, "when", "an integer >= 1"),
+            (0 < self.lr_factor < 1, "lr_factor", "in (0, 1)"),
+            (self.jsd_weight >= 0, "jsd_weight", ">= 0"),
+            (self.patience >= 0, "patience", ">= 0 (0 = off)"),
+            (0 <= self.seed <= SEED_MAX, "seed", f"an integer in 0..{SEED_MAX}"),
+            (0 <= self.data_seed <= SEED_MAX, "data_seed", f"an integer in 0..{SEED_MAX}"),
+            (self.threads >= 0, "threads", ">= 0 (0 = torch default)"),
+            (_DEVICE.fullmatch(self.device) is not None, "device", "auto, cpu, cuda or cuda:N"),
+            (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected {expected}")
+        if self.cuda_graphs == "on" and (self.compile != "off" or self.optim == "SGD"):
+            raise ValueError(f"cuda_graphs='on' needs compile='off' and optim Adam or AdamW, "
+                             f"got compile={self.compile!r}, optim={self.optim!r}")
+        if self.select_metric != "auto":
+            try:
+                metric_mode(self.select_metric)
+            except ValueError as e:
+                raise ValueError(f"select_metric: {e}") from None
+        super().validate()  # the model's shape rules, independent of the data's dims
+
+    def check_machine(self) -> None:
+        """What only the machine that trains can judge (a config may come from a bigger
+        one): a thread count past its cores crashes torch, not just slows it."""
+        cores = os.cpu_count() or 1
+        if self.threads > cores:
+            raise ValueError(f"threads={self.threads}: this machine has {cores} CPU cores; "
+                             f"expected 0 (torch's default) to {cores}")
+
+    def model_config(self, input_dims, seq_lens, output_dim: int) -> UCRNConfig:
+        hyper = {f.name: getattr(self, f.name) for f in fields(UCRNHyper)}
+        return UCRNConfig(input_dims=tuple(input_dims), seq_lens=tuple(seq_lens),
+                          output_dim=output_dim, **hyper)
+
+    def selection(self, task: str) -> tuple[str, str]:
+        """(metric, mode) used to pick the best epoch."""
+        name = self.select_metric
+        if name == "auto":
+            name = "loss" if task == "iemocap" else "MAE"
+        return name, metric_mode(name)
+
+
+def config_fields() -> tuple[Field, ...]:
+    return fields(TrainConfig)
+
+
+def normalize_keys(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """Old key names (RENAMED) -> current ones, with a note; both at once is an error."""
+    out = dict(d)
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{where}: both {old!r} and its new name {new!r} given")
+            warnings.warn(f"{where}: key {old!r} is now called {new!r}", FutureWarning,
+                          stacklevel=3)
+            out[new] = out.pop(old)
+    return out
+
+
+def field_type(f: Field) -> type:
+    """bool, int, float or str: the type of the field's default (None defaults are str)."""
+    default = f.default if f.default is not MISSING else None
+    return type(default) if default is not None else str
+
+
+def coerce(f: Field, value: Any, where: str) -> Any:
+    """A JSON/YAML/command-line value as the field's type; one line naming the key if not."""
+    kind = field_type(f)
+    optional = f.default is None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{where}: {f.name}=null: expected a value of type {kind.__name__}")
+    try:
+        if isinstance(value, str) and kind is not str:
+            return parse_text(kind, value)
+        if kind is bool:
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(value)
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: {f.name}={value!r}: expected a value of type "
+                         f"{kind.__name__}") from None
+
+
+def parse_text(kind: type, text: str) -> Any:
+    """A command-line string as bool/int/float (ValueError when it is not one)."""
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(text)
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    return text
