@@ -4,7 +4,8 @@ Why one file per trial: a trial's rows are rewritten whole (temporary name, then
 rename) whenever it reports, so a crash never leaves a torn file, a resumed search
 overwrites rather than duplicates, and the cost of a write depends on that trial
 alone, not on how many trials came before. `pandas.read_parquet(folder)` reads them
-all. Schema: docs/results.md. No Ray here: the driver's callback feeds it.
+all. Names and types come from search/schema.py (docs/results.md). No Ray here: the
+driver's callback feeds it.
 """
 
 from __future__ import annotations
@@ -20,46 +21,37 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS
-from ucrn.train import TrainConfig
+from search.schema import (
+    EPOCHS,
+    FILE_COLUMNS,
+    METRICS,
+    RETRAIN,
+    STATUSES,
+    TRIALS,
+    SchemaError,
+    check_config_fields,
+    config_type,
+)
+from search.schema import column_type as _schema_type
+from ucrn.config import TrainConfig
+from ucrn.fileio import atomic_write, json_bytes
 
-TRIALS, EPOCHS, RETRAIN = "trials.parquet", "epochs.parquet", "retrain.parquet"
-STATUSES = ("running", "completed", "stopped", "diverged", "errored")
-METRICS = ("loss", *REGRESSION_METRICS, *IEMOCAP_METRICS)
+__all__ = ["CONFIG_KEYS", "CONFIG_TYPES", "EPOCHS", "METRICS", "RETRAIN", "STATUSES", "TRIALS",
+           "ResultsStore", "TrialBook", "column_type", "to_table"]
 
-_FIXED_TYPES: dict[str, pa.DataType] = {
-    "search": pa.string(), "trial_id": pa.string(), "status": pa.string(), "error": pa.string(),
-    "best_epoch": pa.int64(), "epochs_run": pa.int64(), "epoch": pa.int64(), "seed": pa.int64(),
-    "wall_seconds": pa.float64(), "samples_per_s": pa.float64(), "peak_gpu_mem_mb": pa.float64(),
-    "checkpoint": pa.string(), "node": pa.string(), "node_id": pa.string(),
-    "executor": pa.string(), "search_metric": pa.string(), "search_mode": pa.string(),
-    "resumes": pa.int64(), "retrain_trial": pa.string(),
-    "train_loss": pa.float64(), "mjs": pa.float64(), "current_lr": pa.float64(),
-    "seconds": pa.float64(),
-}
-
-
-def _config_type(default: Any) -> pa.DataType:
-    if isinstance(default, bool):
-        return pa.bool_()
-    if isinstance(default, int):
-        return pa.int64()
-    if isinstance(default, float):
-        return pa.float64()
-    return pa.string()
-
-
-CONFIG_TYPES = {f.name: _config_type(f.default) for f in fields(TrainConfig)}
+# Config fields are columns by their own names: a field named like a result column would
+# overwrite it in every row (as `mjs` once did), so importing the writer refuses that.
+check_config_fields((f.name for f in fields(TrainConfig)), "ucrn.config.TrainConfig")
+CONFIG_TYPES = {f.name: config_type(f.default) for f in fields(TrainConfig)}
 CONFIG_KEYS = tuple(CONFIG_TYPES)
+# epoch columns taken from a trial's report (the rest are the book's own or the config)
+_EPOCH_REPORTED = tuple(c for c in FILE_COLUMNS[EPOCHS] if c not in ("search", "trial_id",
+                                                                     "epoch"))
 
 
 def column_type(name: str) -> pa.DataType:
-    """One type per column name across every file, so the folders read as one table."""
-    if name in CONFIG_TYPES:
-        return CONFIG_TYPES[name]
-    if name in _FIXED_TYPES:
-        return _FIXED_TYPES[name]
-    return pa.float64()  # metrics, test_ metrics
+    """The schema's type of a column (search/schema.py); SchemaError for undeclared names."""
+    return _schema_type(name, CONFIG_TYPES)
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -84,7 +76,10 @@ def _cell(value: Any, typ: pa.DataType) -> Any:
 
 
 class ResultsStore:
-    """STORAGE/NAME on a local disk or any pyarrow filesystem URI (s3://, gs://, ...)."""
+    """STORAGE/NAME on a local disk or any pyarrow filesystem URI (s3://, gs://, ...).
+    Every file is written whole or not at all (ucrn.fileio.atomic_write)."""
+
+    MAX_JSON_BYTES = 16 << 20
 
     def __init__(self, uri: str | os.PathLike):
         uri = str(uri)
@@ -92,23 +87,22 @@ class ResultsStore:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
         else:
             self.fs = pafs.LocalFileSystem()
-            self.root = str(Path(uri.removeprefix("file://")).resolve())
+            self.root = str(Path(uri.removeprefix("file://")).expanduser().resolve())
         self.uri = uri
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
-    def _atomic_write(self, final: str, write) -> None:
-        folder, name = final.rsplit("/", 1)
-        self.fs.create_dir(folder, recursive=True)
-        tmp = f"{folder}/.{name}.{os.getpid()}.tmp"  # dot-files are invisible to dataset readers
-        write(tmp)
-        self.fs.move(tmp, final)
+    def _write(self, name: str, write: Any) -> None:
+        atomic_write(self.path(name), write, fs=None if self.is_local else self.fs)
 
     def write_rows(self, folder: str, key: str, rows: list[dict[str, Any]]) -> None:
         table = to_table(rows)
-        self._atomic_write(self.path(folder, f"{_safe(key)}.parquet"),
-                           lambda p: pq.write_table(table, p, filesystem=self.fs))
+        self._write(f"{folder}/{_safe(key)}.parquet", lambda f: pq.write_table(table, f))
 
     def read_rows(self, folder: str) -> dict[str, list[dict[str, Any]]]:
         """Rows per file key; unreadable files are skipped (they are rewritten on the
@@ -129,32 +123,40 @@ class ResultsStore:
         return out
 
     def write_json(self, name: str, obj: Any) -> None:
-        data = (json.dumps(obj, indent=2, default=str, allow_nan=True) + "\n").encode()
+        self._write(name, json_bytes(obj))
 
-        def write(p: str) -> None:
-            with self.fs.open_output_stream(p) as f:
-                f.write(data)
+    def read_json(self, name: str, missing_ok: bool = True) -> Any | None:
+        """The parsed file, or None when it does not exist (with `missing_ok`); anything
+        unreadable (not a regular file, too big, not UTF-8 JSON) is one ValueError line."""
+        path = self.path(name)
+        if self.is_local:
+            if missing_ok and not os.path.lexists(path):
+                return None
+            from ucrn.safeload import load_json
 
-        self._atomic_write(self.path(name), write)
-
-    def read_json(self, name: str) -> Any | None:
-        try:
-            with self.fs.open_input_stream(self.path(name)) as f:
-                return json.loads(f.read().decode())
-        except FileNotFoundError:
+            return load_json(path, name)
+        info = self.fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound and missing_ok:
             return None
+        if info.type != pafs.FileType.File or (info.size or 0) > self.MAX_JSON_BYTES:
+            raise ValueError(f"{self.uri}/{name}: not a JSON file of at most "
+                             f"{self.MAX_JSON_BYTES >> 20} MB")
+        with self.fs.open_input_stream(path) as f:
+            data = f.read()
+        try:
+            return json.loads(data.decode())
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ValueError(f"{self.uri}/{name}: not valid JSON ({type(e).__name__})") from None
 
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
 
-    def write_bytes(self, name: str, data: bytes) -> str:
-        def write(p: str) -> None:
-            with self.fs.open_output_stream(p) as f:
-                f.write(data)
+    def delete(self, name: str) -> None:
+        self.fs.delete_file(self.path(name))
 
-        self._atomic_write(self.path(name), write)
-        return self.path(name) if isinstance(self.fs, pafs.LocalFileSystem) else \
-            f"{self.uri.rstrip('/')}/{name}"
+    def write_bytes(self, name: str, data: bytes) -> str:
+        self._write(name, data)
+        return self.path(name) if self.is_local else f"{self.uri.rstrip('/')}/{name}"
 
 
 def _safe(key: str) -> str:
@@ -180,17 +182,16 @@ class TrialBook:
     def load(self) -> None:
         for rows in self.store.read_rows(self.epochs_dir).values():
             for row in rows:
-                self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = row
+                self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = _conform(row)
         for rows in self.store.read_rows(self.trials_dir).values():
             for row in rows:
-                self.trials[row["trial_id"]] = row
+                self.trials[row["trial_id"]] = _conform(row)
 
     def add_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         """Record one reported epoch (upsert) and refresh the trial's summary."""
         epoch = int(result["epoch"])
         row = {"search": self.search, "trial_id": trial_id, "epoch": epoch}
-        row.update({k: result[k] for k in ("train_loss", "mjs", "current_lr", "seconds",
-                                           "node_id") if k in result})
+        row.update({k: result[k] for k in _EPOCH_REPORTED if k in result})
         row.update({k: result[k] for k in METRICS if k in result})
         row.update(config)
         if epoch >= 1:
@@ -262,6 +263,21 @@ class TrialBook:
             return None
         pick = min if self.mode == "min" else max
         return pick(ok, key=lambda t: t[self.metric])
+
+
+def _conform(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of an older writer, as the schema types it now, so that a resumed search can
+    rewrite it: columns no longer known are dropped, values of the wrong type (the string
+    config `mjs` in the float column `mjs`) become null."""
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        try:
+            out[name] = _cell(value, column_type(name))
+        except SchemaError:
+            continue
+        except (TypeError, ValueError, OverflowError):
+            out[name] = None
+    return out
 
 
 def _finite(x: Any) -> bool:

@@ -4,13 +4,16 @@ Why: analyze.py must be testable in seconds, without Ray and without training. T
 here have the shapes a real search produces (one Parquet file per trial in
 trials.parquet/ and epochs.parquet/, ASHA-stopped trials at rungs 1 and 2, one diverged,
 one errored trial) and metric values that depend mostly on `lr`, so that hyperparameter
-importance has something to find. Nothing here knows about analyze.py's internals: a real
-small search can replace it.
+importance has something to find. The configurations are sampled from a search space
+(`SPACE`, the format of search/spaces/default.yaml), which is also written to search.json as
+a real search does. Nothing here knows about the analysis' internals: a real small search
+can replace it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,14 @@ import pyarrow.parquet as pq
 from ucrn.metrics import IEMOCAP_EMOTIONS, IEMOCAP_METRICS, REGRESSION_METRICS, metric_mode
 from ucrn.train import TrainConfig
 
-HEAD_CHOICES = (1, 2, 3, 5, 6)  # divisors of d_model 30
-BATCH_CHOICES = (16, 32, 64)
-LR_RANGE = (1e-4, 1e-2)
+# the fake searches' space, as search.json holds it (search/spaces/default.yaml's format)
+SPACE: dict[str, Any] = {
+    "lr": {"loguniform": [1e-4, 1e-2]},
+    "layers": {"int": [1, 5]},
+    "heads": {"choice": [1, 2, 3, 5, 6]},  # divisors of d_model 30
+    "jsd_weight": {"uniform": [0.0, 2.0]},
+    "batch_size": {"choice": [16, 32, 64]},
+}
 RUNGS = (1, 2)  # ASHA with grace period 1 and reduction factor 2
 
 
@@ -88,19 +96,29 @@ def _trial_ids(name: str, n: int, seed: int) -> list[str]:
     return [f"{tag}_{i:05d}" for i in range(n)]
 
 
+def _sample(entry: Any, rng: np.random.Generator) -> Any:
+    """One value of a space entry (a fixed value or {kind: args})."""
+    if not isinstance(entry, dict):
+        return entry
+    kind, args = next(iter(entry.items()))
+    if kind == "loguniform":
+        return float(10 ** rng.uniform(math.log10(args[0]), math.log10(args[1])))
+    if kind == "uniform":
+        return float(round(rng.uniform(args[0], args[1]), 3))
+    if kind == "int":
+        return int(rng.integers(args[0], args[1] + 1))
+    return rng.choice(np.asarray(args, dtype=object)) if kind == "choice" else None
+
+
 def _configs(n: int, max_epochs: int, dataset: str, modalities: str,
-             rng: np.random.Generator) -> list[dict[str, Any]]:
+             rng: np.random.Generator, space: dict[str, Any] | None = None
+             ) -> list[dict[str, Any]]:
     base = TrainConfig(dataset=dataset, modalities=modalities, num_epochs=max_epochs,
                        select_metric="auto").to_dict()
     if dataset == "iemocap":
         base["preset"] = "iemocap_tiny"
-    lo, hi = (math.log10(v) for v in LR_RANGE)
-    return [{**base,
-             "lr": float(10 ** rng.uniform(lo, hi)),
-             "layers": int(rng.integers(1, 6)),
-             "heads": int(rng.choice(HEAD_CHOICES)),
-             "jsd_weight": float(round(rng.uniform(0.0, 2.0), 3)),
-             "batch_size": int(rng.choice(BATCH_CHOICES))} for _ in range(n)]
+    space = SPACE if space is None else space
+    return [{**base, **{k: _sample(v, rng) for k, v in space.items()}} for _ in range(n)]
 
 
 def _statuses(finals: list[float], max_epochs: int, running: bool) -> tuple[list[str], list[int]]:
@@ -129,17 +147,26 @@ def _statuses(finals: list[float], max_epochs: int, running: bool) -> tuple[list
 def write_fake_search(root: Path, name: str, *, n_trials: int = 8, max_epochs: int = 4,
                       dataset: str = "synthetic", modalities: str = "lav",
                       task: str = "regression", seed: int = 0, metric: str | None = None,
-                      running: bool = False) -> Path:
-    """Write root/name/{trials,epochs}.parquet/<trial_id>.parquet; returns root/name.
+                      running: bool = False, space: dict[str, Any] | None = None) -> Path:
+    """Write root/name/{trials,epochs}.parquet/<trial_id>.parquet and search.json; returns
+    root/name.
 
     `metric` is the search's objective (default MAE, or loss for IEMOCAP). With
     `running`, the search looks in progress: unfinished trials have status `running`, and
-    one trial has epochs but no trials row yet.
+    one trial has epochs but no trials row yet. `space` replaces SPACE; it must keep `lr`
+    and `layers`, which the fake metric depends on.
     """
     rng = np.random.default_rng(seed)
     metric = metric or default_metric(task)
     folder = Path(root) / name
-    configs = _configs(n_trials, max_epochs, dataset, modalities, rng)
+    space = SPACE if space is None else space
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "search.json").write_text(json.dumps({
+        "flags": {"name": name, "dataset": dataset, "modalities": modalities,
+                  "num_samples": n_trials, "max_epochs": max_epochs, "seed": seed},
+        "space": space, "metric": metric, "mode": metric_mode(metric),
+        "searched": [k for k, v in space.items() if isinstance(v, dict)]}, indent=2))
+    configs = _configs(n_trials, max_epochs, dataset, modalities, rng, space)
     if n_trials >= 3:  # the diverged trial had the largest lr
         configs[-1]["lr"] = 2 * max(c["lr"] for c in configs)
     finals = [_final_error(c, rng) for c in configs]
@@ -162,7 +189,7 @@ def write_fake_search(root: Path, name: str, *, n_trials: int = 8, max_epochs: i
         _write(pd.DataFrame([row]).astype({"best_epoch": "Int64"}),
                folder / "trials.parquet" / f"{tid}.parquet")
     if running:  # a trial that reported its first epoch before its trials row was written
-        cfg = _configs(1, max_epochs, dataset, modalities, rng)[0]
+        cfg = _configs(1, max_epochs, dataset, modalities, rng, space)[0]
         rec = _metrics_from_error(_curve(_final_error(cfg, rng), max_epochs, rng)[0], task, rng)
         row = {"search": name, "trial_id": ids[-1], "epoch": 1, "train_loss": rec["loss"],
                "mjs": 0.01, **rec, "current_lr": cfg["lr"], "seconds": 2.0, **cfg}
@@ -208,9 +235,25 @@ def write_fake_retrain(root: Path, name: str, *, seeds: tuple[int, ...] = (1111,
         err = 0.6 + 0.03 * rng.standard_normal()
         val = _metrics_from_error(err, task, rng)
         test = _metrics_from_error(err + 0.02 + 0.03 * rng.standard_normal(), task, rng)
-        row = {"search": name, "trial_id": trial_id, "best_epoch": int(rng.integers(5, 11)),
+        row = {"search": name, "trial_id": trial_id, "retrain_trial": f"retrain_{s}",
+               "best_epoch": int(rng.integers(5, 11)),
                **val, **{f"test_{k}": v for k, v in test.items()},
                "checkpoint": str(Path(root) / name / "retrain" / f"seed_{s}" / "checkpoint.pt"),
                **cfg, "seed": s}
         _write(pd.DataFrame([row]), folder / f"seed_{s}.parquet")
     return folder
+
+
+def make_pre_rename(folder: Path) -> Path:
+    """Rewrite a fake search as the writer wrote it before the config field `mjs` was
+    renamed `mjs_variant`: the config string overwrote the per-epoch MJS value, so every
+    file has a string column `mjs` ("jsd") and none has `mjs_variant`."""
+    for sub in ("trials.parquet", "epochs.parquet"):
+        for f in (Path(folder) / sub).glob("*.parquet"):
+            table = pq.read_table(f)
+            if "mjs" in table.column_names:
+                table = table.drop_columns(["mjs"])
+            if "mjs_variant" in table.column_names:
+                table = table.drop_columns(["mjs_variant"])
+            pq.write_table(table.append_column("mjs", pa.array(["jsd"] * len(table))), f)
+    return Path(folder)

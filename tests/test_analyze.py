@@ -13,12 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from matplotlib import image as mpimg
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 import analyze
-from tests.results_fixture import write_fake_retrain, write_fake_search
+from search.analysis.curves import plot_curves
+from search.analysis.figure import pyplot
+from search.analysis.formatting import fmt
+from search.analysis.importance import best_regions, distribution, importance
+from search.analysis.kinds import param_kind
+from search.analysis.loading import Search, load_searches, varying_params
+from search.analysis.param_plots import _axis_scale, _scatter_numeric, plot_parallel, plot_params
+from search.analysis.tables import best_per_group, mjs_epochs, ranked
+from tests.results_fixture import SPACE, make_pre_rename, write_fake_retrain, write_fake_search
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,39 +95,39 @@ def test_importance_section_names_the_evaluator(storage, capsys):
     assert rc == 0
     assert "Hyperparameter importance (s1)" in out
     assert "evaluator: optuna PedAnovaImportanceEvaluator" in out
-    s = analyze.load_searches([str(storage / "s1")], None)[0]
-    imp = analyze.importance(s)
+    s = load_searches([str(storage / "s1")], None)[0]
+    imp = importance(s)
     assert set(imp.values) == set(s.params) == {"lr", "layers", "heads", "jsd_weight",
                                                 "batch_size"}
     assert sum(imp.values.values()) == pytest.approx(1.0)
-    regions = analyze.best_regions(s, imp).set_index("param")
+    regions = best_regions(s, imp).set_index("param")
     assert regions.loc["lr", "kind"] == "float (log)"  # lr spans two decades
 
 
 def test_importance_degenerate_cases(tmp_path):
     df = trials(write_fake_search(tmp_path, "one", n_trials=8, seed=0))
-    single = analyze.Search("one", "x", df, None, None, "MAE", "min", ["lr"])
-    imp = analyze.importance(single)
+    single = Search("one", "x", df, None, None, "MAE", "min", ["lr"])
+    imp = importance(single)
     assert imp.values == {"lr": pytest.approx(1.0)} and "one searched parameter" in imp.message
-    few = analyze.Search("few", "x", df.head(1), None, None, "MAE", "min", ["lr", "layers"])
-    imp = analyze.importance(few)
+    few = Search("few", "x", df.head(1), None, None, "MAE", "min", ["lr", "layers"])
+    imp = importance(few)
     assert imp.values == {} and "at least 2 trials" in imp.message
-    none = analyze.Search("none", "x", df, None, None, "MAE", "min", [])
-    assert "nothing to assess" in analyze.importance(none).message
+    none = Search("none", "x", df, None, None, "MAE", "min", [])
+    assert "nothing to assess" in importance(none).message
 
 
 def test_categorical_parameter(tmp_path):
     df = trials(write_fake_search(tmp_path, "cat", n_trials=12, seed=2))
     df["optim"] = ["Adam", "AdamW", "SGD"] * 4
-    s = analyze.Search("cat", "x", df, None, None, "MAE", "min", analyze.varying_params(df))
+    s = Search("cat", "x", df, None, None, "MAE", "min", varying_params(df))
     assert "optim" in s.params
-    imp = analyze.importance(s)
+    imp = importance(s)
     assert "optim" in imp.values
-    regions = analyze.best_regions(s, imp).set_index("param")
+    regions = best_regions(s, imp).set_index("param")
     assert regions.loc["optim", "kind"] == "categorical"
     assert "Adam:" in regions.loc["optim", "per choice: mean metric (n)"]
-    analyze.plot_params([s], tmp_path / "params.png", {"cat": imp})
-    analyze.plot_parallel([s], tmp_path / "parallel.png", 5)
+    plot_params([s], tmp_path / "params.png", top=5, imps={"cat": imp})
+    plot_parallel([s], tmp_path / "parallel.png", top=5, imps={"cat": imp})
     assert mpimg.imread(tmp_path / "params.png").shape[0] > 100
 
 
@@ -157,15 +167,15 @@ def test_report_folder(storage, tmp_path, capsys):
 def test_two_searches_one_best_per_group(storage, capsys):
     rc, out, _ = run([storage / "s1", storage / "s2", "--no-report"], capsys)
     assert rc == 0 and "Best configuration per group" in out
-    searches = analyze.load_searches([str(storage / "s1"), str(storage / "s2")], None)
-    groups = analyze.best_per_group(searches)
+    searches = load_searches([str(storage / "s1"), str(storage / "s2")], None)
+    groups = best_per_group(searches)
     assert sorted(groups["modalities"]) == ["la", "lav"] and len(groups) == 2
     for name, mods in (("s1", "lav"), ("s2", "la")):
         t = trials(storage / name)
         best = t[~t["status"].isin(["diverged", "errored"])].sort_values("MAE").iloc[0]
         row = groups[groups["modalities"] == mods].iloc[0]
         assert row["trial_id"] == best["trial_id"] and row["value"] == pytest.approx(best["MAE"])
-        assert f"lr={analyze._fmt(best['lr'], 'lr')}" in row["config"]
+        assert f"lr={fmt(best['lr'], 'lr')}" in row["config"]
 
 
 def test_machine_formats_parse_back(storage, capsys):
@@ -217,8 +227,8 @@ def test_mixed_schemas_use_the_union(tmp_path, capsys):
     board = csv_board([reg, iem, old], capsys)
     assert board.loc[board["search"] == "iem", "MAE"].isna().all()
     assert board.loc[board["search"] == "old", "Corr"].isna().all()
-    searches = analyze.load_searches([str(reg), str(iem), str(old)], None)
-    analyze.plot_curves(searches, tmp_path / "curves.png", top=5)
+    searches = load_searches([str(reg), str(iem), str(old)], None)
+    plot_curves(searches, tmp_path / "curves.png", top=5, imps={})
     _check_png(tmp_path / "curves.png")
 
 
@@ -261,3 +271,118 @@ def test_subprocess_default_report_location(tmp_path):
     assert "Top 3 trials of sub" in res.stdout and "Traceback" not in res.stderr
     assert (folder / "report" / "report.md").is_file()
     _check_png(folder / "report" / "parallel.png")
+
+
+# ---- the search's own space decides each parameter's kind ------------------------------
+
+UNIFORM_SPACE = {**SPACE, "out_dropout": {"uniform": [0.0, 0.5]}}
+
+
+def _kinds(folder: Path) -> tuple[Search, pd.DataFrame]:
+    s = load_searches([str(folder)], None)[0]
+    return s, best_regions(s, importance(s)).set_index("param")
+
+
+def test_space_decides_kinds_tables_and_axes(tmp_path):
+    folder = write_fake_search(tmp_path, "u", n_trials=12, seed=0, space=UNIFORM_SPACE)
+    s, regions = _kinds(folder)
+    assert regions["kind"].to_dict() == {"lr": "float (log)", "layers": "int",
+                                         "heads": "categorical", "jsd_weight": "float",
+                                         "batch_size": "categorical", "out_dropout": "float"}
+    assert regions.loc["heads", "all trials"] == "1, 2, 3, 5, 6"  # the space's choices
+    heads = param_kind(s.trials["heads"], "heads", s.space)
+    assert isinstance(distribution(heads, s.trials["heads"]), CategoricalDistribution)
+    drop = param_kind(s.trials["out_dropout"], "out_dropout", s.space)
+    dist = distribution(drop, s.trials["out_dropout"])
+    assert isinstance(dist, FloatDistribution) and not dist.log
+    assert (dist.low, dist.high) == (0.0, 0.5)  # the space's range, not the values'
+    lr = param_kind(s.trials["lr"], "lr", s.space)
+    fig, axes = pyplot().subplots(1, 2)
+    r = ranked(s)
+    for ax, kind in zip(axes, (drop, lr)):
+        _scatter_numeric(ax, r, kind.name, "MAE", set(), r.head(0), kind)
+    assert [ax.get_xscale() for ax in axes] == ["linear", "log"]
+    pyplot().close(fig)
+    scaled, _ = _axis_scale(r, r, drop)  # parallel coordinates: linear in out_dropout
+    x = r["out_dropout"].to_numpy(dtype=float)
+    assert np.allclose(scaled, (x - x.min()) / (x.max() - x.min()))
+
+    (folder / "search.json").unlink()  # without the space: today's guess from the values
+    s, regions = _kinds(folder)
+    assert regions.loc["out_dropout", "kind"] == "float (log)"
+    assert regions.loc["heads", "kind"] == "int"
+    assert any("no search.json: parameter kinds are inferred" in n for n in s.notes)
+
+
+@pytest.mark.parametrize("content", [
+    "[1, 2]", "", "not json {", "null", '{"space": null}', '{"space": []}',
+    '{"space": {"lr": null, "heads": {"choice": null}, "layers": {"int": [5, 1]},'
+    ' "batch_size": {"choice": [[16], 32]}, "jsd_weight": {"beta": [1, 2]}},'
+    ' "metric": ["MAE"], "mode": null}',
+], ids=["list", "empty", "not-json", "null", "space-null", "space-list", "bad-entries"])
+def test_malformed_search_json_is_noted_not_fatal(content, tmp_path, capsys):
+    folder = write_fake_search(tmp_path, "m", seed=0)
+    (folder / "search.json").write_text(content)
+    rc, out, err = run([folder, "--out", tmp_path / "rep"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    assert "note: search.json" in out or "search.json" in out.split("Top ")[0]
+    assert "ranked by MAE (min)" in out
+    s, regions = _kinds(folder)
+    assert regions.loc["lr", "kind"] == "float (log)"  # inferred: spans two decades
+    assert any("search.json" in n and "inferred from values" in n for n in s.notes), s.notes
+
+
+# ---- per-epoch MJS ----------------------------------------------------------------------
+
+def test_mjs_is_float_and_plotted(storage, tmp_path, capsys):
+    ep = pq.read_table(storage / "s1" / "epochs.parquet")
+    assert ep.schema.field("mjs").type == pa.float64()
+    out_dir = tmp_path / "rep"
+    rc, out, _ = run([storage / "s1", "--out", out_dir], capsys)
+    assert rc == 0 and "Per-epoch MJS (s1)" in out
+    assert "per-epoch MJS (mean training value) recorded for" in out
+    md = (out_dir / "report.md").read_text()
+    assert "](mjs.png)" in md and "## Per-epoch MJS (s1)" in md
+    _check_png(out_dir / "mjs.png")
+    s = load_searches([str(storage / "s1")], None)[0]
+    rows, _ = mjs_epochs(s, top=3)
+    assert rows["rank"].nunique() == 3 and (rows["mjs"] > 0).all()
+
+
+@pytest.mark.parametrize("case", ["pre-rename", "mjs-off"])
+def test_no_mjs_values_are_said_not_crashed_on(case, tmp_path, capsys):
+    if case == "pre-rename":  # the config string "jsd" in the float column mjs
+        folder = make_pre_rename(write_fake_search(tmp_path, "old", seed=0))
+        reason = "holds no numbers"
+    else:
+        folder = write_fake_search(tmp_path, "off", seed=0,
+                                   space={**SPACE, "jsd_weight": 0.0})
+        reason = "every trial ran with jsd_weight 0"
+    rc, out, err = run([folder, "--out", tmp_path / "rep"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    assert "no per-epoch MJS values: " in out and reason in out
+    if case == "pre-rename":
+        assert "column 'mjs' holds non-numeric values (e.g. 'jsd')" in out
+        assert "renamed mjs_variant" in out
+    _check_png(tmp_path / "rep" / "mjs.png")
+
+
+# ---- no torch needed --------------------------------------------------------------------
+
+def test_analysis_runs_without_torch(tmp_path):
+    """The analysis imports neither torch nor the training config: torch is blocked
+    (import fails) in a fresh interpreter that runs the whole report."""
+    folder = write_fake_search(tmp_path, "lap", seed=1)
+    write_fake_retrain(tmp_path, "lap")
+    code = ("import sys\n"
+            "sys.modules['torch'] = None\n"
+            "import analyze\n"
+            f"rc = analyze.main([{str(folder)!r}, '--out', {str(tmp_path / 'rep')!r}])\n"
+            "assert 'ucrn.train' not in sys.modules and 'ray' not in sys.modules\n"
+            "sys.exit(rc)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trials of lap (validation metrics)" in res.stdout and "Re-training (lap)" in res.stdout
+    for name in ("curves.png", "mjs.png", "params.png", "parallel.png"):
+        _check_png(tmp_path / "rep" / name)
