@@ -67,7 +67,8 @@ def test_config_file_and_seeds(tmp_path):
     finals = [json.loads((tmp_path / f"runs/s/seed_{s}/final.json").read_text()) for s in (1, 2)]
     mean = (finals[0]["test"]["MAE"] + finals[1]["test"]["MAE"]) / 2
     assert summary["test"]["MAE"]["mean"] == pytest.approx(mean)
-    assert "mean ± std over seeds [1, 2]" in res.stdout
+    assert "mean ± std over 2 of 2 seeds [1, 2]" in res.stdout
+    assert summary["summarized_seeds"] == [1, 2] and summary["diverged_seeds"] == []
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Metrics checked against hand-computed numbers (metrics.md definitions)."""
+"""Metrics checked against hand-computed numbers (docs/metrics.md definitions)."""
 
 from __future__ import annotations
 

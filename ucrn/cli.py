@@ -1,8 +1,11 @@
 """`python -m ucrn train|synth|predict`: one trial on one machine, no Ray.
 
-`train` accepts the authors' command line verbatim (their flag names, including the
-quirk that passing `--attn_mask` turns the causal mask OFF), plus our own names.
-Precedence: TrainConfig defaults < `--config FILE.json` < flags on the command line.
+`train` takes one flag per TrainConfig field (`--lr`, `--heads`, ..., dashes or underscores),
+derived from the fields themselves, plus the authors' command line verbatim: their flag
+names (a small table below, including the quirk that passing `--attn_mask` turns the
+causal mask OFF). Precedence: TrainConfig defaults < `--config FILE.json` < flags.
+Everything is checked before the run folder is made; SIGINT/SIGTERM keep the best
+weights so far and write final.json with status `interrupted`.
 """
 
 from __future__ import annotations
@@ -10,118 +13,93 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import Field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ucrn.data import DataError, load_dataset
+from ucrn.config import SEED_MAX, TrainConfig, config_fields, field_type, normalize_keys, parse_text
+from ucrn.data import load_dataset, resolve_dataset
+from ucrn.errors import OneLineParser, UsageError, run_main
+from ucrn.fileio import atomic_write, check_name, write_json
 from ucrn.metrics import mean_std
-from ucrn.train import FitResult, TrainConfig, fit
+from ucrn.train import FitResult, Trainer, fit, resolve_device
 
-# authors' flag -> our name (one name per thing; theirs stay accepted)
-ALIASES = {"nlevels": "layers", "num_heads": "heads"}
+# The authors' flags that name one of our fields differently (and our own old names).
+FLAG_ALIASES = {"--nlevels": "layers", "--num_heads": "heads", "--mjs": "mjs_variant"}
 SHOWN = ("loss", "MAE", "Corr", "Has0_acc_2", "Mult_acc_7", "Mean_acc")
+FINISHED = ("completed", "stopped")  # statuses with a selected model
 
 
-class CliError(Exception):
-    """A bad flag or file: printed as one line, exit code 2."""
+def _flag_type(f: Field):
+    kind = field_type(f)
+
+    def parse(text: str) -> Any:
+        return parse_text(kind, text)
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + traceback
-        raise CliError(f"{self.prog}: {message}")
-
-
-def _add(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
-    p.add_argument(*names, default=argparse.SUPPRESS, **kw)
+def _help(f: Field) -> str:
+    choices = f.metadata.get("choices")
+    extra = f" ({' | '.join(map(str, choices))})" if choices else ""
+    return f"{f.metadata.get('help', '')}{extra} [default: {f.default}]"
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m ucrn train", description="Train one UCRN configuration.",
-                argument_default=argparse.SUPPRESS)
-    _add(p, "--config", help="a saved config (e.g. a search's best_config.json); flags override it")
-    _add(p, "--name", help="run name: the run folder is OUT/NAME")
-    _add(p, "--out", help="folder for run folders (default: runs)")
-    _add(p, "--seeds", help="comma-separated seeds: one run each, then mean and std")
-    # data
-    _add(p, "--dataset", help="synthetic (default) | mosi | mosei_senti | iemocap")
-    _add(p, "--data_path", "--data-path", dest="data_path", help="folder with the MulT pickle, or the file")
-    _add(p, "--aligned", action="store_true", help="word-aligned files (*_data.pkl)")
-    _add(p, "--preset", help="synthetic preset (tiny, mosi, mosei, ...)")
-    _add(p, "--data_seed", type=int, help="synthetic data seed")
-    # modalities (authors' flags: none given = all three)
-    _add(p, "--lonly", action="store_true", help="use text")
-    _add(p, "--aonly", action="store_true", help="use audio")
-    _add(p, "--vonly", action="store_true", help="use vision")
-    _add(p, "--modalities", help="subset of 'lav' (overrides --lonly/--aonly/--vonly)")
-    # model
-    _add(p, "--model", help="only UCRN")
-    _add(p, "--d_model", type=int)
-    _add(p, "--nlevels", "--layers", dest="layers", type=int, help="layers per encoder")
-    _add(p, "--num_heads", "--heads", dest="heads", type=int)
-    _add(p, "--temp_proj", type=int, help="steps after temporal projection (0 = last step)")
-    _add(p, "--attn_mask", action="store_true",
-         help="authors' flag: passing it turns the causal mask OFF (their store_false)")
-    _add(p, "--causal", help="true|false: causal mask in the encoders (default true)")
-    _add(p, "--positional", help="none | sinusoidal")
-    for name in ("attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout",
-                 "embed_dropout", "res_dropout", "out_dropout"):
-        _add(p, f"--{name}", type=float)
-    # optimisation
-    _add(p, "--batch_size", type=int)
-    _add(p, "--clip", type=float)
-    _add(p, "--lr", type=float)
-    _add(p, "--optim", help="Adam | AdamW | SGD")
-    _add(p, "--weight_decay", type=float)
-    _add(p, "--num_epochs", type=int)
-    _add(p, "--when", type=int, help="ReduceLROnPlateau patience")
-    _add(p, "--jsd", action="store_true", help="authors' flag: MJS on with weight 1 (our default)")
-    _add(p, "--jsd_weight", type=float, help="MJS weight; 0 switches MJS off")
-    _add(p, "--mjs", help="jsd (default) | authors (their formula, for reproduction)")
-    _add(p, "--patience", type=int, help="early stopping patience on the selection metric (0 = off)")
-    # run
-    _add(p, "--seed", type=int)
-    _add(p, "--device", help="auto | cpu | cuda | cuda:N")
-    _add(p, "--no_cuda", action="store_true", help="same as --device cpu")
-    _add(p, "--threads", type=int, help="torch CPU threads (0 = default)")
-    _add(p, "--amp", help="auto | bf16 | off")
-    _add(p, "--select_metric", help="validation metric that picks the best epoch")
-    # accepted for compatibility with the authors' script, no effect here
-    _add(p, "-f", dest="ignored_f")
-    _add(p, "--log_interval", dest="ignored_log_interval", type=int)
-    _add(p, "--train_mode", help="regression (the only mode for mosi/mosei)")
+    p = OneLineParser(prog="python -m ucrn train", description="Train one UCRN configuration.",
+                      argument_default=argparse.SUPPRESS)
+    a = p.add_argument
+    a("--config", help="a saved config (e.g. a search's best_config.json); flags override it")
+    a("--name", help="run name: the run folder is OUT/NAME")
+    a("--out", help="folder for run folders (default: runs)")
+    a("--seeds", help="comma-separated distinct seeds: one run each, then mean and std")
+    for f in config_fields():
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        names += [flag for flag, name in FLAG_ALIASES.items() if name == f.name]
+        extra = {"nargs": "?", "const": True} if field_type(f) is bool else {}
+        a(*names, dest=f.name, type=_flag_type(f), help=_help(f), **extra)
+    # the authors' switches (none of --lonly/--aonly/--vonly given = all three)
+    for m, name in (("l", "text"), ("a", "audio"), ("v", "vision")):
+        a(f"--{m}only", action="store_true", help=f"authors' flag: use {name}")
+    a("--attn_mask", action="store_true",
+      help="authors' flag: passing it turns the causal mask OFF (their store_false)")
+    a("--jsd", action="store_true", help="authors' flag: MJS on with weight 1 (our default)")
+    a("--no_cuda", action="store_true", help="authors' flag: same as --device cpu")
+    a("--model", help="only UCRN")
+    a("--train_mode", help="regression (the only mode for mosi/mosei)")
+    a("-f", dest="ignored_f", help=argparse.SUPPRESS)
+    a("--log_interval", dest="ignored_log_interval", type=int, help=argparse.SUPPRESS)
     return p
 
 
-def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+def _read_config(path: Path) -> dict[str, Any]:
+    from ucrn.safeload import load_json
+
+    base = load_json(path, "--config", expect=dict)
+    base = base.get("config", base)  # a run folder's config.json or a final.json-like bundle
+    if not isinstance(base, dict):
+        raise UsageError(f"--config {path}: expected a JSON object of config keys")
+    return normalize_keys(base, f"--config {path}")
+
+
+def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str]:
+    """The run's config and a note on where its data comes from (printed by the caller)."""
     args = vars(ns)
-    base: dict[str, Any] = {}
-    if "config" in args:
-        path = Path(args["config"])
-        try:
-            base = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CliError(f"--config {path}: file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CliError(f"--config {path}: not valid JSON ({e})") from None
-        if not isinstance(base, dict):
-            raise CliError(f"--config {path}: expected a JSON object of config keys")
-        base = base.get("config", base)  # accept a run folder's config.json too
-    model = args.get("model", "UCRN")
-    if str(model).upper() != "UCRN":
-        raise CliError(f"--model={model}: only UCRN is implemented")
+    base = _read_config(Path(args["config"])) if "config" in args else {}
+    if str(args.get("model", "UCRN")).upper() != "UCRN":
+        raise UsageError(f"--model={args['model']}: only UCRN is implemented")
     if args.get("train_mode", "regression") != "regression":
-        raise CliError(f"--train_mode={args['train_mode']}: only regression is supported")
-    flags = {k: v for k, v in args.items() if not k.startswith("ignored_")}
-    for k in ("config", "name", "out", "seeds", "model", "train_mode", "lonly", "aonly", "vonly",
-              "attn_mask", "jsd", "no_cuda"):
-        flags.pop(k, None)
-    picked = "".join(m for m, f in (("l", "lonly"), ("a", "aonly"), ("v", "vonly")) if args.get(f))
+        raise UsageError(f"--train_mode={args['train_mode']}: only regression is supported")
+    flags = {f.name: args[f.name] for f in config_fields() if f.name in args}
+    picked = "".join(m for m in "lav" if args.get(f"{m}only"))
     if picked and "modalities" not in flags:
         flags["modalities"] = picked
     if args.get("attn_mask"):
@@ -131,41 +109,49 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     if args.get("no_cuda"):
         flags["device"] = "cpu"
     if "config" in args:  # a saved config must be whole, or it would not reproduce its run
-        missing = [k for k in TrainConfig.__dataclass_fields__ if k not in base and k not in flags]
+        missing = [f.name for f in config_fields() if f.name not in base and f.name not in flags]
         if missing:
-            raise CliError(f"--config {args['config']}: incomplete, missing {', '.join(missing)} "
-                           "(expected a full config as run_search.py or ucrn train writes it)")
+            raise UsageError(f"--config {args['config']}: incomplete, missing "
+                             f"{', '.join(missing)} (expected a full config as run_search.py "
+                             f"or ucrn train writes it)")
     merged = {**base, **flags}
+    note = ""
+    if merged.get("data_path") is not None:
+        dataset, aligned, path, note = resolve_dataset(
+            merged.get("dataset"), merged["data_path"], bool(merged.get("aligned", False)))
+        merged.update(dataset=dataset, aligned=aligned, data_path=str(path))
+    where = f"--config {args['config']} and flags" if "config" in args else "flags"
+    return TrainConfig.from_dict(merged, where=where), note
+
+
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """Comma-separated, distinct, each a valid seed; one line naming the flag otherwise."""
     try:
-        return TrainConfig.from_dict(merged, where=str(args.get("config", "flags")))
-    except ValueError as e:
-        raise CliError(str(e)) from None
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not seeds:
+        raise UsageError(f"{flag} {text!r}: expected at least one seed")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UsageError(f"{flag} {text!r}: expected distinct seeds ({repeated} repeated: the "
+                         f"same run twice would count twice in the mean and std)")
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise UsageError(f"{flag}: seed {bad[0]} is out of range: expected 0..{SEED_MAX}")
+    return seeds
 
 
 def new_run_dir(out: Path, name: str) -> Path:
     """A fresh folder: an existing run is never overwritten."""
     run = out / name
     if run.exists() and any(run.iterdir()):
-        run = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        i = 1
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run, i = out / f"{name}-{stamp}", 1
         while run.exists():
-            run, i = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{i}", i + 1
+            run, i = out / f"{name}-{stamp}-{i}", i + 1
     run.mkdir(parents=True, exist_ok=True)
     return run
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o).__name__)
 
 
 def format_record(rec: dict[str, float], total: int) -> str:
@@ -174,90 +160,135 @@ def format_record(rec: dict[str, float], total: int) -> str:
             f"val {shown}  lr {rec['current_lr']:.2g}  {rec['seconds']:.1f}s")
 
 
+def save_checkpoint(path: Path, state: dict, cfg: TrainConfig, data, epoch: int) -> None:
+    """The bundle `ucrn predict` reads: weights, model config, training config, epoch."""
+    mcfg = cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)
+    bundle = {"state_dict": state, "model_config": mcfg.to_dict(), "config": cfg.to_dict(),
+              "epoch": epoch}
+    atomic_write(path, lambda f: torch.save(bundle, f))
+
+
 def run_one(cfg: TrainConfig, run: Path, data) -> FitResult:
-    """Train, printing progress and appending per-epoch metrics to the run folder."""
+    """Train, printing progress, appending per-epoch metrics and keeping the best weights
+    on disk as they improve, so that an interrupted run keeps them (final.json says
+    `interrupted`; KeyboardInterrupt is re-raised)."""
     write_json(run / "config.json", cfg.to_dict())
-    epochs_path = run / "epochs.jsonl"
+    trainer: list[Trainer] = []
 
-    def on_epoch(epoch: int, rec: dict[str, float], _trainer) -> None:
+    def on_epoch(epoch: int, rec: dict[str, float], tr: Trainer) -> None:
+        trainer[:] = [tr]
         print(format_record(rec, cfg.num_epochs), flush=True)
-        with open(epochs_path, "a") as f:
+        with open(run / "epochs.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+        if tr.best_epoch == epoch and tr.best_state is not None:
+            save_checkpoint(run / "checkpoint.pt", tr.best_state, cfg, data, epoch)
 
-    result = fit(cfg, data, on_epoch=on_epoch)
+    t0 = time.perf_counter()
+    try:
+        result = fit(cfg, data, on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        tr = trainer[0] if trainer else None
+        write_json(run / "final.json", {
+            "status": "interrupted", "seed": cfg.seed, "best_epoch": tr.best_epoch if tr else 0,
+            "valid": dict(tr.best_record) if tr else {}, "test": {},
+            "epochs_run": len(tr.history) if tr else 0, "seconds": time.perf_counter() - t0,
+            "checkpoint": "checkpoint.pt" if tr and tr.best_state is not None else None})
+        raise
     if result.model_state is not None:
-        mcfg = cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)
-        ckpt = {"state_dict": result.model_state, "model_config": mcfg.to_dict(),
-                "config": cfg.to_dict(), "epoch": result.best_epoch}
-        tmp = run / "checkpoint.pt.tmp"
-        torch.save(ckpt, tmp)
-        os.replace(tmp, run / "checkpoint.pt")
-    final = {"status": result.status, "seed": cfg.seed, "best_epoch": result.best_epoch,
-             "valid": result.best, "test": result.test, "n_params": result.n_params,
-             "seconds": result.seconds, "epochs_run": len(result.history)}
-    write_json(run / "final.json", final)
+        save_checkpoint(run / "checkpoint.pt", result.model_state, cfg, data, result.best_epoch)
+    write_json(run / "final.json", {
+        "status": result.status, "seed": cfg.seed, "best_epoch": result.best_epoch,
+        "valid": result.best, "test": result.test, "n_params": result.n_params,
+        "seconds": result.seconds, "epochs_run": len(result.history),
+        "checkpoint": "checkpoint.pt" if result.model_state is not None else None})
     return result
 
 
-def summarize(results: list[tuple[int, FitResult]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds, per split and metric."""
-    out: dict[str, Any] = {"seeds": [s for s, _ in results]}
-    for split in ("valid", "test"):
-        keys = [k for k in getattr(results[0][1], "best" if split == "valid" else "test")
+def summarize(results: list[tuple[int, FitResult]], seeds: list[int]) -> dict[str, Any]:
+    """Mean and standard deviation per split and metric over the seeds that finished with
+    a model (diverged ones are listed, not averaged)."""
+    done = [(s, r) for s, r in results if r.status in FINISHED]
+    out: dict[str, Any] = {
+        "seeds": seeds, "summarized_seeds": [s for s, _ in done],
+        "diverged_seeds": [s for s, r in results if r.status == "diverged"],
+        "not_run_seeds": [s for s in seeds if s not in {s2 for s2, _ in results}],
+    }
+    for split, part in (("valid", "best"), ("test", "test")):
+        keys = [k for k in (getattr(done[0][1], part) if done else {})
                 if k not in ("epoch", "seconds", "current_lr", "train_loss", "mjs")]
-        stats = {}
-        for k in keys:
-            mean, std = mean_std([(r.best if split == "valid" else r.test).get(k, math.nan)
-                                  for _, r in results])
-            stats[k] = {"mean": mean, "std": std}
-        out[split] = stats
+        out[split] = {k: dict(zip(("mean", "std"), mean_std(
+            [getattr(r, part).get(k, math.nan) for _, r in done]))) for k in keys}
     return out
+
+
+def _seed_line(seed: int, r: FitResult) -> str:
+    if r.status not in FINISHED:
+        return (f"seed {seed}: {r.status} in epoch {len(r.history) + 1} (non-finite training "
+                f"loss); not in the mean")
+    sel = r.best.get("MAE", r.best.get("loss", math.nan))
+    return (f"seed {seed}: {r.status}, best epoch {r.best_epoch}: valid MAE/loss {sel:.4f}, test "
+            + "  ".join(f"{k} {v:.4f}" for k, v in r.test.items()))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves as Ctrl-C: the same clean stop, the same files written."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def train_main(argv: list[str]) -> int:
     ns = train_parser().parse_args(argv)
-    cfg = config_from_args(ns)
-    seeds = [cfg.seed]
-    if getattr(ns, "seeds", None):
-        try:
-            seeds = [int(s) for s in ns.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise CliError(f"--seeds {ns.seeds!r}: expected comma-separated integers") from None
-        if not seeds:
-            raise CliError("--seeds: expected at least one seed")
-    try:
-        data = load_dataset(cfg.dataset, cfg.data_path, cfg.aligned, cfg.preset, cfg.data_seed)
-    except DataError as e:
-        raise CliError(str(e)) from None
+    cfg, note = config_from_args(ns)
+    seeds = parse_seeds(ns.seeds) if getattr(ns, "seeds", None) else [cfg.seed]
+    name = check_name(getattr(ns, "name", None) or f"ucrn-{cfg.dataset}", "--name")
+    cfg.check_machine()
+    resolve_device(cfg.device)
+    if note:
+        print(note, flush=True)
+    data = load_dataset(cfg.dataset, cfg.data_path, cfg.aligned, cfg.preset, cfg.data_seed)
     for split, counts in data.nonfinite.items():
         bad = {m: n for m, n in counts.items() if n}
         if bad:
             print(f"note: {split}: replaced non-finite values with 0: {bad}")
-    name = getattr(ns, "name", None) or f"ucrn-{cfg.dataset}"
-    run = new_run_dir(Path(getattr(ns, "out", "runs")), name)
+    run = new_run_dir(Path(getattr(ns, "out", "runs")), name)  # only now: all checks passed
     print(f"run folder: {run}  (data: {data.source}, train/valid/test = "
           f"{'/'.join(str(len(data.splits[s])) for s in ('train', 'valid', 'test'))})", flush=True)
-    results = []
-    for seed in seeds:
-        seed_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
-        seed_run = run if len(seeds) == 1 else run / f"seed_{seed}"
-        seed_run.mkdir(exist_ok=True)
+    results: list[tuple[int, FitResult]] = []
+    try:
+        with _sigterm_as_interrupt():
+            for seed in seeds:
+                seed_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
+                seed_run = run if len(seeds) == 1 else run / f"seed_{seed}"
+                seed_run.mkdir(exist_ok=True)
+                if len(seeds) > 1:
+                    print(f"-- seed {seed}", flush=True)
+                result = run_one(seed_cfg, seed_run, data)
+                results.append((seed, result))
+                print(_seed_line(seed, result), flush=True)
+    except KeyboardInterrupt:
         if len(seeds) > 1:
-            print(f"-- seed {seed}", flush=True)
-        result = run_one(seed_cfg, seed_run, data)
-        results.append((seed, result))
-        print(f"seed {seed}: {result.status}, best epoch {result.best_epoch}: "
-              f"valid MAE/loss {result.best.get('MAE', result.best.get('loss')):.4f}, test "
-              + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()), flush=True)
+            write_json(run / "summary.json", {**summarize(results, seeds), "interrupted": True})
+        print(f"interrupted: the best weights so far and final.json (status interrupted) are "
+              f"in {run}", file=sys.stderr, flush=True)
+        return 130
+    finished = sum(r.status in FINISHED for _, r in results)
     if len(seeds) > 1:
-        summary = summarize(results)
+        summary = summarize(results, seeds)
         write_json(run / "summary.json", summary)
-        print(f"mean ± std over seeds {seeds}:")
+        print(f"mean ± std over {finished} of {len(seeds)} seeds "
+              f"{summary['summarized_seeds']}:")
         for split in ("valid", "test"):
             print(f"  {split}: " + "  ".join(
                 f"{k} {v['mean']:.4f}±{v['std']:.4f}" for k, v in summary[split].items()))
     print(f"results: {run}")
-    return 0
+    return 0 if finished else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,17 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m ucrn {{{'|'.join(commands)}}} [flags]  (-h for help)",
               file=sys.stderr)
         return 2
-    try:
-        return commands[argv[0]](argv[1:])
-    except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_main(commands[argv[0]], argv[1:])
 
 
 def _synth(argv: list[str]) -> int:

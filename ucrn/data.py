@@ -15,7 +15,6 @@ numpy only: no torch, no Ray, so it can be imported anywhere cheaply.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import pickle
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ucrn.safeload import SafeLoadError, load_pickle
 
 __all__ = [
     "DATASETS",
@@ -131,9 +132,18 @@ class MultData:
 # --------------------------------------------------------------------------------------
 
 
+def _array(x: Any, where: str) -> np.ndarray:
+    """np.asarray, with ragged or odd nesting as a DataError naming the key."""
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise _fail(f"{where}: expected an array, got {type(x).__name__} that numpy cannot "
+                    f"read as one ({e})") from None
+
+
 def _float_features(arr: Any, where: str, inplace: bool) -> np.ndarray:
     """Cast to C-contiguous float32; copy unless we own the array and may write to it."""
-    a = np.asarray(arr)
+    a = _array(arr, where)
     if a.dtype.kind not in "fiub":
         raise _fail(f"{where}: expected a numeric array, got dtype {a.dtype}")
     if a.ndim != 3:
@@ -174,7 +184,7 @@ def _decode_id(x: Any) -> str:
 def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
     if raw_id is None:
         return np.array([f"{split}_{i:06d}" for i in range(n)], dtype=str)
-    a = np.asarray(raw_id)
+    a = _array(raw_id, where)
     if a.ndim not in (1, 2) or a.shape[0] != n:
         raise _fail(f"{where}: expected shape ({n},) or ({n}, k) to match N={n}, got {a.shape}")
     if a.ndim == 1:
@@ -187,7 +197,7 @@ def _infer_task(labels: np.ndarray) -> str:
 
 
 def _labels(raw_labels: Any, n: int, task: str, where: str) -> np.ndarray:
-    a = np.asarray(raw_labels)
+    a = _array(raw_labels, where)
     if a.dtype.kind not in "fiub":
         raise _fail(f"{where}: expected a numeric array, got dtype {a.dtype}")
     if a.ndim == 0 or a.shape[0] != n:
@@ -241,7 +251,7 @@ def _from_raw(raw: object, source: str, task: str | None, inplace: bool) -> Mult
                 f"vision, labels [, id], got {sorted(map(str, sd))}"
             )
     if task is None:
-        task = _infer_task(np.asarray(raw["train"]["labels"]))
+        task = _infer_task(_array(raw["train"]["labels"], f"{source}: split 'train' key 'labels'"))
     splits: dict[str, Split] = {}
     nonfinite: dict[str, dict[str, int]] = {}
     ref_shapes: dict[str, tuple[int, int]] = {}
@@ -304,89 +314,15 @@ def from_raw(raw: object, source: str, task: str | None = None) -> MultData:
 # safe pickle loading
 # --------------------------------------------------------------------------------------
 
-# (module, name) -> (numpy submodule, name); numpy 1.x files say numpy.core, 2.x numpy._core.
-_NUMPY_CORE_GLOBALS = {
-    ("multiarray", "_reconstruct"),
-    ("multiarray", "scalar"),
-    ("numeric", "_frombuffer"),
-}
-
-
-def _numpy_core_attr(sub: str, name: str) -> Any:
-    for pkg in ("numpy._core", "numpy.core"):
-        try:
-            mod = importlib.import_module(f"{pkg}.{sub}")
-        except ImportError:
-            continue
-        if hasattr(mod, name):
-            return getattr(mod, name)
-    raise AttributeError(f"numpy has no {sub}.{name}")
-
-
-def _allowed_global(module: str, name: str) -> Any | None:
-    if module in (
-        "numpy.core.multiarray",
-        "numpy._core.multiarray",
-        "numpy.core.numeric",
-        "numpy._core.numeric",
-    ):
-        sub = module.rsplit(".", 1)[1]
-        if (sub, name) in _NUMPY_CORE_GLOBALS:
-            return _numpy_core_attr(sub, name)
-        return None
-    if module == "numpy" and name in ("ndarray", "dtype"):
-        return getattr(np, name)
-    if (module, name) == ("_codecs", "encode"):
-        import _codecs
-
-        return _codecs.encode
-    if (module, name) == ("collections", "OrderedDict"):
-        import collections
-
-        return collections.OrderedDict
-    return None
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only numpy array/dtype/scalar reconstruction and plain containers.
-
-    find_class runs when the pickle names a global, before that global can be called, so a
-    malicious file is refused before any of its code runs.
-    """
-
-    def __init__(self, file: Any, path: str) -> None:
-        # latin1: numpy arrays pickled under Python 2 carry their data as str
-        super().__init__(file, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = _allowed_global(module, name)
-        if obj is None:
-            raise _fail(
-                f"{self._path}: refused to load: the pickle names global '{module}.{name}'; "
-                f"only numpy arrays and plain containers are allowed"
-            )
-        return obj
+# The restricted, budgeted unpickler lives in ucrn/safeload.py, next to the other hardened
+# loaders; here its one-line refusals become DataError, the class callers of this module catch.
 
 
 def _safe_unpickle(path: Path) -> object:
-    if not path.exists():
-        raise _fail(f"{path}: no such file")
-    if path.is_dir():
-        raise _fail(f"{path}: is a directory, expected a MulT pickle file")
     try:
-        with open(path, "rb") as fh:
-            return _RestrictedUnpickler(fh, str(path)).load()
-    except DataError:
-        raise
-    except MemoryError:
-        raise
-    except OSError as exc:
-        raise _fail(f"{path}: cannot read: {exc}") from exc
-    except Exception as exc:  # truncated/corrupt: EOFError, UnpicklingError, ValueError, ...
-        raise _fail(
-            f"{path}: not a readable pickle (truncated or corrupt?): {type(exc).__name__}: {exc}"
-        ) from exc
+        return load_pickle(path)
+    except SafeLoadError as exc:
+        raise _fail(str(exc)) from None
 
 
 def load_mult_pickle(path: str | Path, task: str | None = None) -> MultData:
@@ -424,6 +360,25 @@ def data_file_name(dataset: str, aligned: bool) -> str:
     return f"{dataset}_data.pkl" if aligned else f"{dataset}_data_noalign.pkl"
 
 
+def _known_files(folder: Path) -> list[tuple[str, bool, Path]]:
+    """(dataset, aligned, path) of every MulT-named file in a folder."""
+    found = []
+    for ds in DATASETS:
+        for aligned in (False, True):
+            p = folder / data_file_name(ds, aligned)
+            if p.is_file():
+                found.append((ds, aligned, p))
+    return found
+
+
+def _from_file_name(name: str) -> tuple[str, bool] | None:
+    for ds in DATASETS:
+        for aligned in (False, True):
+            if name == data_file_name(ds, aligned):
+                return ds, aligned
+    return None
+
+
 def resolve_data_file(dataset: str, data_path: str | Path, aligned: bool) -> Path:
     """Accept either the file itself or a folder holding the MulT-named file."""
     p = Path(data_path)
@@ -436,11 +391,54 @@ def resolve_data_file(dataset: str, data_path: str | Path, aligned: bool) -> Pat
     if cand.is_file():
         return cand
     other = p / data_file_name(dataset, not aligned)
+    found = [f.name for _, _, f in _known_files(p)]
     hint = ""
     if other.is_file():
         flag = "--aligned" if not aligned else "no --aligned"
         hint = f" ({other.name} is there: use {flag})"
+    elif found:
+        hint = f" (found {', '.join(found)}: pass the matching --dataset)"
     raise _fail(f"--data_path {p}: no file {name} found (looked for {cand}){hint}")
+
+
+def resolve_dataset(dataset: str | None, data_path: str | Path, aligned: bool
+                    ) -> tuple[str, bool, Path, str]:
+    """Which dataset and file a given --data_path means: (dataset, aligned, file, note).
+
+    A path is never ignored. Without --dataset, the dataset is read off the MulT file
+    name (the file itself, or the one such file in the folder that matches --aligned);
+    anything ambiguous is one line listing what was found. The note says what was picked.
+    """
+    p = Path(data_path)
+    if not p.exists():
+        raise _fail(f"--data_path {p} does not exist")
+    if dataset is not None:
+        if dataset not in DATASETS:
+            raise _fail(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        return dataset, aligned, resolve_data_file(dataset, p, aligned), ""
+    if p.is_file():
+        named = _from_file_name(p.name)
+        if named is None:
+            raise _fail(f"--data_path {p}: cannot tell the dataset from the file name; pass "
+                        f"--dataset ({', '.join(DATASETS)}) or use a MulT name such as "
+                        f"{data_file_name('mosi', False)}")
+        ds, al = named
+        return ds, al, p, f"data: {p} (dataset {ds}, {'aligned' if al else 'unaligned'}, " \
+                          f"from the file name)"
+    found = _known_files(p)
+    if not found:
+        raise _fail(f"--data_path {p}: no MulT data file in this folder (expected a name like "
+                    f"{data_file_name('mosei_senti', False)}); pass the file or another folder")
+    match = [f for f in found if f[1] == aligned]
+    names = ", ".join(f.name for _, _, f in found)
+    if len(match) == 1:
+        ds, al, f = match[0]
+        return ds, al, f, f"data: picked {f} (dataset {ds}; --dataset was not given)"
+    if not match:
+        flag = "--aligned" if not aligned else "no --aligned"
+        raise _fail(f"--data_path {p}: no {'aligned' if aligned else 'unaligned'} file; found "
+                    f"{names} (use {flag})")
+    raise _fail(f"--data_path {p}: several datasets here ({names}); pass --dataset")
 
 
 def load_dataset(
@@ -452,27 +450,21 @@ def load_dataset(
 ) -> MultData:
     """The one entry point trainers call: a real MulT file, or the synthetic generator.
 
-    For ``synthetic``, a ``data_path`` that is a file (or a folder holding the synthetic
-    file) is loaded as a MulT pickle; otherwise the preset is generated in memory, and
-    ``aligned=True`` picks the preset's ``_aligned`` variant.
+    A given ``data_path`` is always loaded (see `resolve_dataset`), for ``synthetic`` too;
+    only ``synthetic`` without a path generates the preset in memory (``aligned=True``
+    picks the preset's ``_aligned`` variant).
     """
     if dataset not in DATASETS:
         raise _fail(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    if dataset == "synthetic":
-        if data_path is not None:
-            p = Path(data_path)
-            if p.is_file():
-                return load_mult_pickle(p)
-            cand = p / data_file_name("synthetic", aligned)
-            if cand.is_file():
-                return load_mult_pickle(cand)
-        name = _preset_name(preset, aligned)
-        raw = make_synthetic(name, seed)
-        return _from_raw(raw, f"synthetic:{name}:seed={seed}", None, inplace=True)
-    if data_path is None:
+    if data_path is not None:
+        _, _, path, _ = resolve_dataset(dataset, data_path, aligned)
+        task = {"iemocap": "iemocap", "synthetic": None}.get(dataset, "regression")
+        return load_mult_pickle(path, task=task)
+    if dataset != "synthetic":
         raise _fail(f"dataset {dataset!r} needs --data_path (a folder or the file itself)")
-    path = resolve_data_file(dataset, data_path, aligned)
-    return load_mult_pickle(path, task="iemocap" if dataset == "iemocap" else "regression")
+    name = _preset_name(preset, aligned)
+    raw = make_synthetic(name, seed)
+    return _from_raw(raw, f"synthetic:{name}:seed={seed}", None, inplace=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -498,7 +490,7 @@ _TINY_N, _TINY_DIMS = (512, 128, 128), (24, 8, 10)
 _MOSI_N, _MOSEI_N = (1284, 229, 686), (16326, 1871, 4659)
 _MOSEI_ALIGNED_N, _IEMOCAP_N = (16265, 1869, 4643), (2717, 798, 938)
 
-# Shapes as published (data-format.md); "dataset" and "aligned" choose the MulT file name.
+# Shapes as published (docs/data.md); "dataset" and "aligned" choose the MulT file name.
 PRESETS: dict[str, dict] = {
     "tiny": _preset(_TINY_N, (12, 16, 14), _TINY_DIMS, "regression", "synthetic", False),
     "tiny_aligned": _preset(_TINY_N, (12, 12, 12), _TINY_DIMS, "regression", "synthetic", True),

@@ -1,11 +1,11 @@
 """Evaluation metrics for MOSI/MOSEI regression and IEMOCAP 4x2 emotion classification.
 
-Definitions follow ``spec/metrics.md`` so numbers are comparable with papers and MMSA.
+Definitions in docs/metrics.md, so that numbers are comparable with papers and MMSA.
 Everything is computed in float64 numpy, with no sklearn/scipy dependency, so the metrics
 behave the same on every worker of the search.
 
 Note on argument order: the Non0 (and Has0) weighted F1 uses the labels as the truth and the
-predictions as the estimate, as metrics.md prescribes. MulT's ``eval_mosei_senti`` passes
+predictions as the estimate (docs/metrics.md). MulT's ``eval_mosei_senti`` passes
 them the other way round (predictions as truth), which changes the class weights and so
 shifts the weighted F1 slightly; keep this in mind when comparing with MulT-era tables.
 """
@@ -98,7 +98,7 @@ def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def regression_metrics(preds: Any, labels: Any) -> dict[str, float]:
-    """All sentiment-regression metrics of metrics.md, keys exactly ``REGRESSION_METRICS``.
+    """All sentiment-regression metrics of docs/metrics.md, keys exactly ``REGRESSION_METRICS``.
 
     Inputs may be numpy arrays or torch tensors of any shape; both are flattened and must hold
     the same number of elements. ``Corr`` is NaN for constant inputs or N < 2, the ``Non0_*``
@@ -114,7 +114,7 @@ def regression_metrics(preds: Any, labels: Any) -> dict[str, float]:
     out: dict[str, float] = {
         "MAE": float(np.mean(np.abs(p - t))),
         "Corr": _pearson(p, t),
-        # np.round rounds half to even, as metrics.md requires.
+        # np.round rounds half to even, as docs/metrics.md requires.
         "Mult_acc_7": float(np.mean(np.round(np.clip(p, -3, 3)) == np.round(np.clip(t, -3, 3)))),
         "Mult_acc_5": float(np.mean(np.round(np.clip(p, -2, 2)) == np.round(np.clip(t, -2, 2)))),
     }

@@ -8,16 +8,15 @@ Why: a search or a training run leaves a checkpoint bundle (`state_dict`, `model
 predictions keyed by the data's own segment ids, so that errors can be inspected and
 models compared outside the trainer. Every problem (unreadable checkpoint, missing key,
 data that does not fit the model, unknown split) is one `error:` line and exit code 2,
-and no output file is left behind; the output is written to a temporary file and renamed.
+and no output file is left behind; the output is written whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +25,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ucrn.data import SPLITS, DataError, MultData, Split, load_dataset, resolve_data_file
+from ucrn.data import SPLITS, MultData, Split, load_dataset
+from ucrn.errors import OneLineParser, UsageError, one_line, run_main
+from ucrn.fileio import atomic_write
+from ucrn.losses import task_loss
 from ucrn.metrics import IEMOCAP_EMOTIONS, iemocap_metrics, regression_metrics
 from ucrn.model import UCRN, UCRNConfig
+from ucrn.safeload import load_checkpoint
+from ucrn.train import resolve_device
 
 BUNDLE_KEYS = ("state_dict", "model_config")  # "config" and "epoch" are used when present
 
 
-class PredictError(Exception):
-    """One line for the user; exit code 2."""
-
-
-def _one_line(x: object) -> str:
-    return " ".join(str(x).split())
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise PredictError(f"{self.prog}: {message}")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m ucrn predict",
-                description="Predict one split with a saved checkpoint; write Parquet.")
+    p = OneLineParser(prog="python -m ucrn predict",
+                      description="Predict one split with a saved checkpoint; write Parquet.")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt bundle of a run")
     p.add_argument("--data_path", "--data-path", dest="data_path",
                    help="folder with the MulT pickle, or the file (synthetic: optional)")
@@ -67,51 +58,49 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_bundle(path: Path, device: torch.device) -> dict[str, Any]:
-    """The checkpoint dict, checked for the keys a run writes; PredictError otherwise."""
-    if not path.exists():
-        raise PredictError(f"--checkpoint {path}: no such file")
-    if path.is_dir():
-        raise PredictError(f"--checkpoint {path}: is a folder, expected a checkpoint file "
-                           f"(e.g. runs/NAME/checkpoint.pt)")
-    try:
-        bundle = torch.load(path, weights_only=True, map_location=device)
-    except Exception as e:  # noqa: BLE001 - truncated, random bytes, not a torch file
-        raise PredictError(f"--checkpoint {path}: not a readable checkpoint (truncated or "
-                           f"corrupt?): {type(e).__name__}: {_load_reason(e)}") from None
-    if not isinstance(bundle, dict):
-        raise PredictError(f"--checkpoint {path}: expected a dict bundle, got "
-                           f"{type(bundle).__name__}")
+    """The checkpoint dict, checked for the keys a run writes; UsageError otherwise."""
+    bundle = load_checkpoint(path, map_location=device)
     missing = [k for k in BUNDLE_KEYS if k not in bundle]
     if missing:
-        raise PredictError(f"--checkpoint {path}: missing key(s) {missing}; expected a bundle "
-                           f"with {list(BUNDLE_KEYS)} as `python -m ucrn train` writes it "
-                           f"(has {sorted(map(str, bundle))[:8]})")
+        raise UsageError(f"--checkpoint {path}: missing key(s) {missing}; expected a bundle "
+                         f"with {list(BUNDLE_KEYS)} as `python -m ucrn train` writes it "
+                         f"(has {sorted(map(str, bundle))[:8]})")
     if not isinstance(bundle["model_config"], dict):
-        raise PredictError(f"--checkpoint {path}: key 'model_config' is not a dict")
+        raise UsageError(f"--checkpoint {path}: key 'model_config' is not a dict")
+    if not isinstance(bundle["state_dict"], dict) or not all(
+            isinstance(v, torch.Tensor) for v in bundle["state_dict"].values()):
+        raise UsageError(f"--checkpoint {path}: key 'state_dict' is not a dict of tensors")
     return bundle
 
 
-def _load_reason(e: Exception) -> str:
-    """The informative part of torch.load's multi-paragraph messages."""
-    msg = str(e)
-    if "WeightsUnpickler error:" in msg:  # random bytes, or objects weights_only refuses
-        detail = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
-        return f"refused by torch.load(weights_only=True): {_one_line(detail)}"
-    return _one_line(msg).split(". ")[0][:300]
-
-
 def build_model(bundle: dict[str, Any], path: Path, device: torch.device) -> UCRN:
+    """The model the bundle describes, with its weights. The config's shapes are checked
+    against the state_dict on the meta device first (no memory): a crafted model_config
+    must not make us allocate what the file does not hold."""
+    state = bundle["state_dict"]
     try:
         mcfg = UCRNConfig(**bundle["model_config"])
+        if mcfg.layers > len(state):  # every layer has weights in the state_dict
+            raise ValueError(f"layers={mcfg.layers} but the state_dict has only "
+                             f"{len(state)} tensors")
     except (TypeError, ValueError) as e:
-        raise PredictError(f"--checkpoint {path}: bad 'model_config': {_one_line(e)}") from None
+        raise UsageError(f"--checkpoint {path}: bad 'model_config': {one_line(e)}") from None
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in UCRN(mcfg).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if shapes != have:
+        diff = sorted(set(shapes) ^ set(have)) or [k for k in shapes if shapes[k] != have[k]]
+        k = diff[0]
+        raise UsageError(f"--checkpoint {path}: 'state_dict' does not fit its 'model_config': "
+                         f"{k}: model {shapes.get(k, 'absent')}, state_dict "
+                         f"{have.get(k, 'absent')} ({len(diff)} difference(s))")
     model = UCRN(mcfg).to(device)
-    try:
-        model.load_state_dict(bundle["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PredictError(f"--checkpoint {path}: 'state_dict' does not fit its "
-                           f"'model_config': {_one_line(first)}") from None
+    model.load_state_dict(state)
+    bad = sum(int((~torch.isfinite(v.float())).sum()) for v in state.values()
+              if v.is_floating_point())
+    if bad:
+        warnings.warn(f"--checkpoint {path}: {bad} weight(s) are NaN or infinite; the "
+                      f"predictions will be too", RuntimeWarning, stacklevel=2)
     return model.eval()
 
 
@@ -121,8 +110,8 @@ def check_shapes(data: MultData, mcfg: UCRNConfig, path: Path) -> None:
     want = (tuple(mcfg.input_dims), tuple(mcfg.seq_lens), mcfg.output_dim)
     if have != want:
         fmt = "input_dims {}, seq_lens {}, output_dim {}"
-        raise PredictError(f"data {data.source} has {fmt.format(*have)} but checkpoint {path} "
-                           f"expects {fmt.format(*want)}")
+        raise UsageError(f"data {data.source} has {fmt.format(*have)} but checkpoint {path} "
+                         f"expects {fmt.format(*want)}")
 
 
 # ---- prediction ----------------------------------------------------------------------
@@ -161,72 +150,58 @@ def prediction_table(out: np.ndarray, split: Split, task: str) -> pa.Table:
 
 
 def split_metrics(out: np.ndarray, split: Split, task: str) -> dict[str, float]:
-    """loss (L1, or cross-entropy for IEMOCAP, as the trainer's) plus the metrics.md set."""
+    """loss (as the trainer's) plus the metrics; all NaN when a prediction is not finite
+    (an accuracy computed from NaN predictions would be a made-up number)."""
+    if not np.isfinite(out).all():
+        names = ["loss", *(iemocap_metrics(np.zeros((1, 8)), np.zeros((1, 4))) if task ==
+                           "iemocap" else regression_metrics([0.0], [0.0]))]
+        return dict.fromkeys(names, math.nan)
+    labels = torch.from_numpy(split.labels)
+    loss = task_loss(torch.from_numpy(out), labels.long() if task == "iemocap" else labels,
+                     task).item()
     if task == "iemocap":
-        logits = torch.from_numpy(out).view(-1, 2)
-        loss = torch.nn.functional.cross_entropy(
-            logits, torch.from_numpy(split.labels).long().view(-1)).item()
         return {"loss": loss, **iemocap_metrics(out, split.labels)}
-    loss = float(np.mean(np.abs(out.reshape(-1) - split.labels.reshape(-1))))
     return {"loss": loss, **regression_metrics(out.reshape(-1), split.labels)}
 
 
-def write_atomic(table: pa.Table, out: Path, meta: dict[str, Any]) -> None:
-    """Temp file in the same folder, then rename: a reader never sees a partial file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+def write_parquet(table: pa.Table, out: Path, meta: dict[str, Any]) -> None:
+    """Written whole or not at all (a reader never sees a partial file)."""
     table = table.replace_schema_metadata({"ucrn_predict": json.dumps(meta)})
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda f: pq.write_table(table, f))
 
 
 # ---- command line --------------------------------------------------------------------
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise PredictError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device {name!r}: CUDA is not available on this machine")
-    return dev
-
-
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.split not in SPLITS:
-        raise PredictError(f"--split {args.split!r}: expected one of {', '.join(SPLITS)}")
+        raise UsageError(f"--split {args.split!r}: expected one of {', '.join(SPLITS)}")
     if args.batch_size < 1:
-        raise PredictError(f"--batch_size {args.batch_size}: expected an integer >= 1")
-    device = _resolve_device(args.device)
+        raise UsageError(f"--batch_size {args.batch_size}: expected an integer >= 1")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
     ckpt = Path(args.checkpoint)
     bundle = load_bundle(ckpt, device)
     model = build_model(bundle, ckpt, device)
     cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
     dataset = args.dataset or cfg.get("dataset") or "synthetic"
     aligned = bool(cfg.get("aligned", False)) if args.aligned is None else args.aligned
-    try:
-        if args.data_path is not None:  # load_dataset would generate synthetic data instead
-            resolve_data_file(dataset, args.data_path, aligned)
-        data = load_dataset(dataset, args.data_path, aligned, cfg.get("preset", "tiny"),
-                            int(cfg.get("data_seed", 0)))
-    except DataError as e:
-        raise PredictError(str(e)) from None
+    seed = cfg.get("data_seed", 0)
+    data = load_dataset(dataset, args.data_path, aligned, str(cfg.get("preset", "tiny")),
+                        seed if isinstance(seed, int) and seed >= 0 else 0)
     check_shapes(data, model.cfg, ckpt)
     split = data.splits[args.split]
     out = predict_split(model, split, device, args.batch_size)
     metrics = split_metrics(out, split, data.task)
+    if not np.isfinite(out).all():
+        warnings.warn(f"{int((~np.isfinite(out)).sum())} prediction(s) are NaN or infinite: "
+                      f"no metric computed", RuntimeWarning, stacklevel=2)
     meta = {"checkpoint": str(ckpt), "epoch": bundle.get("epoch"), "dataset": dataset,
             "source": data.source, "split": args.split, "metrics": metrics}
-    write_atomic(prediction_table(out, split, data.task), Path(args.out), meta)
+    write_parquet(prediction_table(out, split, data.task), Path(args.out), meta)
     print(f"{args.split} ({len(split)} segments of {data.source}), checkpoint epoch "
           f"{bundle.get('epoch', '?')}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     print(f"predictions: {args.out}")
@@ -235,18 +210,4 @@ def run(argv: list[str]) -> int:
 
 def predict_main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m ucrn predict`; 0 ok, 2 for any bad input, 1 for I/O."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(argv)
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
-    except PredictError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(predict_main())
+    return run_main(run, argv)

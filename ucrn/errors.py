@@ -1,0 +1,65 @@
+"""One-line errors for every command of the project (`ucrn ...`, run_search.py, analyze.py).
+
+A user who typed a wrong flag or pointed at a wrong file gets one line that names it,
+exit code 2; an I/O failure (disk full, permissions) gets one line and exit code 1;
+Ctrl-C gets 130. Never a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+
+class UsageError(Exception):
+    """A bad flag, file or value: one line for the user, exit code 2."""
+
+
+def one_line(x: object) -> str:
+    return " ".join(str(x).split())
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def io_error_line(e: OSError) -> str:
+    """An OSError as one line; a full disk says so plainly."""
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the device{where}: nothing partial was kept; free space and rerun"
+    return one_line(f"{e.strerror or e}{':' + where if where else ''}")
+
+
+def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Run a command's main, turning the project's errors into one line and an exit code
+    (and warnings into one `warning:` line each)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return fn(args)
+    except SystemExit as e:  # --help, or a command that chose its code
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except (UsageError, ValueError) as e:  # DataError and config errors are ValueErrors
+        text = str(e).strip()
+        print(f"error: {one_line(text.splitlines()[0]) if text else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {io_error_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {one_line(message)}", file=sys.stderr, flush=True)

@@ -1,0 +1,80 @@
+"""Writing files so that a reader never sees half of one: write to a hidden temporary name
+in the same folder, then rename over the target (atomic on one file system).
+
+One helper for every file the project writes: run folders, checkpoints, predictions, the
+results store (through a pyarrow file system, which may be remote), synthetic data. A
+failure (full disk, signal) removes the temporary file and leaves the old target as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+Writer = Callable[[IO[bytes]], None]
+
+
+def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None) -> None:
+    """Write `path` whole or not at all. `write` gets a binary stream (or is the bytes);
+    `fs` is a pyarrow FileSystem for URIs (None: the local disk)."""
+    fill: Writer = (lambda f: f.write(write)) if isinstance(write, bytes) else write
+    if fs is not None:
+        _atomic_write_fs(str(path), fill, fs)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:  # no fsync: readers and crashed processes are the
+            fill(f)                     # concern, not power loss; rename is what they see
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_fs(path: str, fill: Writer, fs: Any) -> None:
+    folder, name = path.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    tmp = f"{folder}/.{name}.{os.getpid()}.tmp"  # dot-files are invisible to dataset readers
+    try:
+        with fs.open_output_stream(tmp) as f:
+            fill(f)
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except Exception:  # noqa: BLE001 - already gone, or the store itself failed
+            pass
+        raise
+
+
+def check_name(name: str, flag: str) -> str:
+    """A run or search name becomes one folder: refuse what would escape or vanish."""
+    bad = (not name or name in (".", "..") or any(c in name for c in "/\\\0")
+           or not name.isprintable() or name != name.strip() or len(name) > 200)
+    if bad:
+        raise ValueError(f"{flag} {name!r}: expected a plain folder name (letters, digits, "
+                         f"'-', '_', '.'; no '/', not empty, not '.' or '..')")
+    return name
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Indented JSON (NaN allowed: metrics may be NaN); numpy scalars and tuples as plain."""
+    return (json.dumps(obj, indent=2, default=_plain, allow_nan=True) + "\n").encode()
+
+
+def write_json(path: str | os.PathLike, obj: Any, fs: Any = None) -> None:
+    atomic_write(path, json_bytes(obj), fs)
+
+
+def _plain(o: Any) -> Any:
+    if hasattr(o, "item") and callable(o.item):  # numpy scalars
+        return o.item()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    return str(o)
