@@ -1,4 +1,9 @@
-"""run_search.py's flags and everything checked before Ray starts: one line, exit code 2."""
+"""run_search.py's flags: one frozen dataclass, the parser derived from it, and every check
+that needs no Ray (one line, exit code 2, nothing written).
+
+The validated `Flags` is saved in search.json, so `--resume` continues a search with
+exactly its own settings.
+"""
 
 from __future__ import annotations
 
@@ -7,100 +12,162 @@ import json
 import math
 import os
 import socket
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
+from ucrn.config import DATASETS
+from ucrn.errors import OneLineParser, UsageError
+from ucrn.fileio import check_name
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("train", "tune")
 
 
-class UsageError(Exception):
-    """A bad flag or input: one line, exit code 2."""
+def flag(default: Any, help: str, **argparse_kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse_kw})
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
+@dataclass(frozen=True)
+class Flags:
+    """Every run_search.py flag (`--num-samples` is `num_samples`), as given or defaulted."""
+
+    dataset: str | None = flag(None, f"{' | '.join(DATASETS)} (default: synthetic, or read "
+                               "off the file names under --data-path)")
+    data_path: str | None = flag(None, "folder with the MulT pickle (or the file)")
+    aligned: bool = flag(False, "word-aligned MulT files", action="store_true")
+    preset: str = flag("tiny", "synthetic data preset (tiny, mosi, mosei, ...)")
+    modalities: str = flag("lav", "subset of 'lav'")
+    space: str | None = flag(None, "search space YAML (default: search/spaces/default.yaml)")
+    num_samples: int = flag(8, "trials to run")
+    max_concurrent: int = flag(0, "trials at once (0 = as resources allow)")
+    max_epochs: int = flag(4, "epochs per trial (ASHA's max_t)")
+    grace_period: int = flag(1, "ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = flag(2.0, "ASHA reduction factor")
+    metric: str = flag("MAE", "validation metric to optimise (mode is the natural one)")
+    cpus_per_trial: float = flag(1.0, "CPUs for each of the trial's workers (also its torch "
+                                 "thread cap)")
+    gpus_per_trial: float = flag(0.0, "GPUs for each of the trial's workers; 0.25 packs 4 "
+                                 "trials on a GPU")
+    workers_per_trial: int = flag(1, "Ray Train workers per trial (DDP when > 1): a trial takes "
+                                  "this many times the CPUs and GPUs above")
+    trial_resources: str | None = flag(None, 'extra Ray resources per trial, e.g. \'{"gpu_node"'
+                                       ': 1}\' to pin trials to a node type', metavar="JSON")
+    executor: str = flag("train", "train (Ray Train per trial) | tune (plain Tune function)")
+    max_failures: int = flag(2, "retries of a failed trial, from its checkpoint")
+    storage: str = flag("ray_results", "results folder or URI (s3://..., shared on clusters)")
+    name: str = flag("ucrn-search", "search name: results go to STORAGE/NAME")
+    address: str | None = flag(None, "existing Ray cluster (host:port or auto); default: start one")
+    resume: bool = flag(False, "continue the interrupted search STORAGE/NAME (or re-training, "
+                        "with --retrain)", action="store_true")
+    seed: int = flag(1234, "seed of the trials and of Optuna's sampler")
+    retrain: str | None = flag(None, "re-train that search's best config once per --seeds and "
+                               "test it", metavar="STORAGE/NAME")
+    seeds: str = flag("1111,1112,1113,1114,1115", "seeds for --retrain")
+    trial: str | None = flag(None, "with --retrain: this trial's config instead of the best")
+
+    @property
+    def extra_resources(self) -> dict[str, float]:
+        return parse_resources(self.trial_resources)
+
+    def saved(self) -> dict[str, Any]:
+        """What search.json keeps (everything but how this particular driver connects)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("resume", "address")}
+
+    def resumed_from(self, saved: Any, where: str) -> Flags:
+        """The interrupted search's own flags, with this driver's --resume and --address."""
+        if not isinstance(saved, dict):
+            raise UsageError(f"{where}: 'flags' is not an object; the file is damaged")
+        known = {f.name: f for f in fields(self)}
+        kept = {}
+        for key, value in saved.items():
+            if key not in known or key in ("resume", "address", "retrain", "seeds", "trial"):
+                continue  # older or newer searches may carry other keys
+            kept[key] = _typed(known[key], value, f"{where}: flags.{key}")
+        return replace(self, **kept)
+
+
+def _typed(f, value: Any, where: str) -> Any:
+    default = f.default if f.default is not MISSING else None
+    if value is None:
+        if default is None:
+            return None
+        raise UsageError(f"{where}=null: expected a value like {default!r}")
+    kind = type(default) if default is not None else str
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UsageError(f"{where}={value!r}: expected a value of type {kind.__name__}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run_search.py", description=__doc__.splitlines()[0])
-    a = p.add_argument
-    a("--dataset", default="synthetic", help="synthetic | mosi | mosei_senti | iemocap")
-    a("--data-path", default=None, help="folder with the MulT pickle (or the file)")
-    a("--aligned", action="store_true", help="word-aligned MulT files")
-    a("--preset", default="tiny", help="synthetic data preset (tiny, mosi, mosei, ...)")
-    a("--modalities", default="lav", help="subset of 'lav'")
-    a("--space", default=None, help="search space YAML (default: search/spaces/default.yaml)")
-    a("--num-samples", type=int, default=8, help="trials to run")
-    a("--max-concurrent", type=int, default=0, help="trials at once (0 = as resources allow)")
-    a("--max-epochs", type=int, default=4, help="epochs per trial (ASHA's max_t)")
-    a("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-    a("--reduction-factor", type=float, default=2, help="ASHA reduction factor")
-    a("--metric", default="MAE", help="validation metric to optimise (mode is the natural one)")
-    a("--cpus-per-trial", type=float, default=1.0,
-      help="CPUs for each of the trial's workers (also its torch thread cap)")
-    a("--gpus-per-trial", type=float, default=0.0,
-      help="GPUs for each of the trial's workers; 0.25 packs 4 trials on a GPU")
-    a("--workers-per-trial", type=int, default=1,
-      help="Ray Train workers per trial (DDP when > 1): a trial takes this many times the "
-           "CPUs and GPUs above")
-    a("--trial-resources", default=None, metavar="JSON",
-      help='extra Ray resources per trial, e.g. \'{"gpu_node": 1}\' to pin trials to a node type')
-    a("--executor", default="train", help="train (Ray Train per trial) | tune (plain Tune function)")
-    a("--max-failures", type=int, default=2, help="retries of a failed trial, from its checkpoint")
-    a("--storage", default="ray_results", help="results folder or URI (s3://..., shared on clusters)")
-    a("--name", default="ucrn-search", help="search name: results go to STORAGE/NAME")
-    a("--address", default=None, help="existing Ray cluster (host:port or auto); default: start one")
-    a("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
-    a("--seed", type=int, default=1234, help="seed of the trials and of Optuna's sampler")
-    a("--retrain", default=None, metavar="STORAGE/NAME",
-      help="re-train that search's best config once per --seeds and test it")
-    a("--seeds", default="1111,1112,1113,1114,1115", help="seeds for --retrain")
-    a("--trial", default=None, help="with --retrain: this trial's config instead of the best")
+    p = OneLineParser(prog="run_search.py",
+                      description="Search UCRN hyperparameters with Ray Tune (Optuna TPE + ASHA).")
+    for f in fields(Flags):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        if meta.get("action") != "store_true" and f.default is not None:
+            meta["type"] = type(f.default)  # int, float or str
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+                       help=help_text, **meta)
     return p
 
 
-# ---- validation, before Ray --------------------------------------------------------------
+def parse_flags(argv: list[str] | None) -> Flags:
+    ns = build_parser().parse_args(argv)
+    return Flags(**vars(ns))
 
-def check_flags(ns: argparse.Namespace) -> None:
+
+# ---- checks before Ray -------------------------------------------------------------------
+
+def check_flags(fl: Flags) -> None:
     rules = [
-        (ns.num_samples >= 1, "--num-samples", ns.num_samples, "an integer >= 1"),
-        (ns.max_concurrent >= 0, "--max-concurrent", ns.max_concurrent, ">= 0 (0 = auto)"),
-        (ns.max_epochs >= 1, "--max-epochs", ns.max_epochs, "an integer >= 1"),
-        (1 <= ns.grace_period <= ns.max_epochs, "--grace-period", ns.grace_period,
-         f"between 1 and --max-epochs ({ns.max_epochs})"),
-        (ns.reduction_factor > 1, "--reduction-factor", ns.reduction_factor, "> 1"),
-        (math.isfinite(ns.cpus_per_trial) and ns.cpus_per_trial > 0, "--cpus-per-trial",
-         ns.cpus_per_trial, "a number > 0"),
-        (math.isfinite(ns.gpus_per_trial) and ns.gpus_per_trial >= 0, "--gpus-per-trial",
-         ns.gpus_per_trial, "a number >= 0"),
-        (ns.workers_per_trial >= 1, "--workers-per-trial", ns.workers_per_trial, "an integer >= 1"),
-        (ns.executor in EXECUTORS, "--executor", ns.executor, "train or tune"),
-        (ns.max_failures >= 0, "--max-failures", ns.max_failures, ">= 0"),
+        (fl.num_samples >= 1, "--num-samples", fl.num_samples, "an integer >= 1"),
+        (fl.max_concurrent >= 0, "--max-concurrent", fl.max_concurrent, ">= 0 (0 = auto)"),
+        (fl.max_epochs >= 1, "--max-epochs", fl.max_epochs, "an integer >= 1"),
+        (1 <= fl.grace_period <= fl.max_epochs, "--grace-period", fl.grace_period,
+         f"between 1 and --max-epochs ({fl.max_epochs})"),
+        (math.isfinite(fl.reduction_factor) and fl.reduction_factor > 1, "--reduction-factor",
+         fl.reduction_factor, "> 1"),
+        (math.isfinite(fl.cpus_per_trial) and fl.cpus_per_trial > 0, "--cpus-per-trial",
+         fl.cpus_per_trial, "a number > 0"),
+        (math.isfinite(fl.gpus_per_trial) and fl.gpus_per_trial >= 0, "--gpus-per-trial",
+         fl.gpus_per_trial, "a number >= 0"),
+        (fl.workers_per_trial >= 1, "--workers-per-trial", fl.workers_per_trial,
+         "an integer >= 1"),
+        (fl.executor in EXECUTORS, "--executor", fl.executor, "train or tune"),
+        (fl.max_failures >= 0, "--max-failures", fl.max_failures, ">= 0"),
+        (0 <= fl.seed < 2**63, "--seed", fl.seed, "an integer in 0..2**63-1"),
+        (fl.dataset is None or fl.dataset in DATASETS, "--dataset", fl.dataset,
+         f"one of {', '.join(DATASETS)}"),
     ]
-    for ok, flag, value, expected in rules:
+    for ok, name, value, expected in rules:
         if not ok:
-            raise UsageError(f"{flag} {value}: expected {expected}")
-    ns.extra_resources = parse_resources(ns.trial_resources)
-    if ns.executor == "tune" and ns.workers_per_trial > 1:
+            raise UsageError(f"{name} {value}: expected {expected}")
+    try:
+        check_name(fl.name, "--name")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    fl.extra_resources  # noqa: B018 - parses --trial-resources, one line if malformed
+    if fl.executor == "tune" and fl.workers_per_trial > 1:
         raise UsageError("--workers-per-trial > 1 needs --executor train (DDP runs on Ray Train)")
-    if ns.executor == "train" and ns.cpus_per_trial <= 0.1:
-        raise UsageError(f"--cpus-per-trial {ns.cpus_per_trial}: --executor train needs > 0.1 "
+    if fl.executor == "train" and fl.cpus_per_trial <= 0.1:
+        raise UsageError(f"--cpus-per-trial {fl.cpus_per_trial}: --executor train needs > 0.1 "
                          "(0.1 CPU goes to the trial's driver)")
-    if ns.gpus_per_trial > 1:
-        raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: a worker trains on one device; "
-                         f"use --gpus-per-trial 1 --workers-per-trial {math.ceil(ns.gpus_per_trial)}"
+    if fl.gpus_per_trial > 1:
+        raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: a worker trains on one device; "
+                         f"use --gpus-per-trial 1 --workers-per-trial {math.ceil(fl.gpus_per_trial)}"
                          " for DDP over several GPUs")
     try:
-        metric_mode(ns.metric)
+        metric_mode(fl.metric)
     except ValueError as e:
-        raise UsageError(f"--metric {ns.metric}: {e}") from None
-    if ns.gpus_per_trial > 0 and ns.address is None:
+        raise UsageError(f"--metric {fl.metric}: {e}") from None
+    if fl.gpus_per_trial > 0 and fl.address is None:
         import torch
 
         if torch.cuda.device_count() == 0:
-            raise UsageError(f"--gpus-per-trial {ns.gpus_per_trial}: this machine has no GPU "
+            raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: this machine has no GPU "
                              "(use 0, or --address of a cluster with GPUs)")
 
 
@@ -109,10 +176,11 @@ def parse_resources(text: str | None) -> dict[str, float]:
         return {}
     try:
         res = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError, ValueError):
         raise UsageError(f"--trial-resources {text}: expected JSON like '{{\"name\": 1}}'") from None
     if not isinstance(res, dict) or not all(
-            isinstance(v, (int, float)) and v > 0 for v in res.values()):
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in res.values()):
         raise UsageError(f"--trial-resources {text}: expected a JSON object of positive numbers")
     for key in ("CPU", "GPU", "memory"):
         if key in res:

@@ -1,31 +1,33 @@
 """The driver's Tune callback: Parquet as trials report, and a compact progress view.
 
-Also how the driver stops: SIGINT/SIGTERM set `interrupted()`, after which trials that Tune
-ends are not closed (they resume), and a failing results store stops the search.
+Also how the driver stops: after SIGINT/SIGTERM (the driver marks its results folder,
+search/lock.py) trials that Tune ends are not closed (they resume), and a failing results
+store stops the search. Nothing else raised in a callback may end the driver: a config
+the trainer refuses is the trial's error, recorded as `errored`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from search.lock import INTERRUPTED
 from search.results import ResultsStore, TrialBook
-from ucrn.train import TrainConfig
+from ucrn.config import TrainConfig
 
-interrupted_event = threading.Event()  # set by SIGINT/SIGTERM in this (driver) process
-
-
-def interrupted() -> bool:
-    return interrupted_event.is_set()
+log = logging.getLogger("ucrn.search")
+OnFinal = Callable[[Any, dict[str, Any]], None]  # (trial, its final report) -> None
 
 
 def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
-                  base: dict[str, Any], total: int, retrain: bool):
-    """The search's Tune callback (a class made here: Ray is imported only once a search
-    really starts, never for the checks before it)."""
+                  base: dict[str, Any], total: int, on_final: OnFinal | None = None):
+    """The run's Tune callback (a class made here: Ray is imported only once a search
+    really starts, never for the checks before it). Re-training passes `on_final`,
+    which gets each seed's final report (test metrics, checkpoint) as it arrives."""
     from ray import tune
 
     class Recorder(tune.Callback):
@@ -33,7 +35,8 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
 
         def __init__(self) -> None:
             self.uri, self.search, self.metric, self.mode = uri, search, metric, mode
-            self.executor, self.base, self.total, self.retrain = executor, base, total, retrain
+            self.executor, self.base, self.total = executor, base, total
+            self.retrain = on_final is not None
             self.book: TrialBook | None = None
             self.last_print = 0.0
             self.t0 = time.time()
@@ -44,10 +47,15 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
             if not self.retrain:  # a resumed search continues its book
                 self.book.load()
             self.t0 = time.time()
-            self.finals: dict[str, dict[str, Any]] = {}
 
         def config_of(self, trial) -> dict[str, Any]:
-            return TrainConfig.from_dict({**self.base, **trial.config}).to_dict()
+            """The trial's full config; as drawn when the trainer refuses it (the trial
+            itself then fails with that reason and is recorded `errored`)."""
+            merged = {**self.base, **trial.config}
+            try:
+                return TrainConfig.from_dict(merged).to_dict()
+            except ValueError:
+                return merged
 
         def on_trial_start(self, iteration, trials, trial, **info):
             shown = ", ".join(f"{k}={fmt(v)}" for k, v in trial.config.items())
@@ -63,14 +71,18 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
             elif trial.checkpoint is not None:
                 result["checkpoint"] = trial.checkpoint.path
             if result.get("final"):
-                self.finals[trial.trial_id] = {**result, "seed": trial.config.get("seed")}
+                if on_final is not None:
+                    on_final(trial, result)
                 return
             self.book.add_result(trial.trial_id, self.config_of(trial), result)
             if time.time() - self.last_print > 15:
                 self._table(trials)
 
+        def interrupted(self) -> bool:
+            return self.book.store.exists(INTERRUPTED)
+
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if interrupted():  # Tune ends interrupted trials; they resume later
+            if self.interrupted():  # Tune ends interrupted trials; they resume later
                 return
             with storage_guard(self.uri):
                 row = self.book.finish(trial.trial_id, self.config_of(trial))
@@ -84,7 +96,7 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
 
         def on_experiment_end(self, trials, **info):
             # trials finished before a driver crash may never have been closed here
-            if interrupted():
+            if self.interrupted():
                 return
             for trial in trials:
                 row = self.book.trials.get(trial.trial_id)
@@ -135,6 +147,9 @@ class StorageFailure(RuntimeError):
 
 
 class storage_guard:
+    """Around a callback's work: a storage error stops the search (StorageFailure); any
+    other error is logged and printed as one warning line, and the search goes on."""
+
     def __init__(self, uri: str):
         self.uri = uri
 
@@ -144,9 +159,15 @@ class storage_guard:
     def __exit__(self, typ, exc, tb):
         import pyarrow as pa
 
-        if exc is not None and isinstance(exc, (OSError, pa.ArrowException)):
-            raise StorageFailure(f"results storage {self.uri} failed: {str(exc).splitlines()[0]}")
-        return False
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, (OSError, pa.ArrowException)):
+            raise StorageFailure(f"results storage {self.uri} failed: "
+                                 f"{(str(exc).splitlines() or [type(exc).__name__])[0]}")
+        log.exception("recording a trial result failed")
+        print(f"warning: recording a trial result failed ({type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:300]}); the search goes on", flush=True)
+        return True
 
 
 def storage_failure(exc: BaseException) -> StorageFailure | None:

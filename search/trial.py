@@ -7,7 +7,8 @@ Two executors share one body (`run_body`):
 - `tune`: the Tune trial runs the body itself and reports with `tune.report`; no Ray
   Train processes, so start-up is a few seconds instead of tens.
 
-Configs and settings reach the workers as arguments, never as module globals.
+Configs and settings (`search.settings.TrialSettings`) reach the workers as arguments,
+never as module globals or environment variables.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 import ray
 import torch
 
-from ucrn.train import TrainConfig, fit
+from search.settings import TrialSettings
+from ucrn.config import TrainConfig
+from ucrn.train import fit
 
 STATE_FILE = "state.pt"
 Report = Callable[[dict[str, Any], str | None], None]
@@ -46,7 +49,8 @@ def _peak_gpu_mb(device: torch.device) -> float:
 
 
 def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: str | None,
-             rank: int = 0, save_model: Callable[[dict[str, Any]], str] | None = None) -> None:
+             rank: int = 0, save_model: Callable[[dict[str, Any]], str] | None = None,
+             fault: str = "") -> None:
     """Train one config, reporting every epoch with a resumable checkpoint.
 
     On resume (checkpoint_dir given) the checkpoint's history is reported again first:
@@ -73,9 +77,8 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
                 "peak_gpu_mem_mb": _peak_gpu_mb(device),
                 "wall_seconds": time.perf_counter() - t0}
 
-    fault = _fault(cfg)
     if fault:
-        raise RuntimeError(f"injected fault (UCRN_FAULT={fault})")
+        raise RuntimeError(f"injected fault ({fault})")
     if resume is not None:
         for rec in resume["history"]:
             report({**rec, **node, "diverged": 0.0, "replay": 1.0}, None)
@@ -108,25 +111,15 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
         report(final, None)
 
 
-def _fault(cfg: TrainConfig) -> str:
-    """Test-only fault injection: UCRN_FAULT="raise:KEY=VALUE" makes every trial whose
-    config has KEY == VALUE raise when it starts (docs/reliability.md)."""
-    spec = os.environ.get("UCRN_FAULT", "")
-    if not spec.startswith("raise:") or "=" not in spec:
-        return ""
-    key, value = spec.removeprefix("raise:").split("=", 1)
-    return spec if str(getattr(cfg, key, None)) == value else ""
-
-
 # ---- executor "tune": the body runs in the Tune trial process --------------------------
 
-def tune_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]) -> None:
+def tune_trial(config: dict[str, Any], data_box: list, settings: TrialSettings) -> None:
     from ray import tune
 
-    cfg = {**settings["base"], **config}
+    cfg = settings.config(config)
     _run_from(tune.get_checkpoint(), cfg, ray.get(data_box[0]),
               _reporter(tune.report, tune.Checkpoint), rank=0,
-              save_model=_model_saver(settings, cfg))
+              save_model=_model_saver(settings, cfg), fault=settings.injected_fault(cfg))
 
 
 def _reporter(report_fn: Callable, checkpoint_cls: Any) -> Report:
@@ -140,13 +133,13 @@ def _reporter(report_fn: Callable, checkpoint_cls: Any) -> Report:
 
 
 def _run_from(ckpt: Any, cfg: dict[str, Any], data: Any, report: Report, rank: int,
-              save_model: Callable[[dict[str, Any]], str] | None) -> None:
+              save_model: Callable[[dict[str, Any]], str] | None, fault: str) -> None:
     """run_body from a Ray checkpoint (Tune's or Train's), or from scratch."""
     if ckpt is None:
-        run_body(cfg, data, report, None, rank=rank, save_model=save_model)
+        run_body(cfg, data, report, None, rank=rank, save_model=save_model, fault=fault)
         return
     with ckpt.as_directory() as d:
-        run_body(cfg, data, report, d, rank=rank, save_model=save_model)
+        run_body(cfg, data, report, d, rank=rank, save_model=save_model, fault=fault)
 
 
 # ---- executor "train": a Ray Train run per Tune trial ----------------------------------
@@ -156,47 +149,49 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    settings: TrialSettings = loop_config["settings"]
     cfg = dict(loop_config["config"])
-    if loop_config["use_gpu"]:
+    if settings.gpus_per_worker > 0:
         cfg["device"] = str(ray.train.torch.get_device())
     _run_from(ray.train.get_checkpoint(), cfg, ray.get(loop_config["data_box"][0]),
               _reporter(ray.train.report, ray.train.Checkpoint),
               rank=ray.train.get_context().get_world_rank(),
-              save_model=_model_saver(loop_config["settings"], cfg))
+              save_model=_model_saver(settings, cfg), fault=settings.injected_fault(cfg))
 
 
-def train_trial(config: dict[str, Any], data_box: list, settings: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], data_box: list, settings: TrialSettings) -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    workers, cpus, gpus = settings["workers"], settings["cpus_per_worker"], settings["gpus"]
-    per_worker = {"CPU": cpus, **{k: v / workers for k, v in settings["extra_resources"].items()}}
+    workers, gpus = settings.workers, settings.gpus_per_worker
+    per_worker = {"CPU": settings.cpus_per_worker,
+                  **{k: v / workers for k, v in settings.extra_resources.items()}}
     if gpus > 0:
         per_worker["GPU"] = gpus
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": {**settings["base"], **config}, "data_box": data_box,
-                           "use_gpu": gpus > 0, "settings": settings},
+        train_loop_config={"config": settings.config(config), "data_box": data_box,
+                           "settings": settings},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # stable: a retried or restored trial resumes its own run
-            storage_path=settings["train_storage"],
+            storage_path=settings.train_storage,
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=settings["max_failures"]),
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
     trainer.fit()
 
 
-def _model_saver(settings: dict[str, Any], cfg: dict[str, Any]
+def _model_saver(settings: TrialSettings, cfg: dict[str, Any]
                  ) -> Callable[[dict[str, Any]], str] | None:
     """Re-training keeps each seed's selected weights in the results storage."""
-    if not settings.get("save_models"):
+    if not settings.save_models:
         return None
 
     def save(bundle: dict[str, Any]) -> str:
@@ -206,17 +201,24 @@ def _model_saver(settings: dict[str, Any], cfg: dict[str, Any]
 
         buf = io.BytesIO()
         torch.save(bundle, buf)
-        store = ResultsStore(settings["results_uri"])
-        return store.write_bytes(f"retrain/seed_{cfg['seed']}/checkpoint.pt", buf.getvalue())
+        store = ResultsStore(settings.results_uri)
+        return store.write_bytes(retrain_key(settings.retrain_of, cfg["seed"], "checkpoint.pt"),
+                                 buf.getvalue())
 
     return save
+
+
+def retrain_key(trial_id: str, seed: int, leaf: str = "") -> str:
+    """Where a re-training run of `trial_id` ("best" or a trial id) with `seed` keeps its
+    checkpoint (leaf given) or its row (retrain.parquet/<key>.parquet)."""
+    key = f"{trial_id}-seed_{seed}"
+    return f"retrain/{key}/{leaf}" if leaf else key
 
 
 def trial_env(threads: int) -> dict[str, str]:
     """Environment for trial processes: thread caps and Ray Train's preemption watcher off
     (it polls node drain state; useless off spot instances and it slows start-up)."""
-    env = {"UCRN_FAULT": os.environ["UCRN_FAULT"]} if "UCRN_FAULT" in os.environ else {}
-    return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
             "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
                                                        str(Path(__file__).resolve().parents[1]))

@@ -177,13 +177,13 @@ layers: 1
 
 
 @pytest.mark.slow
-def test_diverged_and_errored_trials_are_recorded(ray_head, tmp_path, monkeypatch, capsys):
+def test_diverged_and_errored_trials_are_recorded(ray_head, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(FAULT_SPACE)
-    monkeypatch.setenv("UCRN_FAULT", "raise:batch_size=64")
     rc = run_search.main(["--address", ray_head, "--storage", str(tmp_path), "--name", "f",
                           "--executor", "tune", "--space", str(space), "--num-samples", "8",
-                          "--max-epochs", "2", "--max-failures", "1", "--seed", "3"])
+                          "--max-epochs", "2", "--max-failures", "1", "--seed", "3"],
+                         fail_if={"batch_size": 64})
     out = capsys.readouterr().out
     trials = pd.read_parquet(tmp_path / "f" / "trials.parquet")
     assert len(trials) == 8

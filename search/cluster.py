@@ -1,0 +1,193 @@
+"""The Ray side shared by a search and a re-training run: starting or joining Ray, checking
+the cluster fits the flags, the trainable, and stopping cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search.flags import Flags
+from search.settings import TrialSettings
+from ucrn.errors import UsageError
+
+
+def start_ray(address: str | None, threads: int, log_file: Path | None) -> None:
+    """Start a local Ray or connect to `address`, with the job's environment set.
+
+    Ray Train frees the workers of a stopped trial from an actor that finds the cluster
+    through the state API; left to itself, that actor reads /tmp/ray/ray_current_cluster,
+    which another Ray instance on the same machine may have overwritten (it then times out
+    and the freed CPUs stay reserved: the search hangs). So the job tells its processes
+    where this cluster is: the dashboard URL (local) or the GCS address (--address).
+    Ray's own log records go to `log_file`, not the terminal: the user's terminal shows our
+    progress lines and, on failure, one error line.
+    """
+    import optuna
+    import ray
+
+    from search.trial import trial_env
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Tune's tables
+    env_vars = trial_env(threads)
+    if address is None:
+        port = _free_port()
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        # "local": always a new instance, never a stale /tmp/ray/ray_current_cluster
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, log_to_driver=False, runtime_env={"env_vars": env_vars},
+                 configure_logging=True, logging_level="ERROR")
+    else:
+        if ":" in address and "://" not in address:
+            env_vars["RAY_ADDRESS"] = address
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env_vars},
+                     logging_level="ERROR")
+        except (ConnectionError, RuntimeError) as e:
+            cause = e.__cause__ or e
+            hint = ""
+            if "auth" in str(cause).lower():
+                hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and "
+                        "the token in RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+            raise UsageError(f"--address {address}: could not connect{hint}") from None
+    _ray_logs_to(log_file)
+
+
+def _ray_logs_to(log_file: Path | None) -> None:
+    """Ray's and Tune's log records (tracebacks of failed writes among them) to a file."""
+    handler: logging.Handler = logging.NullHandler()
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file)
+        except OSError:
+            pass
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train", "ucrn.search"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+        lg.addHandler(handler)
+        lg.propagate = False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_cluster(fl: Flags) -> None:
+    import ray
+
+    if fl.gpus_per_trial > 0:
+        most = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+        if most == 0:
+            raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: no node of the cluster has "
+                             "a GPU (an autoscaling cluster must keep one GPU node up: "
+                             "min_workers >= 1)")
+        if fl.gpus_per_trial > most:
+            raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: more than any node has "
+                             f"(the largest has {most:g} GPUs)")
+
+
+def auto_concurrency(fl: Flags) -> int:
+    """Trials that fit the cluster now: more would only park trial drivers waiting for
+    workers (each holding a process and 0.1 CPU)."""
+    import ray
+
+    res = ray.cluster_resources()
+    w = fl.workers_per_trial
+    fits = int(res.get("CPU", 0) // (fl.cpus_per_trial * w))
+    if fl.gpus_per_trial > 0:
+        fits = min(fits, int(res.get("GPU", 0) // (fl.gpus_per_trial * w)))
+    for name, amount in fl.extra_resources.items():
+        fits = min(fits, int(res.get(name, 0) // amount))
+    return max(1, fits)
+
+
+def trial_settings(fl: Flags, uri: str, base: dict[str, Any], save_models: bool,
+                   fail_if: dict[str, str] | None, retrain_of: str = "") -> TrialSettings:
+    workers = fl.workers_per_trial
+    driver_cpu = 0.1 if fl.executor == "train" else 0.0
+    return TrialSettings(
+        base=dict(base), workers=workers, cpus_per_worker=fl.cpus_per_trial - driver_cpu / workers,
+        gpus_per_worker=fl.gpus_per_trial, extra_resources=fl.extra_resources,
+        max_failures=fl.max_failures, train_storage=f"{uri.rstrip('/')}/train_runs",
+        results_uri=uri, save_models=save_models, retrain_of=retrain_of,
+        fail_if={str(k): str(v) for k, v in (fail_if or {}).items()})
+
+
+def make_trainable(fl: Flags, data: Any, settings: TrialSettings):
+    import ray
+    from ray import tune
+
+    from search.trial import train_trial, tune_trial
+
+    box = [ray.put(data)]  # once per run; trials on a node share it from the object store
+    if fl.executor == "train":
+        fn, res = train_trial, {"CPU": 0.1}
+    else:
+        fn, res = tune_trial, {"CPU": fl.cpus_per_trial, "GPU": fl.gpus_per_trial,  # 1 worker
+                               **fl.extra_resources}
+    return tune.with_resources(tune.with_parameters(fn, data_box=box, settings=settings), res)
+
+
+def base_resources_threads(fl: Flags) -> int:
+    """Torch/OpenMP threads per worker: its whole-CPU share (at least one)."""
+    return max(1, int(fl.cpus_per_trial))
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM during a run: Tune stops its trials and saves its state (we forward the
+    signal as the SIGUSR1 Tune listens to), the Parquet files are already current; then we
+    print how to resume and exit 130. A second signal interrupts at once. `mark` records
+    the interruption where the run's callback looks (ResultsLock.mark_interrupted).
+    Entered right after Ray starts; before `tune_started()` a signal stops at once (no
+    trial runs yet, nothing to save)."""
+
+    def __init__(self, resume_command: str, where: str, mark: Callable[[], None]):
+        self.resume_command, self.where, self.mark = resume_command, where, mark
+        self.interrupted = threading.Event()
+        self._tune = False
+
+    def __enter__(self) -> GracefulStop:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards it instead
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        self.old = {sig: signal.signal(sig, self._stop) for sig in sigs}
+        # until Tune installs its own, a forwarded SIGUSR1 must not end the process
+        self.old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: None)
+        return self
+
+    def tune_started(self) -> None:
+        self._tune = True
+
+    def _stop(self, signum, frame) -> None:
+        if self.interrupted.is_set() or not self._tune:
+            self.interrupted.set()
+            raise KeyboardInterrupt
+        self.interrupted.set()
+        try:
+            self.mark()
+        except OSError:
+            pass
+        print("\nstopping: finishing the current step and saving the state "
+              "(signal again to stop at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        if typ is KeyboardInterrupt or self.interrupted.is_set():
+            print(f"interrupted: results so far are in {self.where}\nresume with: "
+                  f"{self.resume_command}", file=sys.stderr, flush=True)
+            raise SystemExit(130)
+        return False

@@ -1,0 +1,165 @@
+"""One driver per results folder: a second run_search.py on the same STORAGE/NAME (a
+search, a `--resume`, a `--retrain`) is refused with one line naming the holder.
+
+Local folders: an exclusive `flock` on STORAGE/NAME/.lock, held for the driver's life; the
+kernel drops it when the process dies, so a killed driver's lock never blocks `--resume`.
+URIs (s3://...): a lease object STORAGE/NAME/.lease.json that the holder rewrites every
+HEARTBEAT_S seconds; one older than LEASE_S is stale and taken over. Object stores have
+no compare-and-swap through pyarrow, so two drivers starting within the same second can
+both win; docs/reliability.md says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from ucrn.errors import UsageError
+
+LOCK_FILE, LEASE_FILE = ".lock", ".lease.json"
+# Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
+# Tune pickles and restores, so it cannot hold an in-process event) reads it there.
+INTERRUPTED = ".interrupted"
+HEARTBEAT_S, LEASE_S = 10.0, 60.0
+
+
+def _holder(purpose: str) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "purpose": purpose,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": uuid.uuid4().hex,
+            "heartbeat": time.time()}
+
+
+def _describe(h: dict[str, Any]) -> str:
+    return (f"pid {h.get('pid', '?')} on {h.get('host', '?')} ({h.get('purpose', 'a driver')}, "
+            f"since {h.get('since', '?')})")
+
+
+class ResultsLock:
+    """`with ResultsLock(store, "search"):` holds STORAGE/NAME for this process."""
+
+    def __init__(self, store: Any, purpose: str):
+        self.store, self.purpose = store, purpose
+        self._fd: int | None = None
+        self._lease: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._made_folder = False
+
+    def __enter__(self) -> ResultsLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if self.store.is_local:
+            self._acquire_local()
+        else:
+            self._acquire_lease()
+        self._clear_mark()
+
+    def mark_interrupted(self) -> None:
+        self.store.write_bytes(INTERRUPTED, b"")
+
+    def _clear_mark(self) -> None:
+        try:
+            if self.store.exists(INTERRUPTED):
+                self.store.delete(INTERRUPTED)
+        except OSError:
+            pass
+
+    def _acquire_local(self) -> None:
+        import fcntl
+
+        root = self.store.root
+        self._made_folder = not os.path.exists(root)
+        os.makedirs(root, exist_ok=True)
+        path = os.path.join(root, LOCK_FILE)
+        for _ in range(5):  # the file may be unlinked by its holder between open and lock
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                self._cleanup_folder()
+                raise UsageError(f"{self.store.uri} is in use by another driver: "
+                                 f"{_describe(holder)}; wait for it to end or stop it") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(_holder(self.purpose)).encode())
+                self._fd = fd
+                return
+            os.close(fd)
+        raise UsageError(f"{self.store.uri}: could not take the lock {path} (it keeps changing)")
+
+    def _acquire_lease(self) -> None:
+        current = self.store.read_json(LEASE_FILE, missing_ok=True)
+        if isinstance(current, dict) and time.time() - float(current.get("heartbeat", 0)) < LEASE_S:
+            raise UsageError(f"{self.store.uri} is in use by another driver: "
+                             f"{_describe(current)}; its lease expires {LEASE_S:.0f} s after "
+                             f"its last heartbeat")
+        self._lease = _holder(self.purpose)
+        self.store.write_json(LEASE_FILE, self._lease)
+        time.sleep(0.5)  # a rival writing at the same moment: the last writer wins, the other sees it
+        now = self.store.read_json(LEASE_FILE, missing_ok=True)
+        if not isinstance(now, dict) or now.get("token") != self._lease["token"]:
+            self._lease = None
+            raise UsageError(f"{self.store.uri}: another driver took it at the same moment: "
+                             f"{_describe(now if isinstance(now, dict) else {})}")
+        threading.Thread(target=self._heartbeat, name="results-lease", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._lease = {**(self._lease or {}), "heartbeat": time.time()}
+                self.store.write_json(LEASE_FILE, self._lease)
+            except Exception:  # noqa: BLE001 - the search's own writes will report the store
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._fd is not None or self._lease is not None:
+            self._clear_mark()
+        if self._fd is not None:
+            try:
+                os.unlink(os.path.join(self.store.root, LOCK_FILE))
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+            self._cleanup_folder()
+        if self._lease is not None:
+            try:
+                self.store.delete(LEASE_FILE)
+            except Exception:  # noqa: BLE001 - an expired lease is taken over anyway
+                pass
+            self._lease = None
+
+    def _cleanup_folder(self) -> None:
+        """A folder made only to hold the lock is removed again: a refused or failed run
+        leaves nothing behind."""
+        if self._made_folder:
+            try:
+                os.rmdir(self.store.root)
+            except OSError:
+                pass
+            self._made_folder = False
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 4096).decode() or "{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}

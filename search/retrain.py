@@ -1,0 +1,203 @@
+"""run_search.py --retrain STORAGE/NAME: the best (or a chosen) configuration of a search,
+re-trained once per seed in parallel and scored on the test split.
+
+Plan -> run -> summarise, like a search. Each seed's row (validation and test metrics,
+the selected checkpoint) is written to retrain.parquet the moment that seed finishes, so
+an interrupted run loses only the seeds still training; `--retrain ... --resume` runs
+just the seeds that have no row yet.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from search.cluster import (
+    GracefulStop,
+    auto_concurrency,
+    base_resources_threads,
+    check_cluster,
+    make_trainable,
+    start_ray,
+    trial_settings,
+)
+from search.driver import load_data
+from search.flags import Flags, check_address, check_flags
+from search.lock import ResultsLock
+from search.progress import make_recorder
+from search.results import METRICS, RETRAIN, ResultsStore, TrialBook
+from search.settings import TrialSettings
+from search.trial import retrain_key
+from ucrn.cli import parse_seeds
+from ucrn.config import TrainConfig
+from ucrn.errors import UsageError
+from ucrn.metrics import mean_std, metric_mode
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    flags: Flags
+    store: ResultsStore
+    trial_id: str  # "best" or the chosen trial
+    config: dict[str, Any]  # the re-trained configuration (its seed is replaced per run)
+    seeds: list[int]  # all requested
+    todo: list[int]  # those without a row yet
+    metric: str
+    settings: TrialSettings
+
+    @property
+    def resume_command(self) -> str:
+        trial = f" --trial {self.trial_id}" if self.trial_id != "best" else ""
+        return (f"python run_search.py --retrain {self.flags.retrain}{trial} "
+                f"--seeds {','.join(map(str, self.seeds))} --resume")
+
+
+def run_retrain(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
+    if fl.workers_per_trial > 1:  # DDP runs on Ray Train
+        fl = replace(fl, executor="train")
+    check_flags(fl)
+    store = ResultsStore(fl.retrain)
+    if store.is_local and not store.exists("trials.parquet") and not store.exists(
+            "best_config.json"):
+        raise UsageError(f"--retrain {fl.retrain}: not a search folder (no trials.parquet or "
+                         f"best_config.json there)")
+    with ResultsLock(store, "re-training") as lock:
+        plan = plan_retrain(fl, store, fail_if)
+        if plan.todo:
+            data = load_data(plan.config["dataset"], plan.config["data_path"],
+                             plan.config["aligned"], plan.config["preset"],
+                             plan.config["data_seed"])
+            code = run(plan, data, lock)
+            if code:
+                return code
+        else:
+            print(f"every seed of {plan.seeds} already has a row; nothing to run")
+        return summarise(plan)
+
+
+def plan_retrain(fl: Flags, store: ResultsStore, fail_if: dict[str, Any] | None
+                 ) -> RetrainPlan:
+    seeds = parse_seeds(fl.seeds)
+    config, trial_id = _retrain_config(store, fl)
+    done = _done_seeds(store, trial_id)
+    clash = sorted(set(done) & set(seeds))
+    if clash and not fl.resume:
+        raise UsageError(f"--retrain {fl.retrain}: seeds {clash} of {trial_id} are already "
+                         f"re-trained; add --resume to run only the missing seeds")
+    check_address(fl.address)
+    base = {k: v for k, v in config.items() if k != "seed"}
+    base["threads"] = base_resources_threads(fl)
+    base["device"] = "cpu" if fl.gpus_per_trial == 0 else "auto"  # this run's resources
+    select = config["select_metric"]
+    metric = select if select != "auto" else ("loss" if config["dataset"] == "iemocap" else "MAE")
+    settings = trial_settings(fl, store.uri, base, save_models=True, fail_if=fail_if,
+                              retrain_of=trial_id)
+    return RetrainPlan(flags=fl, store=store, trial_id=trial_id, config=config, seeds=seeds,
+                       todo=[s for s in seeds if s not in done], metric=metric,
+                       settings=settings)
+
+
+def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str]:
+    where = store.path("best_config.json")
+    if fl.trial:
+        book = TrialBook(store, "", "MAE", "min", "")
+        book.load()
+        row = book.trials.get(fl.trial)
+        if row is None:
+            raise UsageError(f"--trial {fl.trial}: no such trial in "
+                             f"{store.path('trials.parquet')}")
+        raw = {k: row[k] for k in TrainConfig.__dataclass_fields__ if k in row}
+        where, trial_id = f"trial {fl.trial}", fl.trial
+    else:
+        raw = store.read_json("best_config.json", missing_ok=True)
+        if raw is None:
+            raise UsageError(f"--retrain {fl.retrain}: no best_config.json there "
+                             "(is it a finished search?)")
+        if not isinstance(raw, dict):
+            raise UsageError(f"{where}: expected a JSON object of config keys, got "
+                             f"{type(raw).__name__}")
+        trial_id = "best"
+    try:
+        return TrainConfig.from_dict(raw, where=where).to_dict(), trial_id
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _done_seeds(store: ResultsStore, trial_id: str) -> dict[int, dict[str, Any]]:
+    rows = [r for rs in store.read_rows(RETRAIN).values() for r in rs]
+    return {int(r["seed"]): r for r in rows
+            if r.get("trial_id") == trial_id and r.get("seed") is not None}
+
+
+def _is_metric(k: str) -> bool:
+    return k in METRICS or (k.startswith("test_") and k[5:] in METRICS)
+
+
+def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
+    import ray
+    from ray import tune
+
+    fl, store = plan.flags, plan.store
+
+    def write_row(trial: Any, final: dict[str, Any]) -> None:
+        """A seed finished: its row goes to disk now, not after the others."""
+        seed = int(trial.config["seed"])
+        row = {"search": fl.retrain, "trial_id": plan.trial_id, "retrain_trial": trial.trial_id}
+        row.update({k: v for k, v in final.items() if _is_metric(k)})
+        row.update({"best_epoch": final["best_epoch"], "checkpoint": final["model_checkpoint"]})
+        row.update(plan.settings.base)
+        row["seed"] = seed
+        store.write_rows(RETRAIN, retrain_key(plan.trial_id, seed), [row])
+        print(f"seed {seed}: test {plan.metric} {row.get('test_' + plan.metric, math.nan):.4f} "
+              f"(row written)", flush=True)
+
+    start_ray(fl.address, plan.settings.base["threads"], None)
+    try:
+        with GracefulStop(plan.resume_command, store.uri, lock.mark_interrupted) as stop:
+            check_cluster(fl)
+            trainable = make_trainable(fl, data, plan.settings)
+            name = f"{store.uri.rstrip('/').rsplit('/', 1)[-1]}-retrain"
+            recorder = make_recorder(store.uri, name, plan.metric, metric_mode(plan.metric),
+                                     fl.executor, plan.settings.base, len(plan.todo),
+                                     on_final=write_row)
+            print(f"re-training trial {plan.trial_id} on seeds {plan.todo}, "
+                  f"{plan.config['num_epochs']} epochs each", flush=True)
+            tuner = tune.Tuner(
+                trainable, param_space={"seed": tune.grid_search(plan.todo)},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl)),
+                run_config=tune.RunConfig(
+                    name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
+                    storage_path=f"{store.uri.rstrip('/')}/retrain_runs", callbacks=[recorder],
+                    verbose=0, failure_config=tune.FailureConfig(max_failures=fl.max_failures)),
+            )
+            stop.tune_started()
+            tuner.fit()
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def summarise(plan: RetrainPlan) -> int:
+    done = _done_seeds(plan.store, plan.trial_id)
+    rows = [done[s] for s in plan.seeds if s in done]
+    missing = [s for s in plan.seeds if s not in done]
+    if missing:
+        print(f"error: {len(missing)} of {len(plan.seeds)} re-training runs did not finish "
+              f"(seeds {missing}); run again with --resume", file=sys.stderr)
+    if not rows:
+        return 1
+    keys = [k for k in rows[0] if _is_metric(k)]
+    print(f"\nmean ± std over seeds {sorted(r['seed'] for r in rows)} ({len(rows)} runs):")
+    for split, pick in (("valid", lambda k: not k.startswith("test_")),
+                        ("test", lambda k: k.startswith("test_"))):
+        parts = []
+        for k in filter(pick, keys):
+            mean, std = mean_std([r[k] if r[k] is not None else math.nan for r in rows])
+            parts.append(f"{k.removeprefix('test_')} {mean:.4f}±{std:.4f}")
+        print(f"  {split}: " + "  ".join(parts))
+    print(f"results: {plan.store.path(RETRAIN)}")
+    return 0 if not missing else 1
