@@ -1,6 +1,6 @@
 """Training speed of our `Trainer` against a naive eager loop, in the same process.
 
-Why: performance.md states the speed goals as ratios against a baseline measured in the
+Why: docs/benchmarks.md states the speed goals as ratios against a baseline measured in the
 same run, so that machine, load and library versions cancel out. The baseline is the same
 UCRN math written the way the authors' loop runs it: data on the host and copied per
 batch, a host sync (`loss.item()`) every step, the authors' (MulT's) attention (bmm, a
@@ -13,6 +13,12 @@ measure the code that trials run.
     python -m benchmarks.train_speed              # MOSEI and MOSI unaligned shapes, batch 32 and 128
     python -m benchmarks.train_speed --small      # tiny shapes, seconds (CI)
     python -m benchmarks.train_speed --device cuda --json out.json
+    python -m benchmarks.train_speed --device cuda --variants default,eager_bf16,eager_fp32 \
+        --profile prof/                           # GPU: each fast path's share, and a profile
+
+On a GPU "ours" is measured in several forms (`--variants`): the trainer's defaults (a
+replayed whole-step CUDA graph with bf16 autocast), eager bf16 and eager fp32, each
+against the baseline of the same run, so that what each fast path buys is visible.
 """
 
 from __future__ import annotations
@@ -53,6 +59,18 @@ SHAPES: dict[str, tuple[str, int, int]] = {
 }
 SMALL_SEQ_LENS = (20, 40, 40)
 MiB = 1 << 20
+# our trainer in several forms: TrainConfig overrides on top of the defaults (and --set).
+# "default" is what trials run: on one CUDA device the replayed whole-step graph with bf16
+# autocast; on a CPU eager fp32. The others switch the fast paths off one at a time.
+VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    "eager_bf16": {"cuda_graphs": "off", "amp": "bf16"},
+    "eager_fp32": {"cuda_graphs": "off", "amp": "off"},
+}
+VARIANT_LABELS = {"default": "ours", "eager_bf16": "eager bf16", "eager_fp32": "eager fp32"}
+# the goals (docs/benchmarks.md) for one trial on a GPU (MOSEI unaligned, batch 32), and for
+# evaluation on any device
+TARGETS = {"samples_s": 10_000.0, "ratio": 50.0, "val_epoch_pct": 10.0}
 
 
 # --------------------------------------------------------------------------------------
@@ -141,7 +159,7 @@ class NaiveLoop:
         out, reps = self.model(*inputs)
         loss = task_loss(out, labels, self.task)
         if self.cfg.jsd_weight > 0:
-            loss = loss + self.cfg.jsd_weight * mjs_divergence(reps, self.cfg.mjs)
+            loss = loss + self.cfg.jsd_weight * mjs_divergence(reps, self.cfg.mjs_variant)
         self.opt.zero_grad()
         loss.backward()
         if self.cfg.clip > 0:
@@ -250,6 +268,9 @@ class Row:
     baseline_step_mem_mib: float
     ours_windows_s: list[float] = field(default_factory=list)
     baseline_windows_s: list[float] = field(default_factory=list)
+    # every measured form of ours ("default" included): samples_s, ms_step, ratio (against
+    # this row's baseline), step_mem_mib, windows_s, and the path it took (graph, amp)
+    variants: dict[str, dict] = field(default_factory=dict)
 
     @property
     def setting(self) -> str:
@@ -271,44 +292,217 @@ def _head(data: MultData, n: int) -> MultData:
     return MultData({**data.splits, "train": train}, data.task, data.source)
 
 
+def variant_config(base_cfg: dict, variant: str, batch_size: int,
+                   device: torch.device) -> TrainConfig:
+    """Our trainer's config for one form of `VARIANTS`, on `device`."""
+    return TrainConfig(**{**base_cfg, **VARIANTS[variant], "batch_size": batch_size,
+                          "device": str(device)})
+
+
+def trainer_path(tr: Trainer) -> dict:
+    """Which fast paths a trainer really took: graph captured and replaying, autocast."""
+    return {"cuda_graphs": bool(getattr(tr, "uses_cuda_graphs", False)),
+            "graph_replaying": getattr(tr, "_graph", None) is not None,
+            "amp": str(tr.autocast_dtype).replace("torch.", "") if tr.autocast_dtype else "off"}
+
+
 def measure(shape: str, batch_size: int, data: MultData, device: torch.device, *, steps: int,
             windows: int, warmup_epochs: int, baseline_attention: str,
-            base_cfg: dict) -> Row:
-    """Median-of-windows throughput of ours and the baseline, interleaved window by window
-    so that load from other processes hits both alike."""
+            base_cfg: dict, variants: tuple[str, ...] = ("default",)) -> Row:
+    """Median-of-windows throughput of ours (each form in `variants`, "default" first) and
+    of the baseline, interleaved window by window so that load from other processes hits
+    them alike."""
     n = steps * batch_size
     data_b = _head(data, n)
-    cfg = TrainConfig(**{**base_cfg, "batch_size": batch_size, "device": str(device)})
     probe = MemoryProbe(device)
+    variants = ("default", *(v for v in variants if v != "default"))
 
-    tr = Trainer(cfg, data_b)  # one epoch == `steps` full batches
-    probe.start()
-    for _ in range(warmup_epochs):
-        tr.train_epoch()
-    ours_mem = probe.peak_mib()
+    trainers: dict[str, Trainer] = {}
+    mems: dict[str, float] = {}
+    for name in variants:
+        tr = Trainer(variant_config(base_cfg, name, batch_size, device), data_b)
+        probe.start()  # one epoch == `steps` full batches
+        for _ in range(warmup_epochs):
+            tr.train_epoch()
+        mems[name] = probe.peak_mib()
+        trainers[name] = tr
+    ours = trainers["default"]
 
-    naive = NaiveLoop(cfg, data_b.splits["train"], data_b.task,
-                      naive_model(tr.model, baseline_attention), device)
+    naive = NaiveLoop(ours.cfg, data_b.splits["train"], data_b.task,
+                      naive_model(ours.model, baseline_attention), device)
     probe.start()
     naive.steps(max(2, steps))
     base_mem = probe.peak_mib()
 
-    ours_t, base_t = [], []
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    base_t: list[float] = []
     for _ in range(windows):
-        ours_t.append(timed(tr.train_epoch, device))
+        for name, tr in trainers.items():
+            times[name].append(timed(tr.train_epoch, device))
         base_t.append(timed(partial(naive.steps, steps), device))
-    ours_s, base_s = statistics.median(ours_t), statistics.median(base_t)
+    base_s = statistics.median(base_t)
+    recs = {}
+    for name, tr in trainers.items():
+        med = statistics.median(times[name])
+        recs[name] = {"samples_s": n / med, "ms_step": med / steps * 1000,
+                      "ratio": base_s / med, "step_mem_mib": mems[name],
+                      "windows_s": times[name], **trainer_path(tr)}
+    ours_s = statistics.median(times["default"])
 
-    tr.evaluate("valid")  # warm-up
-    val_s = statistics.median(timed(partial(tr.evaluate, "valid"), device) for _ in range(3))
+    ours.evaluate("valid")  # warm-up
+    val_s = statistics.median(timed(partial(ours.evaluate, "valid"), device) for _ in range(3))
     _, real_train, real_valid = SHAPES[shape]
-    n_valid = tr.splits["valid"].n
+    n_valid = ours.splits["valid"].n
     val_ms = val_s * 1000 * real_valid / n_valid
     epoch_ms = real_train / (n / ours_s) * 1000
     row = Row(shape, batch_size, steps, windows, n / ours_s, n / base_s, base_s / ours_s,
               ours_s / steps * 1000, base_s / steps * 1000, n_valid, val_ms,
-              100 * val_ms / epoch_ms, ours_mem, base_mem, ours_t, base_t)
+              100 * val_ms / epoch_ms, mems["default"], base_mem, times["default"], base_t,
+              recs)
     return row
+
+
+def check_targets(rows: list[Row], device: torch.device, small: bool) -> list[dict]:
+    """The goals (docs/benchmarks.md) against this run's rows: met True/False, or None where a goal
+    does not apply (speed goals are for the real MOSEI shapes on a GPU)."""
+    out = []
+    speed_na = ("needs CUDA" if device.type != "cuda" else
+                "small shapes" if small else None)
+    mosei32 = next((r for r in rows if r.shape == "mosei" and r.batch_size == 32), None)
+    for key, text in (("samples_s", "MOSEI b32, one trial: >= {:,.0f} train samples/s"),
+                      ("ratio", "MOSEI b32: >= {:.0f}x the baseline (same run)")):
+        value = None if mosei32 is None else getattr(
+            mosei32, "ours_samples_s" if key == "samples_s" else "ratio")
+        na = speed_na or (None if mosei32 is not None else "MOSEI b32 not measured")
+        out.append({"target": text.format(TARGETS[key]), "value": value,
+                    "met": None if na else value >= TARGETS[key], "not_applicable": na})
+    worst = max(rows, key=lambda r: r.val_epoch_pct, default=None)
+    out.append({"target": f"validation < {TARGETS['val_epoch_pct']:.0f} % of an epoch "
+                          "(every setting)",
+                "value": None if worst is None else worst.val_epoch_pct,
+                "met": None if worst is None else all(
+                    r.val_epoch_pct < TARGETS["val_epoch_pct"] for r in rows),
+                "not_applicable": None if worst is not None else "nothing measured"})
+    return out
+
+
+def targets_text(targets: list[dict]) -> str:
+    lines = ["targets:"]
+    for t in targets:
+        v = t["value"]
+        shown = "-" if v is None else f"{v:,.1f}"
+        verdict = (f"n/a ({t['not_applicable']})" if t["met"] is None
+                   else "met" if t["met"] else "MISSED")
+        lines.append(f"  {t['target']}: {shown} -> {verdict}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# profile
+# --------------------------------------------------------------------------------------
+
+
+def _self_device_us(evt) -> float:
+    for name in ("self_device_time_total", "self_cuda_time_total"):
+        value = getattr(evt, name, None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
+def top_ops(prof, steps: int, on_gpu: bool, top: int) -> dict:
+    """The profile's ops and kernels by self time on the device (GPU) or the CPU, per step."""
+    events = list(prof.key_averages())
+    total_dev = sum(_self_device_us(e) for e in events)
+    total_cpu = sum(float(e.self_cpu_time_total) for e in events)
+    key = _self_device_us if on_gpu else (lambda e: float(e.self_cpu_time_total))
+    rows = []
+    for e in sorted(events, key=key, reverse=True)[:top]:
+        dev = _self_device_us(e)
+        rows.append({"name": e.key[:90], "calls_per_step": e.count / steps,
+                     "self_device_ms_per_step": dev / 1000 / steps,
+                     "self_cpu_ms_per_step": float(e.self_cpu_time_total) / 1000 / steps,
+                     "device_pct": 100 * dev / total_dev if total_dev else 0.0})
+    return {"device_ms_per_step": total_dev / 1000 / steps,
+            "cpu_ms_per_step": total_cpu / 1000 / steps, "top": rows}
+
+
+def profile_steps(shape: str, batch_size: int, data: MultData, device: torch.device, *,
+                  base_cfg: dict, variants: tuple[str, ...], steps: int, warmup_epochs: int,
+                  out_dir: Path | None = None, top: int = 15,
+                  trace_max_mib: float = 12.0) -> dict:
+    """torch.profiler over `steps` training steps of each form of ours (after warm-up, so
+    the graph is captured): where a step's time goes. With CUDA, kernels by GPU time and
+    the GPU's busy share of the wall time (a launch-bound step is mostly idle GPU).
+    `out_dir` gets one gzipped chrome trace of all forms (profile_trace.json.gz) when it
+    compresses under `trace_max_mib`."""
+    import gzip
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    data_b = _head(data, steps * batch_size)
+    result: dict = {"setting": f"{shape} b{batch_size}", "steps": steps, "variants": {}}
+    events: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("default", *(v for v in variants if v != "default")):
+            tr = Trainer(variant_config(base_cfg, name, batch_size, device), data_b)
+            for _ in range(warmup_epochs):
+                tr.train_epoch()
+            _sync(device)
+            with profile(activities=acts) as prof:
+                wall = timed(tr.train_epoch, device)
+            rec = top_ops(prof, steps, device.type == "cuda", top)
+            rec.update(wall_ms_per_step=wall * 1000 / steps, **trainer_path(tr))
+            if device.type == "cuda" and rec["wall_ms_per_step"] > 0:
+                rec["gpu_busy_pct"] = 100 * rec["device_ms_per_step"] / rec["wall_ms_per_step"]
+            result["variants"][name] = rec
+            if out_dir is not None:
+                path = Path(tmp) / f"{name}.json"
+                prof.export_chrome_trace(str(path))
+                events += json.loads(path.read_text()).get("traceEvents", [])
+            del tr, prof
+            gc.collect()
+    if out_dir is not None and events:
+        blob = gzip.compress(json.dumps({"traceEvents": events}).encode(), compresslevel=6)
+        if len(blob) <= trace_max_mib * MiB:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "profile_trace.json.gz").write_bytes(blob)
+            result["trace"] = "profile_trace.json.gz"
+        else:
+            result["trace"] = None
+            result["trace_note"] = (f"trace not written: {len(blob) / MiB:.1f} MiB gzipped "
+                                    f"> {trace_max_mib} MiB")
+    return result
+
+
+def profile_text(prof: dict) -> str:
+    """Markdown: per form, time per step and the top ops/kernels (device columns only
+    where the profile saw a device)."""
+    on_gpu = any("gpu_busy_pct" in rec for rec in prof["variants"].values())
+    lines = [f"Profile of {prof['steps']} training steps, {prof['setting']} "
+             "(torch.profiler; times per step, inflated by the profiler):", ""]
+    for name, rec in prof["variants"].items():
+        where = (f"device {rec['device_ms_per_step']:.2f} ms/step, GPU busy "
+                 f"{rec['gpu_busy_pct']:.0f} % of the wall time, " if on_gpu else "")
+        lines += [f"**{VARIANT_LABELS.get(name, name)}** ({name}: graph "
+                  f"{'replaying' if rec['graph_replaying'] else 'no'}, amp {rec['amp']}): "
+                  f"wall {rec['wall_ms_per_step']:.2f} ms/step, {where}CPU "
+                  f"{rec['cpu_ms_per_step']:.2f} ms/step", ""]
+        if on_gpu:
+            lines += ["| op / kernel | calls/step | self device ms/step | device % | "
+                      "self CPU ms/step |", "|---|---|---|---|---|"]
+        else:
+            lines += ["| op | calls/step | self CPU ms/step |", "|---|---|---|"]
+        for r in rec["top"]:
+            name_md = r["name"].replace("|", "\\|")
+            dev = (f"{r['self_device_ms_per_step']:.3f} | {r['device_pct']:.1f} | "
+                   if on_gpu else "")
+            lines.append(f"| `{name_md}` | {r['calls_per_step']:.1f} | {dev}"
+                         f"{r['self_cpu_ms_per_step']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------
@@ -355,16 +549,26 @@ def trainer_info(cfg: TrainConfig, data: MultData) -> dict:
 
 
 def table(rows: list[Row], mem_method: str) -> str:
-    head = ("| setting | samples/s ours | samples/s baseline | ratio | val-pass ms | "
-            "val/epoch % | step mem ours MiB |")
-    lines = [head, "|" + "---|" * 7]
+    extra = [v for v in VARIANTS if v != "default" and any(v in r.variants for r in rows)]
+    head = ("| setting | samples/s ours | samples/s baseline | ratio | "
+            + "".join(f"{VARIANT_LABELS[v]} samples/s (ratio) | " for v in extra)
+            + "val-pass ms | val/epoch % | step mem ours MiB |")
+    lines = [head, "|" + "---|" * (7 + len(extra))]
     for r in rows:
+        cells = "".join(
+            f"{r.variants[v]['samples_s']:.1f} ({r.variants[v]['ratio']:.2f}x) | "
+            if v in r.variants else "- | " for v in extra)
         lines.append(
             f"| {r.setting} | {r.ours_samples_s:.1f} | {r.baseline_samples_s:.1f} | "
-            f"{r.ratio:.2f}x | {r.val_ms:.0f} | {r.val_epoch_pct:.1f} | "
+            f"{r.ratio:.2f}x | {cells}{r.val_ms:.0f} | {r.val_epoch_pct:.1f} | "
             f"{r.ours_step_mem_mib:.0f} |"
         )
+    path = rows[0].variants.get("default", {}) if rows else {}
     notes = [
+        "ours = the trainer's defaults (what trials run): CUDA graph "
+        f"{'replaying' if path.get('graph_replaying') else 'off'}, amp {path.get('amp', '?')}"
+        + (f"; {', '.join(VARIANT_LABELS[v] for v in extra)}: the same trainer with "
+           "cuda_graphs=off (and amp=off for fp32)" if extra else "") + ".",
         "ratio = ours / baseline samples/s (median of windows, interleaved).",
         "val-pass ms: Trainer.evaluate('valid'), scaled to the real validation split "
         f"({', '.join(f'{k} {v[2]}' for k, v in SHAPES.items())}); val/epoch % against one "
@@ -376,9 +580,16 @@ def table(rows: list[Row], mem_method: str) -> str:
     return "\n".join(lines + [""] + notes)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag ends with one line naming it (and exit code 2), not the usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed",
-                                description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m benchmarks.train_speed",
+                      description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="tiny shapes, a few steps (CI)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-sizes", default="32,128")
@@ -393,18 +604,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default; --small: 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig field for our trainer, e.g. --set cuda_graphs=off")
+    p.add_argument("--variants", default="auto",
+                   help="forms of ours to time, comma-separated from "
+                        f"{', '.join(VARIANTS)} (auto: all on CUDA, default on CPU)")
+    p.add_argument("--profile", metavar="DIR", default=None,
+                   help="after timing, profile the first shape and batch size (torch.profiler) "
+                        "and write DIR/profile_trace.json.gz")
+    p.add_argument("--profile-steps", type=int, default=5, help="steps profiled per form")
+    p.add_argument("--budget-s", type=float, default=0,
+                   help="skip the remaining settings once this many seconds have passed (0 = no "
+                        "limit)")
     p.add_argument("--json", metavar="OUT", help="write environment and rows as JSON")
     args = p.parse_args(argv)
-    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    except ValueError:
+        p.error(f"--batch-sizes {args.batch_sizes}: expected integers like 32,128")
     args.shapes = [s for s in args.shapes.split(",") if s]
     bad = [s for s in args.shapes if s not in SHAPES]
     if bad:
         p.error(f"--shapes: unknown {bad}; expected some of {', '.join(SHAPES)}")
+    if not args.shapes or not args.batch_sizes or min(args.batch_sizes) < 1:
+        p.error("--shapes and --batch-sizes need at least one value each (batch sizes >= 1)")
+    if args.variants != "auto":
+        names = [v for v in args.variants.split(",") if v]
+        bad = [v for v in names if v not in VARIANTS]
+        if bad or not names:
+            p.error(f"--variants {args.variants}: expected some of {', '.join(VARIANTS)}")
+        args.variants = names
+    if min(args.steps, args.windows, args.n_valid, args.threads) < 0 or args.profile_steps < 1:
+        p.error("--steps, --windows, --n-valid and --threads must be >= 0, --profile-steps >= 1")
+    for kv in args.set:
+        if "=" not in kv:
+            p.error(f"--set {kv}: expected KEY=VALUE, e.g. --set cuda_graphs=off")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+Log = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run(args: argparse.Namespace, log: Log = _print) -> dict:
+    """Time every (shape, batch size), then profile if asked; returns the JSON document
+    (environment, rows as `Row`s, targets, profile). ValueError for a bad config or device."""
     if args.small and not args.threads:
         args.threads = 1  # a CI smoke run: never oversubscribe cores shared with other jobs
     if args.threads:
@@ -415,47 +660,86 @@ def main(argv: list[str] | None = None) -> int:
         steps, windows, warmup = args.steps or 3, args.windows or 2, 1
     else:
         steps, windows, warmup = args.steps or (20 if gpu else 3), args.windows or (5 if gpu else 3), 2 if gpu else 1
+    variants = tuple(args.variants) if args.variants != "auto" else (
+        tuple(VARIANTS) if gpu else ("default",))
     overrides = dict(kv.split("=", 1) for kv in args.set)
     base_cfg = TrainConfig.from_dict({**overrides, "threads": args.threads}).to_dict()
 
+    t_start = time.perf_counter()
     rows: list[Row] = []
+    skipped: list[str] = []
     env: dict = {}
+    prof: dict | None = None
     mem_method = MemoryProbe(device).method
     for shape in args.shapes:
+        if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+            skipped += [f"{shape} b{b}" for b in args.batch_sizes]
+            continue
         real_valid = SHAPES[shape][2]
         n_valid = args.n_valid or (64 if args.small else real_valid if gpu else min(real_valid, 256))
         t0 = time.perf_counter()
         data = build_data(shape, steps * max(args.batch_sizes), n_valid, args.small)
-        print(f"[{shape}] data {data.summary()} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        log(f"[{shape}] data {data.summary()} ({time.perf_counter() - t0:.1f} s)")
         if not env:
             env = environment(device, trainer_info(
                 TrainConfig(**{**base_cfg, "device": str(device)}), data))
-            print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+            log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
         for b in args.batch_sizes:
+            if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+                skipped.append(f"{shape} b{b}")
+                continue
             t0 = time.perf_counter()
             row = measure(shape, b, data, device, steps=steps, windows=windows,
                           warmup_epochs=warmup, baseline_attention=args.baseline_attention,
-                          base_cfg=base_cfg)
+                          base_cfg=base_cfg, variants=variants)
             rows.append(row)
             gc.collect()  # free this setting's trainers before the next one
             if gpu:
                 torch.cuda.empty_cache()
-            print(f"[{row.setting}] ours {row.ours_ms_step:.1f} ms/step, baseline "
-                  f"{row.baseline_ms_step:.1f} ms/step ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+            forms = ", ".join(f"{VARIANT_LABELS[k]} {v['ms_step']:.1f}"
+                              for k, v in row.variants.items())
+            log(f"[{row.setting}] ms/step: {forms}, baseline {row.baseline_ms_step:.1f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+        if args.profile and prof is None and rows:
+            t0 = time.perf_counter()
+            prof = profile_steps(shape, args.batch_sizes[0], data, device, base_cfg=base_cfg,
+                                 variants=variants, steps=args.profile_steps,
+                                 warmup_epochs=warmup, out_dir=Path(args.profile))
+            log(f"[{prof['setting']}] profiled ({time.perf_counter() - t0:.0f} s)")
         del data
         gc.collect()
+    if skipped:
+        log(f"time budget of {args.budget_s:g} s spent: skipped {', '.join(skipped)}")
+    return {"environment": env, "mode": "small" if args.small else "full",
+            "baseline_attention": args.baseline_attention, "memory_method": mem_method,
+            "steps": steps, "windows": windows, "variants": list(variants),
+            "rows": rows, "skipped": skipped,
+            "targets": check_targets(rows, device, args.small), "profile": prof}
 
+
+def to_json(doc: dict) -> dict:
+    """`run`'s document with the rows as plain dicts."""
+    return {**doc, "rows": [asdict(r) | {"setting": r.setting} for r in doc["rows"]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        doc = run(args)
+    except ValueError as e:  # a bad --set value or --device
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print()
     print(f"baseline: naive eager loop, attention={args.baseline_attention}; "
-          f"{windows} windows x {steps} steps, warm-up excluded; "
+          f"{doc['windows']} windows x {doc['steps']} steps, warm-up excluded; "
           f"{'small shapes ' + str(SMALL_SEQ_LENS) if args.small else 'real shapes'}")
-    print(table(rows, mem_method))
+    print(table(doc["rows"], doc["memory_method"]))
+    print(targets_text(doc["targets"]))
+    if doc["profile"] is not None:
+        print()
+        print(profile_text(doc["profile"]))
     if args.json:
-        out = {"environment": env, "mode": "small" if args.small else "full",
-               "baseline_attention": args.baseline_attention, "memory_method": mem_method,
-               "rows": [asdict(r) | {"setting": r.setting} for r in rows]}
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps(to_json(doc), indent=2))
     return 0
 
 
