@@ -60,13 +60,21 @@ def start_ray(address: str | None, threads: int, log_file: Path | None) -> None:
     _ray_logs_to(log_file)
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that fails silently: on a full disk the log is the first to go, and its
+    failure must not print tracebacks over the one line that explains it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
 def _ray_logs_to(log_file: Path | None) -> None:
     """Ray's and Tune's log records (tracebacks of failed writes among them) to a file."""
     handler: logging.Handler = logging.NullHandler()
     if log_file is not None:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_file)
+            handler = _QuietFileHandler(log_file, delay=True)
         except OSError:
             pass
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

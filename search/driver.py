@@ -120,6 +120,10 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
         spec = load_space(fl.space, base=base_probe)
     except SpaceError as e:
         raise UsageError(str(e)) from None
+    if not searched(spec):
+        raise UsageError(f"--space {fl.space or 'default'}: every parameter has a fixed value, "
+                         f"so there is nothing to search; give at least one a range "
+                         f"(e.g. lr: {{choice: [0.001]}} for a fixed trial repeated)")
     base = base_config(fl, spec)
     check_address(fl.address)
     settings = trial_settings(fl, store.uri, base, save_models=False, fail_if=fail_if)
@@ -129,13 +133,27 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
 
 def _tune_state_exists(store: ResultsStore) -> bool:
     """Tune saves its experiment state once the search has started; interrupted before
-    that, a resumed search simply starts (nothing had run)."""
+    that, a resumed search simply starts (nothing had run). A state Tune left half-written
+    (its writes are not atomic: a full disk truncates them) would resume a search that
+    forgot some trials, so it is refused."""
     from ray import tune
 
     try:
-        return bool(tune.Tuner.can_restore(store.uri))
-    except Exception:  # noqa: BLE001 - unreadable state: start afresh under the same name
+        if not tune.Tuner.can_restore(store.uri):
+            return False
+    except Exception:  # noqa: BLE001 - unreadable storage: plan's own checks report it
         return False
+    states = sorted(n for n in store.list() if n.startswith("experiment_state-")
+                    and n.endswith(".json"))
+    if states:
+        try:
+            store.read_json(states[-1], missing_ok=False)
+        except ValueError:
+            raise UsageError(f"--resume: Tune's saved state {store.path(states[-1])} is damaged "
+                             f"(written when the storage failed?); the finished trials are in "
+                             f"{store.path('trials.parquet')}; start a new search under "
+                             f"another --name") from None
+    return True
 
 
 def load_data(dataset: str, data_path: str | None, aligned: bool, preset: str,
@@ -247,6 +265,8 @@ def summarise(plan: SearchPlan) -> int:
     for t in book.trials.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}")
+    if len(book.trials) < fl.num_samples:
+        print(f"note: {len(book.trials)} of {fl.num_samples} trials have results")
     best = book.best_trial()
     if best is None:
         print("no trial finished with a finite metric; nothing to recommend", file=sys.stderr)

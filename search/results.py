@@ -151,6 +151,11 @@ class ResultsStore:
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
 
+    def list(self) -> list[str]:
+        """Names of the files and folders directly in STORAGE/NAME."""
+        selector = pafs.FileSelector(self.root, allow_not_found=True)
+        return [info.base_name for info in self.fs.get_file_info(selector)]
+
     def delete(self, name: str) -> None:
         self.fs.delete_file(self.path(name))
 

@@ -32,7 +32,7 @@ from search.results import METRICS, RETRAIN, ResultsStore, TrialBook
 from search.settings import TrialSettings
 from search.trial import retrain_key
 from ucrn.cli import parse_seeds
-from ucrn.config import TrainConfig
+from ucrn.config import TrainConfig, missing_fields, normalize_keys
 from ucrn.errors import UsageError
 from ucrn.metrics import mean_std, metric_mode
 
@@ -120,6 +120,14 @@ def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str
             raise UsageError(f"{where}: expected a JSON object of config keys, got "
                              f"{type(raw).__name__}")
         trial_id = "best"
+    try:
+        raw = normalize_keys(raw, where)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    missing = missing_fields(raw) if not fl.trial else []  # trial rows: fields of their day
+    if missing:
+        raise UsageError(f"{where}: incomplete, missing {', '.join(missing)} (expected the "
+                         f"full config a search writes)")
     try:
         return TrainConfig.from_dict(raw, where=where).to_dict(), trial_id
     except ValueError as e:

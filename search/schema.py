@@ -69,7 +69,8 @@ COLUMNS: dict[str, Column] = {
     "current_lr": Column(_F, "learning rate after this epoch's scheduler step"),
     "seconds": Column(_F, "wall time of the epoch (train + validation)"),
     "wall_seconds": Column(_F, "trial wall time so far"),
-    "samples_per_s": Column(_F, "training samples per second (median over epochs)"),
+    "samples_per_s": Column(_F, "training samples per second of the training pass, without "
+                                "validation (median over epochs)"),
     "peak_gpu_mem_mb": Column(_F, "peak GPU memory of the trial (NaN on CPU)"),
     "checkpoint": Column(_S, "checkpoint location (retrain.parquet: the selected state_dict "
                          "file, loaded with torch.load(..., weights_only=True))"),

@@ -71,7 +71,7 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
     last: dict[str, Any] = {}
 
     def extras(rec: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        speeds.append(n_train / max(rec["seconds"], 1e-9))
+        speeds.append(n_train / max(rec.get("train_seconds", rec["seconds"]), 1e-9))
         return {**node, "diverged": 0.0, "replay": 0.0,
                 "samples_per_s": statistics.median(speeds),
                 "peak_gpu_mem_mb": _peak_gpu_mb(device),

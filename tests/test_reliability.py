@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import resource
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import run_search
 from search.results import ResultsStore, TrialBook
@@ -229,6 +231,14 @@ def test_signal_stops_flushes_and_resumes(ray_head, ray_env, tmp_path, sig):
                    "--max-epochs", "4")
     try:
         _wait_rows(tmp_path / name / "epochs.parquet", 2, proc)
+        # a second driver on the same folder is refused while the first runs
+        second = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address",
+                                 ray_head, "--storage", str(tmp_path), "--name", name,
+                                 "--resume"], env=ray_env, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another driver: pid {proc.pid}" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
         os.kill(proc.pid, sig)
         rc = proc.wait(timeout=120)
     finally:
@@ -313,3 +323,167 @@ def test_200_trial_search(ray_head, ray_env, tmp_path):
     assert len(trials) == 200 and trials.trial_id.is_unique
     assert len(pd.read_parquet(tmp_path / "load" / "epochs.parquet")) == 200
     print(f"\n200-trial search: {wall:.0f} s wall, driver peak RSS {peak_mb:.0f} MB")
+
+
+SMALL_SPACE = """\
+lr: {loguniform: [1.0e-4, 1.0e-2]}
+heads: {choice: [1, 2]}
+layers: 1
+d_model: 8
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_train_interrupted_keeps_the_best_weights(tmp_path, sig):
+    """`ucrn train` stopped mid-run: the best weights so far, and final.json `interrupted`."""
+    proc = subprocess.Popen([sys.executable, "-m", "ucrn", "train", "--d_model=8", "--heads=2",
+                             "--layers=1", "--threads=1", "--num_epochs=500", "--out",
+                             str(tmp_path), "--name", "i"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = tmp_path / "i"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            lines = (run / "epochs.jsonl").read_text().splitlines() \
+                if (run / "epochs.jsonl").exists() else []
+            if len(lines) >= 3:
+                break
+            time.sleep(0.1)
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    final = json.loads((run / "final.json").read_text())
+    assert final["status"] == "interrupted" and final["best_epoch"] >= 1
+    assert final["checkpoint"] == "checkpoint.pt"
+    bundle = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert bundle["epoch"] == final["best_epoch"]
+    rc = ucrn_main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--out",
+                    str(tmp_path / "p.parquet")])
+    assert rc == 0
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True)
+    return res.returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_full_disk_in_train_is_one_line_and_nothing_partial(tmp_path):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "300k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        res = subprocess.run([sys.executable, "-m", "ucrn", "train", "--layers=1", "--threads=1",
+                              "--num_epochs=3", "--out", str(disk), "--name", "f"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        files = sorted(p.name for p in (disk / "f").iterdir())
+        lines = (disk / "f" / "epochs.jsonl").read_text().splitlines()
+    finally:
+        _umount(disk)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(err) == 1, res.stderr
+    assert "no space left on the device" in err[0] and "checkpoint.pt" in err[0]
+    assert not [f for f in files if f.endswith(".tmp")], files
+    assert all(json.loads(line)["epoch"] for line in lines)  # whole lines only
+
+
+@pytest.mark.slow
+def test_full_disk_in_a_search_is_one_line(ray_head, ray_env, tmp_path):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "150k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    space = tmp_path / "space.yaml"
+    space.write_text(SMALL_SPACE)
+    try:
+        res = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address", ray_head,
+                              "--storage", str(disk), "--name", "full", "--executor", "tune",
+                              "--space", str(space), "--num-samples", "6", "--max-epochs", "3",
+                              "--max-failures", "0"], env=ray_env, capture_output=True,
+                             text=True, timeout=600)
+        leftovers = [p for p in disk.rglob("*.tmp")]
+        trials = pd.read_parquet(disk / "full" / "trials.parquet") \
+            if any((disk / "full" / "trials.parquet").glob("*.parquet")) else pd.DataFrame()
+    finally:
+        _umount(disk)
+    err = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert err[-1].startswith("error: ") and "No space left" in err[-1] and "--resume" in err[-1]
+    assert not [ln for ln in err if ln.startswith("error:")][:-1]  # exactly one error line
+    assert leftovers == []
+    assert trials.empty or trials.trial_id.is_unique
+
+
+@pytest.mark.slow
+def test_interrupt_before_the_first_trial_still_resumes(ray_head, tmp_path, monkeypatch,
+                                                        capsys):
+    """Ctrl-C after search.json is written but before Tune saved anything: --resume starts
+    the search (the name is not stuck)."""
+    import search.driver as driver
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SMALL_SPACE)
+    args = ["--address", ray_head, "--storage", str(tmp_path), "--name", "early",
+            "--executor", "tune", "--space", str(space), "--num-samples", "2", "--max-epochs", "1"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "_new_tuner", interrupted)
+    assert run_search.main(args) == 130
+    err = capsys.readouterr().err
+    assert "resume with: python run_search.py --resume --name early" in err
+    assert (tmp_path / "early" / "search.json").is_file()
+    monkeypatch.undo()
+    assert run_search.main(["--address", ray_head, "--storage", str(tmp_path), "--name",
+                            "early", "--resume"]) == 0
+    trials = pd.read_parquet(tmp_path / "early" / "trials.parquet")
+    assert len(trials) == 2 and trials.trial_id.is_unique
+
+
+@pytest.mark.slow
+def test_sigterm_during_retrain_keeps_finished_seeds(ray_head, ray_env, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SMALL_SPACE)
+    base = [sys.executable, str(ROOT / "run_search.py"), "--address", ray_head]
+    res = subprocess.run([*base, "--storage", str(tmp_path), "--name", "s", "--executor", "tune",
+                          "--space", str(space), "--num-samples", "2", "--max-epochs", "2"],
+                         env=ray_env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    folder = tmp_path / "s"
+    retrain = [*base, "--retrain", str(folder), "--seeds", "5,6,7", "--executor", "tune",
+               "--max-concurrent", "1"]
+    log = open(tmp_path / "retrain.log", "w")
+    proc = subprocess.Popen(retrain, env=ray_env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_rows(folder / "retrain.parquet", 1, proc, timeout=300)
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "retrain.log").read_text()
+    assert rc == 130, out[-3000:]
+    assert "--resume" in out and "Traceback" not in out
+    first = pd.read_parquet(folder / "retrain.parquet")
+    assert 1 <= len(first) < 3 and first.checkpoint.map(lambda p: Path(p).is_file()).all()
+    res = subprocess.run([*retrain, "--resume"], env=ray_env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = pd.read_parquet(folder / "retrain.parquet")
+    assert sorted(rows.seed) == [5, 6, 7]
+    kept = rows.set_index("seed").loc[first.seed, "retrain_trial"]
+    assert list(kept) == list(first.retrain_trial)  # finished seeds were not run again

@@ -24,10 +24,18 @@ from typing import Any
 
 import torch
 
-from ucrn.config import SEED_MAX, TrainConfig, config_fields, field_type, normalize_keys, parse_text
+from ucrn.config import (
+    SEED_MAX,
+    TrainConfig,
+    config_fields,
+    field_type,
+    missing_fields,
+    normalize_keys,
+    parse_text,
+)
 from ucrn.data import load_dataset, resolve_dataset
 from ucrn.errors import OneLineParser, UsageError, run_main
-from ucrn.fileio import atomic_write, check_name, write_json
+from ucrn.fileio import append_line, atomic_write, check_name, write_json
 from ucrn.metrics import mean_std
 from ucrn.train import FitResult, Trainer, fit, resolve_device
 
@@ -109,7 +117,7 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str]:
     if args.get("no_cuda"):
         flags["device"] = "cpu"
     if "config" in args:  # a saved config must be whole, or it would not reproduce its run
-        missing = [f.name for f in config_fields() if f.name not in base and f.name not in flags]
+        missing = missing_fields({**base, **flags})
         if missing:
             raise UsageError(f"--config {args['config']}: incomplete, missing "
                              f"{', '.join(missing)} (expected a full config as run_search.py "
@@ -178,8 +186,7 @@ def run_one(cfg: TrainConfig, run: Path, data) -> FitResult:
     def on_epoch(epoch: int, rec: dict[str, float], tr: Trainer) -> None:
         trainer[:] = [tr]
         print(format_record(rec, cfg.num_epochs), flush=True)
-        with open(run / "epochs.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_line(run / "epochs.jsonl", json.dumps(rec))
         if tr.best_epoch == epoch and tr.best_state is not None:
             save_checkpoint(run / "checkpoint.pt", tr.best_state, cfg, data, epoch)
 
@@ -247,7 +254,7 @@ def train_main(argv: list[str]) -> int:
     ns = train_parser().parse_args(argv)
     cfg, note = config_from_args(ns)
     seeds = parse_seeds(ns.seeds) if getattr(ns, "seeds", None) else [cfg.seed]
-    name = check_name(getattr(ns, "name", None) or f"ucrn-{cfg.dataset}", "--name")
+    name = check_name(ns.name if "name" in vars(ns) else f"ucrn-{cfg.dataset}", "--name")
     cfg.check_machine()
     resolve_device(cfg.device)
     if note:

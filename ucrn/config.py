@@ -165,6 +165,11 @@ def normalize_keys(d: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def missing_fields(d: dict[str, Any]) -> list[str]:
+    """Fields a saved config lacks: a saved config must be whole to reproduce its run."""
+    return [f.name for f in fields(TrainConfig) if f.name not in d]
+
+
 def field_type(f: Field) -> type:
     """bool, int, float or str: the type of the field's default (None defaults are str)."""
     default = f.default if f.default is not MISSING else None

@@ -32,9 +32,23 @@ def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None)
         with os.fdopen(fd, "wb") as f:  # no fsync: readers and crashed processes are the
             fill(f)                     # concern, not power loss; rename is what they see
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        io = _os_error_in(e)  # writers such as torch.save wrap a full disk in their own error
+        if io is not None:
+            raise OSError(io.errno, io.strerror, io.filename or str(target)) from e
         raise
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno is not None:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _atomic_write_fs(path: str, fill: Writer, fs: Any) -> None:
@@ -51,6 +65,24 @@ def _atomic_write_fs(path: str, fill: Writer, fs: Any) -> None:
         except Exception:  # noqa: BLE001 - already gone, or the store itself failed
             pass
         raise
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line; if the write fails (full disk), the file is cut back to what it
+    was, so it never ends in half a line."""
+    data = line.rstrip("\n").encode() + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+    finally:
+        os.close(fd)
 
 
 def check_name(name: str, flag: str) -> str:

@@ -345,7 +345,8 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
     """Train one configuration for `num_epochs` (or until stopped) and test the best epoch.
 
     `on_epoch(epoch, record, trainer)` runs after each epoch's validation with the
-    epoch's record (train_loss, mjs, validation `loss` and metrics, lr, seconds);
+    epoch's record (train_loss, mjs, validation `loss` and metrics, lr, seconds of the
+    epoch and of its training pass);
     `trainer.checkpoint()` gives a resumable state. Returning True stops training.
     `resume` is such a checkpoint: training continues after its epoch. `graph_factory`:
     see Trainer.
@@ -362,7 +363,8 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
         since_best = tr.epoch - tr.best_epoch
     while tr.epoch < cfg.num_epochs:
         t0 = time.perf_counter()
-        train_loss, train_mjs = tr.train_epoch()
+        train_loss, train_mjs = tr.train_epoch()  # ends in a host sync: the time is real
+        train_seconds = time.perf_counter() - t0
         tr.epoch += 1
         if not (math.isfinite(train_loss) and math.isfinite(train_mjs)):
             status = "diverged"
@@ -370,7 +372,8 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
         val = tr.evaluate("valid")
         tr.sched.step(val["loss"])
         record = {"epoch": tr.epoch, "train_loss": train_loss, "mjs": train_mjs, **val,
-                  "current_lr": tr.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                  "current_lr": tr.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                  "train_seconds": train_seconds}
         tr.history.append(record)
         score = record[sel]
         if not tr.best_epoch or (math.isfinite(score) and better(score, tr.best_record[sel])):
