@@ -59,7 +59,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/gpu_check.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.train_speed import OneLineParser  # noqa: E402
+from benchmarks.processes import kill_session  # noqa: E402
+from ucrn.errors import OneLineParser, run_main  # noqa: E402
+from ucrn.fileio import atomic_write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS: tuple[tuple[str, str], ...] = (
@@ -128,45 +130,9 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------------------
 # processes
 # --------------------------------------------------------------------------------------
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields_ = stat.rsplit(")", 1)[1].split()
-        if int(fields_[3]) == sid and fields_[0] != "Z":
-            pids.append(int(entry))
-    return pids
-
-
-def _kill_session(sid: int, grace: float = 10.0) -> None:
-    """SIGTERM every process of a session this script started, then SIGKILL the rest."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in _session_pids(sid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait
-        while time.time() < deadline and _session_pids(sid):
-            time.sleep(0.2)
-        if not _session_pids(sid):
-            return
 
 
 @dataclass
@@ -197,9 +163,9 @@ def run_process(cmd: list[str], env: dict[str, str], timeout: float, log: Path,
             except subprocess.TimeoutExpired:
                 pass
         except BaseException:
-            _kill_session(proc.pid, grace=3)
+            kill_session(proc.pid, grace=3)
             raise
-        _kill_session(proc.pid, grace=3)  # anything it left behind
+        kill_session(proc.pid, grace=3)  # anything it left behind
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -251,7 +217,7 @@ class RayHead:
         raise RuntimeError(f"the Ray head did not start: {tail.strip().splitlines()[-1:]}")
 
     def stop(self) -> None:
-        _kill_session(self.proc.pid)
+        kill_session(self.proc.pid)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -317,8 +283,9 @@ class GpuCheck:
                "elapsed_s": round(self.elapsed(), 1), "finished": self.finished,
                "exit_code": self.exit_code, "counts": counts,
                "steps": [asdict(s) for s in self.steps]}
-        _atomic_write(self.out / "gpu_check.json", json.dumps(_jsonable(doc), indent=2) + "\n")
-        _atomic_write(self.out / "summary.md", self.summary(counts))
+        atomic_write(self.out / "gpu_check.json",
+                     (json.dumps(_jsonable(doc), indent=2) + "\n").encode())
+        atomic_write(self.out / "summary.md", self.summary(counts).encode())
 
     def run(self) -> int:
         selected = self.ns.only or [n for n, _ in STEPS]
@@ -1016,6 +983,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     ns = parse_args(argv)
 
     def on_term(signum: int, frame: Any) -> None:

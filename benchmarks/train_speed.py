@@ -48,6 +48,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ucrn.data import MultData, Split, from_raw, make_synthetic  # noqa: E402
+from ucrn.errors import OneLineParser, run_main  # noqa: E402
+from ucrn.fileio import atomic_write  # noqa: E402
 from ucrn.losses import mjs_divergence  # noqa: E402
 from ucrn.model import UCRN, SelfAttention  # noqa: E402
 from ucrn.train import TrainConfig, Trainer, resolve_device, task_loss  # noqa: E402
@@ -580,13 +582,6 @@ def table(rows: list[Row], mem_method: str) -> str:
     return "\n".join(lines + [""] + notes)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """A bad flag ends with one line naming it (and exit code 2), not the usage text."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m benchmarks.train_speed",
                       description=__doc__.split("\n\n")[0])
@@ -723,12 +718,13 @@ def to_json(doc: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One line and exit code 2 for a bad flag, --set value or --device (ucrn.errors)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        doc = run(args)
-    except ValueError as e:  # a bad --set value or --device
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    doc = run(args)
     print()
     print(f"baseline: naive eager loop, attention={args.baseline_attention}; "
           f"{doc['windows']} windows x {doc['steps']} steps, warm-up excluded; "
@@ -739,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(profile_text(doc["profile"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(doc), indent=2))
+        atomic_write(args.json, json.dumps(to_json(doc), indent=2).encode())
     return 0
 
 

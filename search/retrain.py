@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+# The same building blocks as search/driver.py (both runs are plan -> run -> summarise on
+# Ray); only the plan and the summary differ.
 from search.cluster import (
     GracefulStop,
     auto_concurrency,

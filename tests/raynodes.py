@@ -7,13 +7,13 @@ processes of that session, found through /proc: never by name, never `ray stop`.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.processes import kill_session, session_pids  # noqa: F401 - re-exported
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -22,36 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":  # fields[3] = session id, [0] = state
-            pids.append(int(entry))
-    return pids
-
-
-def kill_session(sid: int, grace: float = 8.0) -> None:
-    """SIGTERM the session's processes, then SIGKILL what is left."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in session_pids(sid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait
-        while time.time() < deadline and session_pids(sid):
-            time.sleep(0.2)
-        if not session_pids(sid):
-            return
 
 
 class RayNode:

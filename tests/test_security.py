@@ -41,8 +41,8 @@ def test_no_plain_pickle_or_torch_load():
 def test_local_ray_dashboard_binds_loopback(tmp_path):
     code = (
         "import ray\n"
-        "from search.driver import start_ray\n"
-        "start_ray(None, 1)\n"
+        "from search.cluster import start_ray\n"
+        "start_ray(None, 1, None)\n"
         "print('URL', ray._private.worker.global_worker.node.address_info['webui_url'])\n"
         "ray.shutdown()\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

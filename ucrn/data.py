@@ -14,12 +14,8 @@ numpy only: no torch, no Ray, so it can be imported anywhere cheaply.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import pickle
-import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ucrn.errors import OneLineParser, one_line, run_main
+from ucrn.fileio import atomic_write
 from ucrn.safeload import SafeLoadError, load_pickle
 
 __all__ = [
@@ -61,12 +59,8 @@ class DataError(ValueError):
     """Bad input data; message is ONE line naming file/split/key and what was expected."""
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
 def _fail(msg: str) -> DataError:
-    return DataError(_one_line(msg))
+    return DataError(one_line(msg))
 
 
 @dataclass
@@ -285,7 +279,7 @@ def _from_raw(raw: object, source: str, task: str | None, inplace: bool) -> Mult
             k = _zero_nonfinite(a)
             if k == a.size:
                 warnings.warn(
-                    _one_line(
+                    one_line(
                         f"{where}: every value is non-finite (inf/NaN); the modality is all "
                         f"zeros in this split"
                     ),
@@ -335,18 +329,7 @@ def load_mult_pickle(path: str | Path, task: str | None = None) -> MultData:
 def write_mult_pickle(raw: dict, path: str | Path) -> Path:
     """Write ``raw`` as a MulT-format pickle (protocol 4), atomically (temp file + rename)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(raw, fh, protocol=4)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(p, lambda fh: pickle.dump(raw, fh, protocol=4))
     return p
 
 
@@ -713,22 +696,17 @@ def make_synthetic(
 # --------------------------------------------------------------------------------------
 
 
-class _ArgError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line instead of usage + exit
-        raise _ArgError(message)
-
-
 def synth_main(argv: list[str] | None = None) -> int:
     """``python -m ucrn synth --preset NAME --out DIR [--seed N] [--aligned]``.
 
     Writes DIR/<MulT file name> so training can load it with ``--data_path DIR`` exactly
     as it would load the real files. Returns 0, 2 for bad arguments, 1 for I/O errors.
     """
-    parser = _Parser(
+    return run_main(_synth, argv)
+
+
+def _synth(argv: list[str]) -> int:
+    parser = OneLineParser(
         prog="python -m ucrn synth",
         description="Write a synthetic dataset as a MulT-format pickle.",
     )
@@ -736,21 +714,11 @@ def synth_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--aligned", action="store_true", help="use the preset's aligned variant")
-    try:
-        args = parser.parse_args(argv)
-        name = _preset_name(args.preset, args.aligned)
-        raw = make_synthetic(name, args.seed)
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    except (_ArgError, DataError) as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    name = _preset_name(args.preset, args.aligned)
+    raw = make_synthetic(name, args.seed)
     cfg = PRESETS[name]
     out = Path(args.out) / data_file_name(cfg["dataset"], cfg["aligned"])
-    try:
-        write_mult_pickle(raw, out)
-    except OSError as exc:
-        print(f"error: cannot write {out}: {_one_line(str(exc))}", file=sys.stderr)
-        return 1
+    write_mult_pickle(raw, out)
     print(out)
     return 0

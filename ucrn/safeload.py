@@ -35,6 +35,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ucrn.errors import one_line
+
 __all__ = [
     "MAX_CHECKPOINT_BYTES",
     "MAX_ITEMS",
@@ -64,12 +66,8 @@ class SafeLoadError(ValueError):
     """A file that cannot or must not be loaded; the message is one line naming the file."""
 
 
-def _one_line(msg: object) -> str:
-    return " ".join(str(msg).split())
-
-
 def _err(msg: str) -> SafeLoadError:
-    return SafeLoadError(_one_line(msg))
+    return SafeLoadError(one_line(msg))
 
 
 def _label(what: str, path: str | os.PathLike[str]) -> str:
@@ -79,7 +77,7 @@ def _label(what: str, path: str | os.PathLike[str]) -> str:
 def _exc_text(exc: BaseException, limit: int = 200) -> str:
     """``Type: message``, one line and short; never fails (str() of some values can)."""
     try:
-        text = _one_line(exc)
+        text = one_line(exc)
     except Exception:  # noqa: BLE001 - e.g. str() of an int past the digit limit
         text = ""
     if len(text) > limit:
@@ -403,8 +401,8 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python one: its opcode table ca
     def find_class(self, module: str, name: str) -> Any:
         found = self._globals.get((module, name))
         if found is None:
-            raise self._refuse(f"the pickle names global '{_one_line(module)[:100]}."
-                               f"{_one_line(name)[:100]}'; only numpy arrays and plain "
+            raise self._refuse(f"the pickle names global '{one_line(module)[:100]}."
+                               f"{one_line(name)[:100]}'; only numpy arrays and plain "
                                f"containers are allowed")
         return found
 
@@ -1075,8 +1073,8 @@ def _torch_reason(exc: BaseException) -> str:
     elif msg.startswith("Weights only load failed"):
         detail = " ".join(re.split(r"\n\s*\n", msg)[1:]) or msg
     else:
-        return _one_line(msg).split(". ")[0][:300] or type(exc).__name__
-    detail = _one_line(detail.split("Check the documentation")[0])
+        return one_line(msg).split(". ")[0][:300] or type(exc).__name__
+    detail = one_line(detail.split("Check the documentation")[0])
     return f"refused by torch.load(weights_only=True): {detail[:300]}"
 
 

@@ -25,6 +25,13 @@ def _series(ep: pd.DataFrame, tid: str, col: str) -> tuple[np.ndarray, np.ndarra
     return e["epoch"].to_numpy()[ok], y[ok]
 
 
+def _panels(searches: list[Search]):
+    """One figure, one panel per search, side by side: (figure, [(axes, search), ...])."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(searches), figsize=(7 * len(searches), 4.6), squeeze=False)
+    return fig, list(zip(axes[0], searches))
+
+
 def _epoch_axis(ax, ylabel: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -37,9 +44,8 @@ def _epoch_axis(ax, ylabel: str) -> None:
 def plot_curves(searches: list[Search], path: Path, *, top: int,
                 imps: dict[str, Importance]) -> None:
     """Validation metric per epoch: top trials in colour, ASHA-stopped ones in grey."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(searches), figsize=(7 * len(searches), 4.6), squeeze=False)
-    for ax, s in zip(axes[0], searches):
+    fig, panels = _panels(searches)
+    for ax, s in panels:
         ax.set_title(f"{s.label}: validation {s.metric} per epoch", fontsize=10)
         ep = s.epochs
         if ep is None or ep.empty or s.metric not in ep.columns or "epoch" not in ep.columns:
@@ -74,9 +80,8 @@ def plot_curves(searches: list[Search], path: Path, *, top: int,
 def plot_mjs(searches: list[Search], path: Path, *, top: int,
              imps: dict[str, Importance]) -> None:
     """Mean training MJS per epoch of the best ranked trials that ran with MJS on."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(searches), figsize=(7 * len(searches), 4.6), squeeze=False)
-    for ax, s in zip(axes[0], searches):
+    fig, panels = _panels(searches)
+    for ax, s in panels:
         ax.set_title(f"{s.label}: training MJS per epoch (top trials)", fontsize=10)
         rows, line = mjs_epochs(s, top)
         if rows.empty:

@@ -6,7 +6,6 @@ only the rendering differs. report.md is written to a temporary name and renamed
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from search.analysis.tables import (
     retrain_tables,
     status_counts,
 )
+from ucrn.fileio import atomic_write
 
 FORMATS = ("table", "csv", "json", "md")
 
@@ -114,8 +114,6 @@ def write_report(searches: list[Search], sections: list[Section], out: Path, top
     for name, plot in PLOTS.items():
         plot.draw(searches, out / name, top=top, imps=imps)
     md = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(render_markdown(sections, [(n, p.title) for n, p in PLOTS.items()],
-                                   searches))
-    os.replace(tmp, md)
+    atomic_write(md, render_markdown(sections, [(n, p.title) for n, p in PLOTS.items()],
+                                     searches).encode())
     return md
