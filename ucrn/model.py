@@ -41,6 +41,7 @@ class UCRNHyper:
     d_model: int = hparam(30, "width d of every modality's encoder")
     heads: int = hparam(3, "attention heads; must divide d_model and M*d_model")
     layers: int = hparam(5, "layers per encoder (URM and CRM)")
+    ff_mult: int = hparam(4, "feed-forward width of every encoder layer, times its width")
     temp_proj: int = hparam(1, "steps k after the temporal projection; 0 = take the last step")
     causal: bool = hparam(True, "causal attention mask, as the authors ran it")
     positional: str = hparam("none", "none (authors) | sinusoidal (MulT's fairseq table)",
@@ -61,7 +62,7 @@ class UCRNHyper:
             raise ValueError(
                 f"modalities={mods!r}: expected a non-empty subset of 'lav' (l=text, a=audio, v=vision)"
             )
-        for name in ("d_model", "heads", "layers", "sqil_reduction"):
+        for name in ("d_model", "heads", "layers", "ff_mult", "sqil_reduction"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected an integer >= 1")
         if self.temp_proj < 0:
@@ -155,13 +156,13 @@ class EncoderLayer(nn.Module):
     """Pre-LayerNorm transformer layer: x + drop(attn(LN x)); x + drop(W2 drop(relu(W1 LN x)))."""
 
     def __init__(self, dim: int, heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, causal: bool):
+                 res_dropout: float, causal: bool, ff_mult: int):
         super().__init__()
         self.ln_attn = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, attn_dropout, causal)
         self.ln_ff = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
+        self.fc1 = nn.Linear(dim, ff_mult * dim)
+        self.fc2 = nn.Linear(ff_mult * dim, dim)
         self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
@@ -180,7 +181,8 @@ class Encoder(nn.Module):
         self.positional = cfg.positional == "sinusoidal"
         self.embed_dropout = cfg.embed_dropout
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, cfg.heads, attn_dropout, cfg.relu_dropout, cfg.res_dropout, cfg.causal)
+            EncoderLayer(dim, cfg.heads, attn_dropout, cfg.relu_dropout, cfg.res_dropout, cfg.causal,
+                         cfg.ff_mult)
             for _ in range(cfg.layers)
         )
         self.ln_f = nn.LayerNorm(dim)
