@@ -36,7 +36,8 @@ class TrainConfig(UCRNHyper):
     """One trial: the model's hyperparameters (inherited) plus the fields below."""
 
     # data
-    dataset: str = hparam("synthetic", "which data: a MulT file set or the built-in synthetic",
+    dataset: str = hparam("synthetic", "which data (a MulT file set, or the built-in "
+                          "synthetic); without it a --data_path names it by its file name",
                           DATASETS)
     data_path: str | None = hparam(None, "folder with the MulT pickle, or the file itself")
     aligned: bool = hparam(False, "word-aligned files (*_data.pkl)")
@@ -52,20 +53,20 @@ class TrainConfig(UCRNHyper):
     when: int = hparam(20, "ReduceLROnPlateau patience (epochs)")
     lr_factor: float = hparam(0.1, "ReduceLROnPlateau factor")
     jsd_weight: float = hparam(1.0, "weight of the MJS regulariser; 0 switches it off")
-    mjs_variant: str = hparam("jsd", "jsd (generalised JS divergence) | authors (their "
-                              "formula, for reproducing their numbers)", MJS_VARIANTS)
+    mjs_variant: str = hparam("jsd", "MJS formula: jsd = generalised JS divergence; authors = "
+                              "theirs, for reproducing their numbers", MJS_VARIANTS)
     patience: int = hparam(0, "early stopping patience on the selection metric; 0 = off")
     # run
     seed: int = hparam(1234, "seed of initialisation, dropout and shuffling")
     device: str = hparam("auto", "auto | cpu | cuda | cuda:N")
     threads: int = hparam(0, "torch CPU threads; 0 = torch's default")
-    amp: str = hparam("auto", "auto (bf16 on CUDA) | bf16 | off", AMP_MODES)
+    amp: str = hparam("auto", "bf16 autocast: auto = on CUDA only", AMP_MODES)
     select_metric: str = hparam("auto", "validation metric that picks the best epoch; auto = "
                                 "MAE (regression) or loss (IEMOCAP)")
     eval_batch_size: int = hparam(512, "batch size of evaluation passes")
     # speed (GPU): whole-step CUDA graph for full batches; torch.compile of the forward
-    cuda_graphs: str = hparam("auto", "whole-step CUDA graph: auto (one CUDA device, Adam or "
-                              "AdamW, no compile) | on | off", GRAPH_MODES)
+    cuda_graphs: str = hparam("auto", "whole-step CUDA graph; auto = on one CUDA device with "
+                              "Adam or AdamW and no compile", GRAPH_MODES)
     compile: str = hparam("off", "torch.compile mode", COMPILE_MODES)
 
     def __post_init__(self) -> None:

@@ -44,8 +44,8 @@ class UCRNHyper:
     ff_mult: int = hparam(4, "feed-forward width of every encoder layer, times its width")
     temp_proj: int = hparam(1, "steps k after the temporal projection; 0 = take the last step")
     causal: bool = hparam(True, "causal attention mask, as the authors ran it")
-    positional: str = hparam("none", "none (authors) | sinusoidal (MulT's fairseq table)",
-                             POSITIONAL)
+    positional: str = hparam("none", "positions added to encoder inputs: none as the authors, "
+                             "or MulT's sinusoidal table", POSITIONAL)
     embed_dropout: float = hparam(0.25, "dropout on the scaled encoder input (and text input)")
     attn_dropout: float = hparam(0.1, "attention dropout, text URM and CRM")
     attn_dropout_a: float = hparam(0.0, "attention dropout, audio URM")
