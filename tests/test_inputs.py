@@ -423,3 +423,13 @@ def test_a_space_that_searches_nothing_is_one_line(tmp_path, capsys):
     rc = run_search.main(["--space", str(f), "--storage", str(tmp_path / "st")])
     assert "nothing to search" in _one_line(capsys, rc)
     assert _files(tmp_path / "st") == []
+
+
+def test_two_runs_with_one_name_never_share_a_folder(tmp_path):
+    """mkdir is the claim: two runs started at once under one name get two folders."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(lambda _: cli.new_run_dir(tmp_path, "same"), range(8)))
+    assert len(set(runs)) == 8 and all(r.is_dir() for r in runs)
+    assert tmp_path / "same" in runs

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import Field
+from dataclasses import Field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +123,14 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str]:
                              f"{', '.join(missing)} (expected a full config as run_search.py "
                              f"or ucrn train writes it)")
     merged = {**base, **flags}
-    note = ""
-    if merged.get("data_path") is not None:
-        dataset, aligned, path, note = resolve_dataset(
-            merged.get("dataset"), merged["data_path"], bool(merged.get("aligned", False)))
-        merged.update(dataset=dataset, aligned=aligned, data_path=str(path))
     where = f"--config {args['config']} and flags" if "config" in args else "flags"
-    return TrainConfig.from_dict(merged, where=where), note
+    cfg = TrainConfig.from_dict(merged, where=where)
+    note = ""
+    if cfg.data_path is not None:  # a given path is never ignored (ucrn.data.resolve_dataset)
+        dataset, aligned, path, note = resolve_dataset(
+            merged.get("dataset"), cfg.data_path, cfg.aligned)
+        cfg = replace(cfg, dataset=dataset, aligned=aligned, data_path=str(path))
+    return cfg, note
 
 
 def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
@@ -151,15 +152,19 @@ def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
 
 
 def new_run_dir(out: Path, name: str) -> Path:
-    """A fresh folder: an existing run is never overwritten."""
-    run = out / name
-    if run.exists() and any(run.iterdir()):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run, i = out / f"{name}-{stamp}", 1
-        while run.exists():
-            run, i = out / f"{name}-{stamp}-{i}", i + 1
-    run.mkdir(parents=True, exist_ok=True)
-    return run
+    """A folder this run creates itself (mkdir is atomic): an existing run, or one another
+    process starts at the same moment under the same name, is never shared or overwritten;
+    the new one gets a time suffix instead."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        run = out / (name if i == 0 else f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i - 1}")
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise UsageError(f"--name {name}: could not make a new run folder under {out}")
 
 
 def format_record(rec: dict[str, float], total: int) -> str:
