@@ -26,7 +26,7 @@ from search.lock import ResultsLock
 from search.progress import fmt, make_recorder, storage_failure
 from search.results import METRICS, ResultsStore, TrialBook
 from search.settings import TrialSettings
-from search.space import SpaceError, first_value, load_space, searched
+from search.space import SpaceError, first_value, load_space, searched, validate_space
 from ucrn.config import TrainConfig
 from ucrn.data import MultData, load_dataset, resolve_dataset
 from ucrn.errors import UsageError, run_main
@@ -99,7 +99,7 @@ def with_data_path(fl: Flags) -> Flags:
 def plan_search(fl: Flags, store: ResultsStore, storage: str,
                 fail_if: dict[str, Any] | None) -> SearchPlan:
     """Every check before Ray (the caller holds STORAGE/NAME's lock)."""
-    restore = False
+    restore, saved_space = False, None
     if fl.resume:
         saved = store.read_json("search.json", missing_ok=True)
         if saved is None:
@@ -110,6 +110,10 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
                              f"object with 'flags')")
         fl = fl.resumed_from(saved["flags"], store.path("search.json"))
         check_flags(fl)
+        saved_space = saved.get("space")  # the space it ran with, not the file as it is now
+        if not isinstance(saved_space, dict) or not saved_space:
+            raise UsageError(f"--resume: {store.path('search.json')} is damaged ('space' is "
+                             f"not a mapping of parameters)")
         restore = _tune_state_exists(store)
     elif store.exists("search.json"):
         raise UsageError(f"--name {fl.name}: a search already exists at {store.uri}; "
@@ -117,7 +121,11 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
     fl = with_data_path(fl)
     base_probe = base_config(fl, {})
     try:
-        spec = load_space(fl.space, base=base_probe)
+        if saved_space is not None:
+            spec = saved_space
+            validate_space(spec, store.path("search.json"), base_probe)
+        else:
+            spec = load_space(fl.space, base=base_probe)
     except SpaceError as e:
         raise UsageError(str(e)) from None
     if not searched(spec):

@@ -312,6 +312,8 @@ def test_search_flags_one_line_nothing_written(args, needle, tmp_path, capsys):
     ('{"flags": {"num_samples": null}}', "flags.num_samples=null"),
     ('{"flags": {"max_epochs": "4"}}', "flags.max_epochs='4': expected a value of type int"),
     ('{"space": {}}', "is damaged (expected an object with 'flags')"),
+    ('{"flags": {}}', "'space' is not a mapping of parameters"),
+    ('{"flags": {}, "space": {"lr": {"loguniform": [0, 1]}}}', "loguniform needs positive"),
 ])
 def test_damaged_search_json_on_resume_is_one_line(content, needle, tmp_path, capsys):
     (tmp_path / "s").mkdir()

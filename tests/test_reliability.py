@@ -447,10 +447,12 @@ def test_interrupt_before_the_first_trial_still_resumes(ray_head, tmp_path, monk
     assert "resume with: python run_search.py --resume --name early" in err
     assert (tmp_path / "early" / "search.json").is_file()
     monkeypatch.undo()
+    space.write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\nlayers: 2\n")  # edited meanwhile
     assert run_search.main(["--address", ray_head, "--storage", str(tmp_path), "--name",
                             "early", "--resume"]) == 0
     trials = pd.read_parquet(tmp_path / "early" / "trials.parquet")
     assert len(trials) == 2 and trials.trial_id.is_unique
+    assert (trials.layers == 1).all() and (trials.d_model == 8).all()  # the space it began with
 
 
 @pytest.mark.slow
