@@ -37,6 +37,8 @@ def start_ray(address: str | None, threads: int, log_file: Path | None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Tune's tables
     env_vars = trial_env(threads)
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     if address is None:
         port = _free_port()
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
@@ -57,6 +59,8 @@ def start_ray(address: str | None, threads: int, log_file: Path | None) -> None:
                 hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and "
                         "the token in RAY_AUTH_TOKEN or ~/.ray/auth_token)")
             raise UsageError(f"--address {address}: could not connect{hint}") from None
+    if main:  # ray.init's own handler exits 15 at once; ours stops cleanly (exit 130)
+        signal.signal(signal.SIGTERM, sigterm)
     _ray_logs_to(log_file)
 
 
@@ -94,8 +98,20 @@ def _free_port() -> int:
 
 
 def check_cluster(fl: Flags) -> None:
+    """A trial that no node can host would wait forever: one line instead."""
     import ray
 
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    per_worker = {"CPU": fl.cpus_per_trial,
+                  **{k: v / fl.workers_per_trial for k, v in fl.extra_resources.items()}}
+    for key, need in per_worker.items():
+        most = max((r.get(key, 0.0) for r in nodes), default=0.0)
+        if most < need:
+            flag = "--cpus-per-trial" if key == "CPU" else "--trial-resources"
+            have = f"the largest has {most:g}" if most else "none has it"
+            raise UsageError(f"{flag}: each trial worker needs {need:g} of resource {key!r} "
+                             f"but no node of the cluster has that much ({have}); a trial "
+                             f"would wait forever")
     if fl.gpus_per_trial > 0:
         most = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
         if most == 0:
@@ -187,8 +203,9 @@ class GracefulStop:
             self.mark()
         except OSError:
             pass
-        print("\nstopping: finishing the current step and saving the state "
-              "(signal again to stop at once)", file=sys.stderr, flush=True)
+        print(f"\nstopping: finishing the current step and saving the state (signal again "
+              f"to stop at once); resume later with: {self.resume_command}", file=sys.stderr,
+              flush=True)
         os.kill(os.getpid(), signal.SIGUSR1)
 
     def __exit__(self, typ, exc, tb) -> bool:

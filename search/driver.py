@@ -7,6 +7,7 @@ exit code 2, nothing written) and holds the results folder's lock for the whole 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -44,6 +45,8 @@ class SearchPlan:
     mode: str
     settings: TrialSettings
     restore: bool  # --resume of a search whose Tune state exists
+    saved_data_id: dict[str, Any] | None = None  # what the search began with (--resume)
+    data_id: dict[str, Any] | None = None  # what this run loaded (MultData.identity)
 
     @property
     def resume_command(self) -> str:
@@ -57,12 +60,12 @@ def main(argv: list[str] | None = None, fail_if: dict[str, Any] | None = None) -
 
 
 def _main(argv: list[str], fail_if: dict[str, Any] | None) -> int:
-    fl = parse_flags(argv)
+    fl, given = parse_flags(argv)
     if fl.retrain:
         from search.retrain import run_retrain
 
         return run_retrain(fl, fail_if)
-    return run_search(fl, fail_if)
+    return run_search(fl, fail_if, given)
 
 
 # ---- plan --------------------------------------------------------------------------------
@@ -97,9 +100,9 @@ def with_data_path(fl: Flags) -> Flags:
 
 
 def plan_search(fl: Flags, store: ResultsStore, storage: str,
-                fail_if: dict[str, Any] | None) -> SearchPlan:
+                fail_if: dict[str, Any] | None, given: set[str] = frozenset()) -> SearchPlan:
     """Every check before Ray (the caller holds STORAGE/NAME's lock)."""
-    restore, saved_space = False, None
+    restore, saved_space, saved_data = False, None, None
     if fl.resume:
         saved = store.read_json("search.json", missing_ok=True)
         if saved is None:
@@ -108,13 +111,17 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
         if not isinstance(saved, dict) or "flags" not in saved:
             raise UsageError(f"--resume: {store.path('search.json')} is damaged (expected an "
                              f"object with 'flags')")
-        fl = fl.resumed_from(saved["flags"], store.path("search.json"))
+        fl = fl.resumed_from(saved["flags"], store.path("search.json"),
+                             given - {"resume", "address", "storage", "name"})
         check_flags(fl)
         saved_space = saved.get("space")  # the space it ran with, not the file as it is now
         if not isinstance(saved_space, dict) or not saved_space:
             raise UsageError(f"--resume: {store.path('search.json')} is damaged ('space' is "
                              f"not a mapping of parameters)")
         restore = _tune_state_exists(store)
+        if restore:
+            check_trusted(store)
+        saved_data = saved.get("data")
     elif store.exists("search.json"):
         raise UsageError(f"--name {fl.name}: a search already exists at {store.uri}; "
                          "use --resume to continue it or another --name")
@@ -134,9 +141,61 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
                          f"(e.g. lr: {{choice: [0.001]}} for a fixed trial repeated)")
     base = base_config(fl, spec)
     check_address(fl.address)
-    settings = trial_settings(fl, store.uri, base, save_models=False, fail_if=fail_if)
+    settings = trial_settings(fl, store.location, base, save_models=False, fail_if=fail_if)
     return SearchPlan(flags=fl, storage=storage, store=store, space=spec,
-                      mode=metric_mode(fl.metric), settings=settings, restore=restore)
+                      mode=metric_mode(fl.metric), settings=settings, restore=restore,
+                      saved_data_id=saved_data)
+
+
+def _same_data(plan: SearchPlan, data: MultData) -> None:
+    """A resumed search must see the data it began with (searches before this check
+    recorded none)."""
+    was, now = plan.saved_data_id, plan.data_id
+    if not isinstance(was, dict) or now is None:
+        return
+    diff = [k for k in now if k in was and was[k] != now[k]]
+    if diff:
+        raise UsageError(f"--resume: the data changed since the search began ({data.source}: "
+                         f"{', '.join(f'{k} {was[k]} -> {now[k]}' for k in diff)[:300]}); one "
+                         f"search must see one dataset: start a new --name")
+
+
+def check_trusted(store: ResultsStore) -> None:
+    """Tune restores its state from pickles (tuner.pkl, searcher state, trial data), and
+    loading a pickle can run any code it names. So, as ssh does with keys, only files that
+    are this user's own and writable by nobody else are restored: a results folder on a
+    shared disk that another user could write is refused. (Object storage cannot be
+    checked: whoever may write the bucket is trusted, docs/reliability.md.)"""
+    if not store.is_local:
+        return
+    me = os.getuid()
+    for folder, _dirs, files in os.walk(store.root):
+        for name in [None, *files]:
+            path = folder if name is None else os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            shared_group = st.st_mode & 0o020 and not _private_group(st.st_gid)
+            if st.st_uid != me or st.st_mode & 0o002 or shared_group:
+                who = (f"owned by uid {st.st_uid}" if st.st_uid != me
+                       else "writable by other users")
+                raise UsageError(
+                    f"--resume: {path} is {who}; Tune's saved state is pickle data, which runs "
+                    f"code when loaded, so only a folder that is yours alone is restored "
+                    f"(check it, then chown -R / chmod -R go-w {store.root})")
+
+
+def _private_group(gid: int) -> bool:
+    """A group of this user alone (the usual one-user group that umask 002 writes for)."""
+    import grp
+    import pwd
+
+    try:
+        group, user = grp.getgrgid(gid), pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return False
+    return gid == os.getgid() and set(group.gr_mem) <= {user}
 
 
 def _tune_state_exists(store: ResultsStore) -> bool:
@@ -175,14 +234,17 @@ def load_data(dataset: str, data_path: str | None, aligned: bool, preset: str,
 
 # ---- run ---------------------------------------------------------------------------------
 
-def run_search(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
+def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
+               given: set[str] = frozenset()) -> int:
     check_flags(fl)
     storage = check_storage(fl.storage)
     store = ResultsStore(f"{storage.rstrip('/')}/{fl.name}")
     with ResultsLock(store, "search") as lock:
-        plan = plan_search(fl, store, storage, fail_if)
+        plan = plan_search(fl, store, storage, fail_if, given)
         fl = plan.flags
         data = load_data(fl.dataset or "synthetic", fl.data_path, fl.aligned, fl.preset)
+        plan = replace(plan, data_id=data.identity())
+        _same_data(plan, data)
         code = run(plan, data, lock)
         return code if code else summarise(plan)
 
@@ -190,33 +252,21 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
 def run(plan: SearchPlan, data: MultData, lock: ResultsLock) -> int:
     """The search on Ray; 0 when Tune finished, 1 when the results storage failed."""
     import ray
-    from ray import tune
-
-    from search.space import to_tune
 
     fl, store = plan.flags, plan.store
-    param_space = to_tune({k: v for k, v in plan.space.items() if isinstance(v, dict)})
     start_ray(fl.address, plan.settings.base["threads"], _log_file(store))
-    try:
-        with GracefulStop(plan.resume_command, store.uri, lock.mark_interrupted) as stop:
+    with GracefulStop(plan.resume_command, store.uri, lock.mark_interrupted) as stop:
+        try:
             check_cluster(fl)
             if not store.exists("search.json"):
                 store.write_json("search.json", {
                     "flags": fl.saved(), "space": plan.space, "metric": fl.metric,
                     "mode": plan.mode, "searched": searched(plan.space),
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-            trainable = make_trainable(fl, data, plan.settings)
-            recorder = make_recorder(store.uri, fl.name, fl.metric, plan.mode, fl.executor,
-                                     plan.settings.base, fl.num_samples)
+                    "data": plan.data_id, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+            tuner = _tuner(plan, data)
             print(f"search {fl.name}: {fl.num_samples} trials x up to {fl.max_epochs} epochs, "
                   f"executor {fl.executor}, {fl.metric} ({plan.mode}); searching "
                   f"{', '.join(searched(plan.space))}\nresults: {store.uri}", flush=True)
-            if plan.restore:
-                tuner = tune.Tuner.restore(store.uri, trainable=trainable,
-                                           resume_unfinished=True, resume_errored=True,
-                                           param_space=param_space)
-            else:
-                tuner = _new_tuner(plan, trainable, param_space, recorder)
             stop.tune_started()
             try:
                 tuner.fit()
@@ -228,9 +278,32 @@ def run(plan: SearchPlan, data: MultData, lock: ResultsLock) -> int:
                       f"to this point; fix the storage, then: {plan.resume_command}",
                       file=sys.stderr, flush=True)
                 return 1
-        return 0
-    finally:
-        ray.shutdown()
+            return 0
+        finally:  # inside the signal handling: a second signal here still exits 130
+            ray.shutdown()
+
+
+def _tuner(plan: SearchPlan, data: MultData):
+    """A new Tuner, or the interrupted one restored from its saved state."""
+    from ray import tune
+
+    from search.space import to_tune
+
+    fl, store = plan.flags, plan.store
+    trainable = make_trainable(fl, data, plan.settings)
+    param_space = to_tune({k: v for k, v in plan.space.items() if isinstance(v, dict)})
+    if not plan.restore:
+        recorder = make_recorder(store.location, fl.name, fl.metric, plan.mode, fl.executor,
+                                 plan.settings.base, fl.num_samples)
+        return _new_tuner(plan, trainable, param_space, recorder)
+    try:
+        return tune.Tuner.restore(store.uri, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True, param_space=param_space)
+    except Exception as e:  # noqa: BLE001 - Tune's own files, damaged or from another version
+        raise UsageError(f"--resume: Tune's saved state in {store.uri} cannot be restored "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); the "
+                         f"finished trials are in {store.path('trials.parquet')}; start a new "
+                         f"search under another --name") from None
 
 
 def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], recorder: Any):
@@ -268,7 +341,8 @@ def _log_file(store: ResultsStore):
 def summarise(plan: SearchPlan) -> int:
     fl, store = plan.flags, plan.store
     book = TrialBook(store, fl.name, fl.metric, plan.mode, fl.executor)
-    book.load()
+    for note in book.load():
+        print(f"warning: {note}", file=sys.stderr)
     counts: dict[str, int] = {}
     for t in book.trials.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1

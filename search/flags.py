@@ -22,6 +22,9 @@ from ucrn.fileio import check_name
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("train", "tune")
+# how trials run, which a resumed search may change (a smaller machine, another cluster)
+RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures",
+                     "trial_resources")
 
 
 def flag(default: Any, help: str, **argparse_kw: Any) -> Any:
@@ -74,8 +77,10 @@ class Flags:
         """What search.json keeps (everything but how this particular driver connects)."""
         return {k: v for k, v in asdict(self).items() if k not in ("resume", "address")}
 
-    def resumed_from(self, saved: Any, where: str) -> Flags:
-        """The interrupted search's own flags, with this driver's --resume and --address."""
+    def resumed_from(self, saved: Any, where: str, given: set[str] = frozenset()) -> Flags:
+        """The interrupted search's own flags. Flags given again on this command line may
+        change how trials run (RESUME_MAY_CHANGE: resources, retries, the cluster), not
+        what is searched: one line if they differ from the search's own."""
         if not isinstance(saved, dict):
             raise UsageError(f"{where}: 'flags' is not an object; the file is damaged")
         known = {f.name: f for f in fields(self)}
@@ -84,6 +89,14 @@ class Flags:
             if key not in known or key in ("resume", "address", "retrain", "seeds", "trial"):
                 continue  # older or newer searches may carry other keys
             kept[key] = _typed(known[key], value, f"{where}: flags.{key}")
+        for key in given & set(kept):
+            if key in RESUME_MAY_CHANGE:
+                kept.pop(key)
+            elif kept[key] != getattr(self, key):
+                raise UsageError(f"--{key.replace('_', '-')} {getattr(self, key)}: a resumed "
+                                 f"search keeps its own ({kept[key]}); only "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)}"
+                                 f" may change on --resume")
         return replace(self, **kept)
 
 
@@ -101,22 +114,28 @@ def _typed(f, value: Any, where: str) -> Any:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """run_search.py's parser, one flag per Flags field (without defaults: to tell which
+    flags were given)."""
     p = OneLineParser(prog="run_search.py",
-                      description="Search UCRN hyperparameters with Ray Tune (Optuna TPE + ASHA).")
+                      description="Search UCRN hyperparameters with Ray Tune (Optuna TPE + ASHA).",
+                      argument_default=None if defaults else argparse.SUPPRESS)
     for f in fields(Flags):
         meta = dict(f.metadata)
         help_text = meta.pop("help")
         if meta.get("action") != "store_true" and f.default is not None:
             meta["type"] = type(f.default)  # int, float or str
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
+                       default=f.default if defaults else argparse.SUPPRESS,
                        help=help_text, **meta)
     return p
 
 
-def parse_flags(argv: list[str] | None) -> Flags:
+def parse_flags(argv: list[str] | None) -> tuple[Flags, set[str]]:
+    """The flags, and the names of those given on the command line (not defaulted)."""
     ns = build_parser().parse_args(argv)
-    return Flags(**vars(ns))
+    given = build_parser(defaults=False).parse_args(argv)
+    return Flags(**vars(ns)), set(vars(given))
 
 
 # ---- checks before Ray -------------------------------------------------------------------
@@ -130,10 +149,11 @@ def check_flags(fl: Flags) -> None:
          f"between 1 and --max-epochs ({fl.max_epochs})"),
         (math.isfinite(fl.reduction_factor) and fl.reduction_factor > 1, "--reduction-factor",
          fl.reduction_factor, "> 1"),
-        (math.isfinite(fl.cpus_per_trial) and fl.cpus_per_trial > 0, "--cpus-per-trial",
-         fl.cpus_per_trial, "a number > 0"),
-        (math.isfinite(fl.gpus_per_trial) and fl.gpus_per_trial >= 0, "--gpus-per-trial",
-         fl.gpus_per_trial, "a number >= 0"),
+        (math.isfinite(fl.cpus_per_trial) and fl.cpus_per_trial >= 0.01, "--cpus-per-trial",
+         fl.cpus_per_trial, "a number >= 0.01"),
+        (math.isfinite(fl.gpus_per_trial) and (fl.gpus_per_trial == 0
+                                               or fl.gpus_per_trial >= 0.01),
+         "--gpus-per-trial", fl.gpus_per_trial, "0 or a number >= 0.01"),
         (fl.workers_per_trial >= 1, "--workers-per-trial", fl.workers_per_trial,
          "an integer >= 1"),
         (fl.executor in EXECUTORS, "--executor", fl.executor, "train or tune"),
@@ -206,8 +226,30 @@ def check_storage(storage: str) -> str:
 
 
 def check_address(address: str | None) -> None:
-    """Fail within seconds when nobody answers, instead of Ray's long retries."""
-    if address is None or address == "auto" or address.startswith("ray://"):
+    """Fail within seconds when nobody answers, instead of Ray's long retries. `auto` is
+    what RAY_ADDRESS or Ray's pointer file names (a killed cluster leaves that file)."""
+    if address is None or address.startswith("ray://"):
+        return
+    if address == "auto":
+        pointer = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+        named = os.environ.get("RAY_ADDRESS", "").strip()
+        source = "RAY_ADDRESS"
+        if not named:
+            try:
+                named, source = pointer.read_text().strip(), str(pointer)
+            except OSError:
+                named = ""
+        if not named:
+            raise UsageError("--address auto: no running Ray cluster found (RAY_ADDRESS unset, "
+                             f"no {pointer}); start one with `ray start --head` or give host:port")
+        if "://" in named:
+            return
+        try:
+            check_address(named)
+        except UsageError:
+            raise UsageError(f"--address auto: {named} (from {source}) does not answer; a "
+                             f"cluster stopped without cleaning up leaves that behind: give "
+                             f"host:port, or omit --address for a local Ray") from None
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():

@@ -45,7 +45,8 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
             self.book = TrialBook(ResultsStore(self.uri), self.search, self.metric, self.mode,
                                   self.executor, prefix="retrain/" if self.retrain else "")
             if not self.retrain:  # a resumed search continues its book
-                self.book.load()
+                for note in self.book.load():
+                    print(f"warning: {note}", flush=True)
             self.t0 = time.time()
 
         def config_of(self, trial) -> dict[str, Any]:

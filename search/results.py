@@ -94,6 +94,11 @@ class ResultsStore:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def location(self) -> str:
+        """What other processes (Ray's) get: an absolute folder, or the URI."""
+        return self.root if self.is_local else self.uri
+
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
@@ -104,9 +109,10 @@ class ResultsStore:
         table = to_table(rows)
         self._write(f"{folder}/{_safe(key)}.parquet", lambda f: pq.write_table(table, f))
 
-    def read_rows(self, folder: str) -> dict[str, list[dict[str, Any]]]:
-        """Rows per file key; unreadable files are skipped (they are rewritten on the
-        trial's next report)."""
+    def read_rows(self, folder: str, unreadable: list[str] | None = None
+                  ) -> dict[str, list[dict[str, Any]]]:
+        """Rows per file key. An unreadable file is skipped and its key appended to
+        `unreadable`, so that the caller can rebuild it or say it is lost."""
         out: dict[str, list[dict[str, Any]]] = {}
         selector = pafs.FileSelector(self.path(folder), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
@@ -118,6 +124,8 @@ class ResultsStore:
             try:
                 rows = pq.read_table(info.path, filesystem=self.fs).to_pylist()
             except (pa.ArrowException, OSError):
+                if unreadable is not None:
+                    unreadable.append(base.removesuffix(".parquet"))
                 continue
             out[base.removesuffix(".parquet")] = rows
         return out
@@ -184,17 +192,38 @@ class TrialBook:
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         self.trials: dict[str, dict[str, Any]] = {}
 
-    def load(self) -> None:
-        for rows in self.store.read_rows(self.epochs_dir).values():
+    def load(self) -> list[str]:
+        """Read the files back (a resumed search, the summary). A trial file that cannot be
+        read (damaged since) is rebuilt from the trial's epoch rows and rewritten; the
+        returned notes say which files were damaged and what became of them."""
+        bad_epochs: list[str] = []
+        bad_trials: list[str] = []
+        for rows in self.store.read_rows(self.epochs_dir, bad_epochs).values():
             for row in rows:
                 self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = _conform(row)
-        for rows in self.store.read_rows(self.trials_dir).values():
+        for rows in self.store.read_rows(self.trials_dir, bad_trials).values():
             for row in rows:
                 self.trials[row["trial_id"]] = _conform(row)
+        notes = [f"{self.store.path(self.epochs_dir, k + '.parquet')} is unreadable: that "
+                 f"trial's per-epoch rows are lost" for k in bad_epochs]
+        for key in bad_trials:
+            path = self.store.path(self.trials_dir, key + ".parquet")
+            tid = next((t for t in self.epochs if _safe(t) == key), None)
+            if tid is None or tid in self.trials:
+                notes.append(f"{path} is unreadable and trial {key} has no epoch rows: it is "
+                             f"left out")
+                continue
+            rows = self._epoch_rows(tid)
+            config = {k: rows[-1][k] for k in CONFIG_KEYS if k in rows[-1]}
+            self.finish(tid, config)
+            notes.append(f"{path} was unreadable: trial {tid} rebuilt from its {len(rows)} "
+                         f"epoch row(s) as {self.trials[tid]['status']}")
+        return notes
 
     def add_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
-        """Record one reported epoch (upsert) and refresh the trial's summary."""
-        epoch = int(result["epoch"])
+        """Record one reported epoch (upsert) and refresh the trial's summary. A report
+        re-sent from a checkpoint has its epoch under `replayed_epoch` (search/trial.py)."""
+        epoch = int(result["epoch"] if "epoch" in result else result["replayed_epoch"])
         row = {"search": self.search, "trial_id": trial_id, "epoch": epoch}
         row.update({k: result[k] for k in _EPOCH_REPORTED if k in result})
         row.update({k: result[k] for k in METRICS if k in result})

@@ -34,7 +34,7 @@ from search.results import METRICS, RETRAIN, ResultsStore, TrialBook
 from search.settings import TrialSettings
 from search.trial import retrain_key
 from ucrn.cli import parse_seeds
-from ucrn.config import TrainConfig, missing_fields, normalize_keys
+from ucrn.config import TrainConfig, defaulted_fields, missing_fields, normalize_keys
 from ucrn.errors import UsageError
 from ucrn.metrics import mean_std, metric_mode
 
@@ -95,7 +95,7 @@ def plan_retrain(fl: Flags, store: ResultsStore, fail_if: dict[str, Any] | None
     base["device"] = "cpu" if fl.gpus_per_trial == 0 else "auto"  # this run's resources
     select = config["select_metric"]
     metric = select if select != "auto" else ("loss" if config["dataset"] == "iemocap" else "MAE")
-    settings = trial_settings(fl, store.uri, base, save_models=True, fail_if=fail_if,
+    settings = trial_settings(fl, store.location, base, save_models=True, fail_if=fail_if,
                               retrain_of=trial_id)
     return RetrainPlan(flags=fl, store=store, trial_id=trial_id, config=config, seeds=seeds,
                        todo=[s for s in seeds if s not in done], metric=metric,
@@ -106,7 +106,8 @@ def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str
     where = store.path("best_config.json")
     if fl.trial:
         book = TrialBook(store, "", "MAE", "min", "")
-        book.load()
+        for note in book.load():
+            print(f"warning: {note}", file=sys.stderr)
         row = book.trials.get(fl.trial)
         if row is None:
             raise UsageError(f"--trial {fl.trial}: no such trial in "
@@ -130,6 +131,10 @@ def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str
     if missing:
         raise UsageError(f"{where}: incomplete, missing {', '.join(missing)} (expected the "
                          f"full config a search writes)")
+    newer = defaulted_fields(raw)
+    if newer:
+        print(f"note: {where} predates {', '.join(newer)}: using the defaults (what its run "
+              f"used)", file=sys.stderr)
     try:
         return TrainConfig.from_dict(raw, where=where).to_dict(), trial_id
     except ValueError as e:
@@ -137,7 +142,12 @@ def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str
 
 
 def _done_seeds(store: ResultsStore, trial_id: str) -> dict[int, dict[str, Any]]:
-    rows = [r for rs in store.read_rows(RETRAIN).values() for r in rs]
+    """Seeds of `trial_id` that have a row; an unreadable row counts as not done."""
+    bad: list[str] = []
+    rows = [r for rs in store.read_rows(RETRAIN, bad).values() for r in rs]
+    for key in bad:
+        print(f"warning: {store.path(RETRAIN, key + '.parquet')} is unreadable: that seed "
+              f"counts as not re-trained", file=sys.stderr)
     return {int(r["seed"]): r for r in rows
             if r.get("trial_id") == trial_id and r.get("seed") is not None}
 
@@ -165,12 +175,12 @@ def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
               f"(row written)", flush=True)
 
     start_ray(fl.address, plan.settings.base["threads"], None)
-    try:
-        with GracefulStop(plan.resume_command, store.uri, lock.mark_interrupted) as stop:
+    with GracefulStop(plan.resume_command, store.uri, lock.mark_interrupted) as stop:
+        try:
             check_cluster(fl)
             trainable = make_trainable(fl, data, plan.settings)
             name = f"{store.uri.rstrip('/').rsplit('/', 1)[-1]}-retrain"
-            recorder = make_recorder(store.uri, name, plan.metric, metric_mode(plan.metric),
+            recorder = make_recorder(store.location, name, plan.metric, metric_mode(plan.metric),
                                      fl.executor, plan.settings.base, len(plan.todo),
                                      on_final=write_row)
             print(f"re-training trial {plan.trial_id} on seeds {plan.todo}, "
@@ -181,14 +191,14 @@ def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
                     max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl)),
                 run_config=tune.RunConfig(
                     name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
-                    storage_path=f"{store.uri.rstrip('/')}/retrain_runs", callbacks=[recorder],
+                    storage_path=f"{store.location.rstrip('/')}/retrain_runs", callbacks=[recorder],
                     verbose=0, failure_config=tune.FailureConfig(max_failures=fl.max_failures)),
             )
             stop.tune_started()
             tuner.fit()
-        return 0
-    finally:
-        ray.shutdown()
+            return 0
+        finally:  # inside the signal handling: a second signal here still exits 130
+            ray.shutdown()
 
 
 def summarise(plan: RetrainPlan) -> int:

@@ -75,7 +75,10 @@ def _check_range(name: str, entry: dict[str, Any], where: str, kind: type) -> No
         return
     if not (isinstance(args, list) and len(args) == 2
             and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
-        raise SpaceError(f"{where}: {name}: {dist} needs [low, high] numbers, got {args!r}")
+        hint = ""
+        if isinstance(args, list) and any(isinstance(a, str) and _numeric(a) for a in args):
+            hint = " (YAML reads 1e-4 as text: write 1.0e-4)"
+        raise SpaceError(f"{where}: {name}: {dist} needs [low, high] numbers, got {args!r}{hint}")
     if dist in ("uniform", "loguniform") and kind is not float:
         raise SpaceError(f"{where}: {name}: {dist} draws fractional numbers but {name} is "
                          f"{kind.__name__}; use int: [low, high] or choice: [...]")
@@ -90,6 +93,14 @@ def _check_range(name: str, entry: dict[str, Any], where: str, kind: type) -> No
         if high - low + 1 > MAX_INT_VALUES:
             raise SpaceError(f"{where}: {name}: int range [{low}, {high}] has more than "
                              f"{MAX_INT_VALUES} values to check; narrow it or use choice")
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def values(entry: Any) -> list[Any]:

@@ -31,6 +31,7 @@ from ucrn.config import TrainConfig
 from ucrn.train import fit
 
 STATE_FILE = "state.pt"
+REPLAYED_EPOCH = "replayed_epoch"  # the epoch of a report re-sent from a checkpoint
 Report = Callable[[dict[str, Any], str | None], None]
 
 
@@ -55,7 +56,9 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
 
     On resume (checkpoint_dir given) the checkpoint's history is reported again first:
     the driver upserts rows by (trial, epoch), so an epoch whose report was lost when
-    the driver died is recovered and none is duplicated. A diverged run ends with one
+    the driver died is recovered and none is duplicated. Those reports carry the epoch as
+    REPLAYED_EPOCH, not `epoch`, the scheduler's clock: a restored ASHA would otherwise
+    judge a long-running trial again at its first rung, by its first epoch. A diverged run ends with one
     report flagged `diverged`. With `save_model`, the final report also carries the
     selected weights' location and the test metrics (re-training).
     """
@@ -79,9 +82,11 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
 
     if fault:
         raise RuntimeError(f"injected fault ({fault})")
-    if resume is not None:
+    if resume is not None:  # under REPLAYED_EPOCH, not `epoch`: ASHA must not judge it again
         for rec in resume["history"]:
-            report({**rec, **node, "diverged": 0.0, "replay": 1.0}, None)
+            replayed = {k: v for k, v in rec.items() if k != "epoch"}
+            report({**replayed, REPLAYED_EPOCH: rec["epoch"], **node, "diverged": 0.0,
+                    "replay": 1.0}, None)
 
     def on_epoch(epoch: int, rec: dict[str, Any], trainer) -> None:
         metrics = {**rec, **extras(rec, trainer.device)}

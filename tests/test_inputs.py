@@ -328,7 +328,7 @@ def test_damaged_search_json_on_resume_is_one_line(content, needle, tmp_path, ca
 @pytest.mark.parametrize(("content", "needle"), [
     ("[1]", "expected a JSON object"),
     ("null", "at the top level, got null"),
-    ("{}", "incomplete, missing modalities, d_model"),
+    ("{}", "incomplete, missing dataset, data_path"),
     ("NULLS", "lr=null"),
 ])
 def test_damaged_best_config_on_retrain_is_one_line(content, needle, tmp_path, capsys):
@@ -411,7 +411,8 @@ def test_resume_refuses_a_half_written_tune_state(tmp_path, capsys):
     would resume a search that forgot trials."""
     s = tmp_path / "s"
     s.mkdir()
-    (s / "search.json").write_text(json.dumps({"flags": {"num_samples": 2}}))
+    (s / "search.json").write_text(json.dumps({"flags": {"num_samples": 2},
+                                               "space": {"lr": {"choice": [0.001, 0.01]}}}))
     (s / "tuner.pkl").write_bytes(b"\x80\x04N.")
     (s / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [')
     rc = run_search.main(["--storage", str(tmp_path), "--name", "s", "--resume"])

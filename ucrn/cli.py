@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import traceback
+import warnings
 from dataclasses import Field, replace
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,14 @@ from ucrn.config import (
     SEED_MAX,
     TrainConfig,
     config_fields,
+    defaulted_fields,
     field_type,
     missing_fields,
     normalize_keys,
     parse_text,
 )
 from ucrn.data import load_dataset, resolve_dataset
-from ucrn.errors import OneLineParser, UsageError, run_main
+from ucrn.errors import OneLineParser, RunFailed, UsageError, one_line, run_main
 from ucrn.fileio import append_line, atomic_write, check_name, write_json
 from ucrn.metrics import mean_std
 from ucrn.train import FitResult, Trainer, fit, resolve_device
@@ -122,6 +122,11 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str]:
             raise UsageError(f"--config {args['config']}: incomplete, missing "
                              f"{', '.join(missing)} (expected a full config as run_search.py "
                              f"or ucrn train writes it)")
+        newer = defaulted_fields({**base, **flags})
+        if newer:
+            warnings.warn(f"--config {args['config']} predates {', '.join(newer)}: using the "
+                          f"default{'s' if len(newer) > 1 else ''} (what its run used)",
+                          UserWarning, stacklevel=2)
     merged = {**base, **flags}
     where = f"--config {args['config']} and flags" if "config" in args else "flags"
     cfg = TrainConfig.from_dict(merged, where=where)
@@ -198,6 +203,16 @@ def run_one(cfg: TrainConfig, run: Path, data) -> FitResult:
     t0 = time.perf_counter()
     try:
         result = fit(cfg, data, on_epoch=on_epoch)
+    except (RuntimeError, MemoryError) as e:  # out of memory, a numeric error inside torch
+        (run / "error.txt").write_text(traceback.format_exc())
+        tr = trainer[0] if trainer else None
+        write_json(run / "final.json", {
+            "status": "failed", "seed": cfg.seed, "error": one_line(e)[:500],
+            "best_epoch": tr.best_epoch if tr else 0, "epochs_run": len(tr.history) if tr else 0,
+            "checkpoint": "checkpoint.pt" if tr and tr.best_state is not None else None})
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise RunFailed(f"training failed: {type(e).__name__}: {first} (traceback in "
+                        f"{run / 'error.txt'})") from None
     except KeyboardInterrupt:
         tr = trainer[0] if trainer else None
         write_json(run / "final.json", {
@@ -242,19 +257,6 @@ def _seed_line(seed: int, r: FitResult) -> str:
             + "  ".join(f"{k} {v:.4f}" for k, v in r.test.items()))
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves as Ctrl-C: the same clean stop, the same files written."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def train_main(argv: list[str]) -> int:
     ns = train_parser().parse_args(argv)
     cfg, note = config_from_args(ns)
@@ -265,6 +267,7 @@ def train_main(argv: list[str]) -> int:
     if note:
         print(note, flush=True)
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.aligned, cfg.preset, cfg.data_seed)
+    cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)  # shape rules, now
     for split, counts in data.nonfinite.items():
         bad = {m: n for m, n in counts.items() if n}
         if bad:
@@ -274,16 +277,15 @@ def train_main(argv: list[str]) -> int:
           f"{'/'.join(str(len(data.splits[s])) for s in ('train', 'valid', 'test'))})", flush=True)
     results: list[tuple[int, FitResult]] = []
     try:
-        with _sigterm_as_interrupt():
-            for seed in seeds:
-                seed_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
-                seed_run = run if len(seeds) == 1 else run / f"seed_{seed}"
-                seed_run.mkdir(exist_ok=True)
-                if len(seeds) > 1:
-                    print(f"-- seed {seed}", flush=True)
-                result = run_one(seed_cfg, seed_run, data)
-                results.append((seed, result))
-                print(_seed_line(seed, result), flush=True)
+        for seed in seeds:
+            seed_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
+            seed_run = run if len(seeds) == 1 else run / f"seed_{seed}"
+            seed_run.mkdir(exist_ok=True)
+            if len(seeds) > 1:
+                print(f"-- seed {seed}", flush=True)
+            result = run_one(seed_cfg, seed_run, data)
+            results.append((seed, result))
+            print(_seed_line(seed, result), flush=True)
     except KeyboardInterrupt:
         if len(seeds) > 1:
             write_json(run / "summary.json", {**summarize(results, seeds), "interrupted": True})

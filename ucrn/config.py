@@ -26,6 +26,7 @@ AMP_MODES = ("auto", "bf16", "off")
 GRAPH_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 SEED_MAX = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 # old key -> current name; still accepted in JSON configs and as flags
 RENAMED = {"mjs": "mjs_variant"}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -97,8 +98,10 @@ class TrainConfig(UCRNHyper):
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ValueError(f"{f.name}={value!r}: expected one of {', '.join(choices)}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name}={value!r}: expected a finite number")
+            if isinstance(value, float) and not (math.isfinite(value)
+                                                 and abs(value) <= FLOAT32_MAX):
+                raise ValueError(f"{f.name}={value!r}: expected a finite number (within "
+                                 f"float32's range: training computes in float32)")
         checks = [
             (self.lr > 0, "lr", "a positive number"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
@@ -166,9 +169,27 @@ def normalize_keys(d: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+# Every config this project has saved has these keys (after RENAMED). A field added
+# later is absent from older files and takes its default, which is what those runs used.
+FIRST_SAVED = (
+    "dataset", "data_path", "aligned", "preset", "data_seed", "modalities", "d_model", "heads",
+    "layers", "temp_proj", "causal", "positional", "embed_dropout", "attn_dropout",
+    "attn_dropout_a", "attn_dropout_v", "relu_dropout", "res_dropout", "out_dropout", "lr",
+    "batch_size", "num_epochs", "optim", "weight_decay", "clip", "when", "lr_factor",
+    "jsd_weight", "mjs_variant", "patience", "seed", "device", "threads", "amp",
+    "select_metric", "eval_batch_size", "cuda_graphs", "compile",
+)
+
+
 def missing_fields(d: dict[str, Any]) -> list[str]:
-    """Fields a saved config lacks: a saved config must be whole to reproduce its run."""
-    return [f.name for f in fields(TrainConfig) if f.name not in d]
+    """Keys a saved config lacks that every saved config has had: without them it would
+    not reproduce its run."""
+    return [name for name in FIRST_SAVED if name not in d]
+
+
+def defaulted_fields(d: dict[str, Any]) -> list[str]:
+    """Fields newer than the saved config: they take their defaults (say so)."""
+    return [f.name for f in fields(TrainConfig) if f.name not in d and f.name not in FIRST_SAVED]
 
 
 def field_type(f: Field) -> type:

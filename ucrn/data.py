@@ -14,6 +14,7 @@ numpy only: no torch, no Ray, so it can be imported anywhere cheaply.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import warnings
@@ -105,6 +106,16 @@ class MultData:
     @property
     def output_dim(self) -> int:
         return 8 if self.task == "iemocap" else 1
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two loads the same data, cheaply: task, sizes, shapes and a hash of
+        every label (a search resumed on other data would mix two datasets)."""
+        digest = hashlib.sha256()
+        for name in SPLITS:
+            digest.update(np.ascontiguousarray(self.splits[name].labels).tobytes())
+        return {"task": self.task, "sizes": [len(self.splits[s]) for s in SPLITS],
+                "input_dims": list(self.input_dims), "seq_lens": list(self.seq_lens),
+                "labels_sha256": digest.hexdigest()}
 
     def summary(self) -> str:
         """One line for logs: source, task, sizes, shapes and repaired values."""

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 
 class UsageError(Exception):
     """A bad flag, file or value: one line for the user, exit code 2."""
+
+
+class RunFailed(Exception):
+    """A run that started and then failed (out of memory, a numeric error): one line that
+    says where the details are, exit code 1."""
 
 
 def one_line(x: object) -> str:
@@ -38,12 +46,30 @@ def io_error_line(e: OSError) -> str:
     return one_line(f"{e.strerror or e}{':' + where if where else ''}")
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch system's stop, `timeout`, `kill`) behaves as Ctrl-C: the same clean
+    stop, temporary files removed, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's main, turning the project's errors into one line and an exit code
     (and warnings into one `warning:` line each)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_as_interrupt():
             warnings.showwarning = _warning_line
             return fn(args)
     except SystemExit as e:  # --help, or a command that chose its code
@@ -55,6 +81,9 @@ def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) 
         return 2
     except OSError as e:
         print(f"error: {io_error_line(e)}", file=sys.stderr)
+        return 1
+    except RunFailed as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ failure (full disk, signal) removes the temporary file and leaves the old target
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -26,6 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None)
         _atomic_write_fs(str(path), fill, fs)
         return
     target = Path(path)
+    _replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -35,9 +37,33 @@ def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         io = _os_error_in(e)  # writers such as torch.save wrap a full disk in their own error
-        if io is not None:
-            raise OSError(io.errno, io.strerror, io.filename or str(target)) from e
+        if io is not None:  # named by the file meant, not the temporary one
+            raise OSError(io.errno, io.strerror, str(target)) from e
         raise
+
+
+def _replaceable(target: Path) -> None:
+    """Only a regular file is ever replaced: not a link (whose target the user meant), a
+    device such as /dev/null, a folder or a FIFO."""
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise OSError(errno.EEXIST, "exists and is not a regular file (a link, folder or "
+                      "device); refusing to replace it", str(target))
+
+
+def check_output(path: str | os.PathLike, flag: str, inputs: tuple = ()) -> Path:
+    """A file name the user gave for output: one line (ValueError) if it names a folder, a
+    link or device, or one of the command's own input files."""
+    text, p = str(path), Path(path)
+    if text.endswith(("/", os.sep)) or p.is_dir():
+        raise ValueError(f"{flag} {text}: names a folder; expected a file name")
+    try:
+        _replaceable(p)
+    except OSError as e:
+        raise ValueError(f"{flag} {text}: {e.strerror}") from None
+    for inp in inputs:
+        if p.exists() and Path(inp).exists() and os.path.samefile(p, inp):
+            raise ValueError(f"{flag} {text}: is the input file {inp}; choose another name")
+    return p
 
 
 def _os_error_in(e: BaseException) -> OSError | None:

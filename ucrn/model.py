@@ -107,6 +107,10 @@ class UCRNConfig(UCRNHyper):
             raise ValueError(
                 f"input_dims={self.input_dims}, seq_lens={self.seq_lens}: expected 3 values each (l, a, v)"
             )
+        longest = max(self.seq_lens[MODALITY_KEYS.index(m)] for m in self.modalities)
+        if self.temp_proj > longest:
+            raise ValueError(f"temp_proj={self.temp_proj}: more steps than the longest input "
+                             f"sequence ({longest}); the projection pools time, it cannot add it")
 
     def to_dict(self) -> dict:
         return asdict(self)

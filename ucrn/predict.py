@@ -27,7 +27,7 @@ import torch
 
 from ucrn.data import SPLITS, MultData, Split, load_dataset
 from ucrn.errors import OneLineParser, UsageError, one_line, run_main
-from ucrn.fileio import atomic_write
+from ucrn.fileio import atomic_write, check_output
 from ucrn.losses import task_loss
 from ucrn.metrics import IEMOCAP_EMOTIONS, iemocap_metrics, regression_metrics
 from ucrn.model import UCRN, UCRNConfig
@@ -184,6 +184,8 @@ def run(argv: list[str]) -> int:
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
     ckpt = Path(args.checkpoint)
+    inputs = (ckpt, *([args.data_path] if args.data_path else []))
+    out_path = check_output(args.out, "--out", inputs=inputs)
     bundle = load_bundle(ckpt, device)
     model = build_model(bundle, ckpt, device)
     cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
@@ -201,7 +203,7 @@ def run(argv: list[str]) -> int:
                       f"no metric computed", RuntimeWarning, stacklevel=2)
     meta = {"checkpoint": str(ckpt), "epoch": bundle.get("epoch"), "dataset": dataset,
             "source": data.source, "split": args.split, "metrics": metrics}
-    write_parquet(prediction_table(out, split, data.task), Path(args.out), meta)
+    write_parquet(prediction_table(out, split, data.task), out_path, meta)
     print(f"{args.split} ({len(split)} segments of {data.source}), checkpoint epoch "
           f"{bundle.get('epoch', '?')}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     print(f"predictions: {args.out}")

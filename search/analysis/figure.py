@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ucrn.fileio import atomic_write
+
 STATUS_COLORS = {"completed": "tab:blue", "stopped": "tab:orange", "running": "tab:green"}
 
 
@@ -39,5 +41,8 @@ def robust_ylim(ax, values: list[float]) -> None:
 
 
 def save(fig, path: Path, dpi: int = 110) -> None:
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    """Whole or not at all (a full disk leaves no empty PNG)."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    finally:
+        pyplot().close(fig)

@@ -17,6 +17,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ucrn.errors import UsageError, one_line
+from ucrn.safeload import load_json
+
+MAX_JSON_BYTES = 16 << 20
 
 __all__ = ["AnalyzeError", "file_info", "filesystem", "one_line"]
 
@@ -85,9 +88,14 @@ def read_json(fs: pafs.FileSystem, path: str) -> tuple[Any, str | None]:
     """search.json's content (anything JSON), or None and why not. It is optional: the
     Parquet files suffice, the space only makes parameter kinds exact."""
     try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None, "no search.json"
+        if isinstance(fs, pafs.LocalFileSystem):  # a FIFO or /dev/zero must not hang us
+            return load_json(path, "search.json", expect=None), None
+        if info.type != pafs.FileType.File or (info.size or 0) > MAX_JSON_BYTES:
+            return None, "search.json is not a JSON file of a sensible size"
         with fs.open_input_stream(path) as fh:
-            return json.loads(fh.read().decode()), None
-    except FileNotFoundError:
-        return None, "no search.json"
+            return json.loads(fh.read(MAX_JSON_BYTES + 1).decode()), None
     except Exception as e:  # noqa: BLE001 - unreadable or not JSON: noted, not fatal
         return None, f"search.json unreadable ({type(e).__name__})"
