@@ -291,7 +291,8 @@ def _from_raw(raw: object, source: str, task: str | None, inplace: bool) -> Mult
             if k == a.size:
                 warnings.warn(
                     one_line(
-                        f"{where}: every value is non-finite (inf/NaN); the modality is all "
+                        f"{where}: every value is non-finite (inf/NaN, or beyond float32's "
+                        f"range); the modality is all "
                         f"zeros in this split"
                     ),
                     RuntimeWarning,
