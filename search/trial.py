@@ -36,10 +36,12 @@ Report = Callable[[dict[str, Any], str | None], None]
 
 
 def _node_info() -> dict[str, Any]:
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (unit tests)
-        node_id = ""
+    node_id = ""
+    if ray.is_initialized():  # asking outside Ray would start (or hang joining) a cluster
+        try:
+            node_id = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - a worker without a node id: leave it empty
+            node_id = ""
     return {"node": socket.gethostname(), "node_id": node_id}
 
 
