@@ -139,7 +139,8 @@ def auto_concurrency(fl: Flags) -> int:
 
 
 def trial_settings(fl: Flags, uri: str, base: dict[str, Any], save_models: bool,
-                   fail_if: dict[str, str] | None, retrain_of: str = "") -> TrialSettings:
+                   fail_if: dict[str, str] | None, retrain_of: str = "",
+                   robustness_repeats: int = 0) -> TrialSettings:
     workers = fl.workers_per_trial
     driver_cpu = 0.1 if fl.executor == "train" else 0.0
     return TrialSettings(
@@ -147,6 +148,7 @@ def trial_settings(fl: Flags, uri: str, base: dict[str, Any], save_models: bool,
         gpus_per_worker=fl.gpus_per_trial, extra_resources=fl.extra_resources,
         max_failures=fl.max_failures, train_storage=f"{uri.rstrip('/')}/train_runs",
         results_uri=uri, save_models=save_models, retrain_of=retrain_of,
+        robustness_repeats=robustness_repeats,
         fail_if={str(k): str(v) for k, v in (fail_if or {}).items()})
 
 

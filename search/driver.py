@@ -75,7 +75,8 @@ def base_config(fl: Flags, spec: dict[str, Any]) -> dict[str, Any]:
     base = {"dataset": fl.dataset or "synthetic", "data_path": fl.data_path,
             "aligned": fl.aligned, "preset": fl.preset, "modalities": fl.modalities,
             "num_epochs": fl.max_epochs, "seed": fl.seed, "threads": base_resources_threads(fl),
-            "select_metric": fl.metric, "device": "cpu" if fl.gpus_per_trial == 0 else "auto"}
+            "select_metric": fl.metric, "device": "cpu" if fl.gpus_per_trial == 0 else "auto",
+            "robust_metrics": fl.robust_metrics or fl.metric == "robust_MAE"}
     base.update({k: v for k, v in spec.items() if not isinstance(v, dict)})
     sample = {k: first_value(v) for k, v in spec.items() if isinstance(v, dict)}
     try:  # one complete config: flags and the space's fixed values agree with the trainer

@@ -68,6 +68,11 @@ class Flags:
                                "test it", metavar="STORAGE/NAME")
     seeds: str = flag("1111,1112,1113,1114,1115", "seeds for --retrain")
     trial: str | None = flag(None, "with --retrain: this trial's config instead of the best")
+    robustness_repeats: int = flag(3, "with --retrain: repeats of each random robustness "
+                                   "condition scored on the test split (0 = none)")
+    robust_metrics: bool = flag(False, "record robust_MAE (validation MAE with each modality "
+                                "missing in turn) for every trial (implied by --metric "
+                                "robust_MAE)", action="store_true")
 
     @property
     def extra_resources(self) -> dict[str, float]:
@@ -86,7 +91,8 @@ class Flags:
         known = {f.name: f for f in fields(self)}
         kept = {}
         for key, value in saved.items():
-            if key not in known or key in ("resume", "address", "retrain", "seeds", "trial"):
+            if key not in known or key in ("resume", "address", "retrain", "seeds", "trial",
+                                           "robustness_repeats"):
                 continue  # older or newer searches may carry other keys
             kept[key] = _typed(known[key], value, f"{where}: flags.{key}")
         for key in given & set(kept):
@@ -159,6 +165,7 @@ def check_flags(fl: Flags) -> None:
         (fl.executor in EXECUTORS, "--executor", fl.executor, "train or tune"),
         (fl.max_failures >= 0, "--max-failures", fl.max_failures, ">= 0"),
         (0 <= fl.seed < 2**63, "--seed", fl.seed, "an integer in 0..2**63-1"),
+        (fl.robustness_repeats >= 0, "--robustness-repeats", fl.robustness_repeats, ">= 0"),
         (fl.dataset is None or fl.dataset in DATASETS, "--dataset", fl.dataset,
          f"one of {', '.join(DATASETS)}"),
     ]

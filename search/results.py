@@ -26,6 +26,7 @@ from search.schema import (
     FILE_COLUMNS,
     METRICS,
     RETRAIN,
+    ROBUSTNESS,
     STATUSES,
     TRIALS,
     SchemaError,
@@ -36,7 +37,8 @@ from search.schema import column_type as _schema_type
 from ucrn.config import TrainConfig
 from ucrn.fileio import atomic_write, json_bytes
 
-__all__ = ["CONFIG_KEYS", "CONFIG_TYPES", "EPOCHS", "METRICS", "RETRAIN", "STATUSES", "TRIALS",
+__all__ = ["CONFIG_KEYS", "CONFIG_TYPES", "EPOCHS", "METRICS", "RETRAIN", "ROBUSTNESS",
+           "STATUSES", "TRIALS",
            "ResultsStore", "TrialBook", "column_type", "to_table"]
 
 # Config fields are columns by their own names: a field named like a result column would

@@ -96,7 +96,7 @@ def plan_retrain(fl: Flags, store: ResultsStore, fail_if: dict[str, Any] | None
     select = config["select_metric"]
     metric = select if select != "auto" else ("loss" if config["dataset"] == "iemocap" else "MAE")
     settings = trial_settings(fl, store.location, base, save_models=True, fail_if=fail_if,
-                              retrain_of=trial_id)
+                              retrain_of=trial_id, robustness_repeats=fl.robustness_repeats)
     return RetrainPlan(flags=fl, store=store, trial_id=trial_id, config=config, seeds=seeds,
                        todo=[s for s in seeds if s not in done], metric=metric,
                        settings=settings)

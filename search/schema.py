@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS
+from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS, ROBUST_METRICS
 
 TRIALS, EPOCHS, RETRAIN = "trials.parquet", "epochs.parquet", "retrain.parquet"
+ROBUSTNESS = "robustness.parquet"
 SEARCH_JSON, BEST_CONFIG = "search.json", "best_config.json"
 # search.json's "space": parameter name -> a fixed value or {kind: args}, kind one of these
 # (search/space.py validates a space file; the analysis reads the kinds back from here).
@@ -26,6 +27,9 @@ FILES: dict[str, str] = {
     TRIALS: "one row per trial (one file per trial inside: <trial_id>.parquet)",
     EPOCHS: "one row per (trial, epoch) (one file per trial inside)",
     RETRAIN: "after run_search.py --retrain: one row per re-trained (trial, seed), one file each",
+    ROBUSTNESS: "after run_search.py --retrain: the selected model of each (trial, seed) under "
+                "missing and noisy inputs, one row per (split, condition, modality, level, "
+                "repeat); one file per (trial, seed)",
 }
 
 STATUSES: dict[str, str] = {
@@ -37,7 +41,7 @@ STATUSES: dict[str, str] = {
 }
 FAILED = ("diverged", "errored")  # never the best trial
 
-METRICS: tuple[str, ...] = ("loss", *REGRESSION_METRICS, *IEMOCAP_METRICS)
+METRICS: tuple[str, ...] = ("loss", *REGRESSION_METRICS, *IEMOCAP_METRICS, *ROBUST_METRICS)
 METRIC_TYPE = pa.float64()
 TEST_PREFIX = "test_"  # test metrics: retrain.parquet only; unprefixed ones are validation
 TEST_METRICS: tuple[str, ...] = tuple(TEST_PREFIX + m for m in METRICS)
@@ -80,6 +84,15 @@ COLUMNS: dict[str, Column] = {
     "executor": Column(_S, "`train` (Ray Train) or `tune` (plain Tune function)"),
     "search_metric": Column(_S, "the search's objective metric, e.g. MAE"),
     "search_mode": Column(_S, "the objective's direction: min or max"),
+    "split": Column(_S, "the split scored: test (or valid)"),
+    "condition": Column(_S, "clean, missing (inputs zeroed), noise (Gaussian) or time_drop "
+                            "(random time steps zeroed)"),
+    "modality": Column(_S, "the modalities the condition touches (l, a, v, pairs, all); "
+                           "empty for clean"),
+    "level": Column(_F, "noise sigma (x the training split's per-feature std) or the share "
+                        "of time steps zeroed; 0 otherwise"),
+    "repeat": Column(_I, "repeat of a random condition (0 for deterministic ones)"),
+    "n": Column(_I, "samples scored"),
 }
 
 METRIC_GROUP, TEST_GROUP, CONFIG_GROUP = "metric columns", "test metric columns", "config columns"
@@ -96,11 +109,14 @@ FILE_COLUMNS: dict[str, tuple[str, ...]] = {
     EPOCHS: ("search", "trial_id", "epoch", "train_loss", "mjs", "current_lr", "seconds",
              "node_id"),
     RETRAIN: ("search", "trial_id", "retrain_trial", "best_epoch", "checkpoint"),
+    ROBUSTNESS: ("search", "trial_id", "split", "condition", "modality", "level", "repeat",
+                 "n"),
 }
 FILE_GROUPS: dict[str, tuple[str, ...]] = {
     TRIALS: (METRIC_GROUP, CONFIG_GROUP),
     EPOCHS: (METRIC_GROUP, CONFIG_GROUP),
     RETRAIN: (METRIC_GROUP, TEST_GROUP, CONFIG_GROUP),
+    ROBUSTNESS: (METRIC_GROUP, CONFIG_GROUP),
 }
 DECLARED: frozenset[str] = frozenset(COLUMNS) | frozenset(METRICS) | frozenset(TEST_METRICS)
 

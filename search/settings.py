@@ -20,6 +20,7 @@ class TrialSettings:
     results_uri: str  # STORAGE/NAME
     save_models: bool  # re-training keeps each seed's selected weights
     retrain_of: str = ""  # re-training: the trial re-trained ("best" or its trial id)
+    robustness_repeats: int = 0  # re-training: repeats of robustness conditions (0 = none)
     # tests only: a trial whose config has KEY == VALUE (compared as text) raises at start
     fail_if: dict[str, str] = field(default_factory=dict)
 

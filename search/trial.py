@@ -51,9 +51,11 @@ def _peak_gpu_mb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+SaveModel = Callable[[dict[str, Any], Any, Any], str]  # (bundle, trainer, data) -> location
+
+
 def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: str | None,
-             rank: int = 0, save_model: Callable[[dict[str, Any]], str] | None = None,
-             fault: str = "") -> None:
+             rank: int = 0, save_model: SaveModel | None = None, fault: str = "") -> None:
     """Train one config, reporting every epoch with a resumable checkpoint.
 
     On resume (checkpoint_dir given) the checkpoint's history is reported again first:
@@ -90,7 +92,10 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
             report({**replayed, REPLAYED_EPOCH: rec["epoch"], **node, "diverged": 0.0,
                     "replay": 1.0}, None)
 
+    trainers: list[Any] = []
+
     def on_epoch(epoch: int, rec: dict[str, Any], trainer) -> None:
+        trainers[:] = [trainer]
         metrics = {**rec, **extras(rec, trainer.device)}
         last.update(metrics)
         with tempfile.TemporaryDirectory() as d:
@@ -110,7 +115,7 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
             mcfg = cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)
             location = save_model({"state_dict": result.model_state,
                                    "model_config": mcfg.to_dict(), "config": cfg.to_dict(),
-                                   "epoch": result.best_epoch})
+                                   "epoch": result.best_epoch}, trainers[0], data)
         final = {**result.best, **{f"test_{k}": v for k, v in result.test.items()},
                  "best_epoch": result.best_epoch, "model_checkpoint": location, "final": 1.0,
                  "diverged": 0.0, "replay": 0.0, **node}
@@ -140,7 +145,7 @@ def _reporter(report_fn: Callable, checkpoint_cls: Any) -> Report:
 
 
 def _run_from(ckpt: Any, cfg: dict[str, Any], data: Any, report: Report, rank: int,
-              save_model: Callable[[dict[str, Any]], str] | None, fault: str) -> None:
+              save_model: SaveModel | None, fault: str) -> None:
     """run_body from a Ray checkpoint (Tune's or Train's), or from scratch."""
     if ckpt is None:
         run_body(cfg, data, report, None, rank=rank, save_model=save_model, fault=fault)
@@ -195,13 +200,13 @@ def train_trial(config: dict[str, Any], data_box: list, settings: TrialSettings)
     trainer.fit()
 
 
-def _model_saver(settings: TrialSettings, cfg: dict[str, Any]
-                 ) -> Callable[[dict[str, Any]], str] | None:
-    """Re-training keeps each seed's selected weights in the results storage."""
+def _model_saver(settings: TrialSettings, cfg: dict[str, Any]) -> SaveModel | None:
+    """Re-training keeps each seed's selected weights in the results storage, and scores
+    them under missing and noisy inputs (robustness.parquet) while they are in memory."""
     if not settings.save_models:
         return None
 
-    def save(bundle: dict[str, Any]) -> str:
+    def save(bundle: dict[str, Any], trainer: Any, data: Any) -> str:
         import io
 
         from search.results import ResultsStore
@@ -209,10 +214,29 @@ def _model_saver(settings: TrialSettings, cfg: dict[str, Any]
         buf = io.BytesIO()
         torch.save(bundle, buf)
         store = ResultsStore(settings.results_uri)
-        return store.write_bytes(retrain_key(settings.retrain_of, cfg["seed"], "checkpoint.pt"),
-                                 buf.getvalue())
+        location = store.write_bytes(retrain_key(settings.retrain_of, cfg["seed"],
+                                                 "checkpoint.pt"), buf.getvalue())
+        if settings.robustness_repeats > 0:
+            from ucrn.robustness import robustness_rows
+
+            rows = robustness_rows(trainer.model, data, ("test",), settings.robustness_repeats,
+                                   seed=int(cfg["seed"]), device=trainer.device,
+                                   autocast=trainer.autocast_dtype)
+            write_robustness(store, settings.results_uri, settings.retrain_of,
+                             trainer.cfg.to_dict(), rows)
+        return location
 
     return save
+
+
+def write_robustness(store: Any, search: str, trial_id: str, config: dict[str, Any],
+                     rows: list[dict[str, Any]]) -> None:
+    """A re-trained seed's robustness rows (ucrn.robustness) with the search, the trial and
+    the config, as one file of robustness.parquet."""
+    from search.results import ROBUSTNESS
+
+    full = [{"search": search, "trial_id": trial_id, **row, **config} for row in rows]
+    store.write_rows(ROBUSTNESS, retrain_key(trial_id, int(config["seed"])), full)
 
 
 def retrain_key(trial_id: str, seed: int, leaf: str = "") -> str:

@@ -257,3 +257,33 @@ def make_pre_rename(folder: Path) -> Path:
                 table = table.drop_columns(["mjs_variant"])
             pq.write_table(table.append_column("mjs", pa.array(["jsd"] * len(table))), f)
     return Path(folder)
+
+
+# Test MAE drop of each condition in write_fake_robustness: what the analysis must report.
+FAKE_DROPS = {("missing", "l"): 0.30, ("missing", "a"): 0.10, ("missing", "v"): 0.05,
+              ("missing", "la"): 0.40, ("noise", "all"): 0.20}
+
+
+def write_fake_robustness(root: Path, name: str, *, seeds: tuple[int, ...] = (1111, 1112, 1113),
+                          repeats: int = 2, seed: int = 0) -> Path:
+    """Write root/name/robustness.parquet/<key>.parquet for each seed: clean, missing
+    conditions and noise at one level on `all`, with the drops of FAKE_DROPS (the repeats of
+    noise scatter symmetrically around it, so their mean is exact)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / name / "robustness.parquet"
+    cfg = _configs(1, 10, "synthetic", "lav", rng)[0]
+    for s in seeds:
+        clean = 0.6 + 0.02 * rng.standard_normal()
+        rows = [{"split": "test", "condition": "clean", "modality": "", "level": 0.0,
+                 "repeat": 0, "MAE": clean}]
+        for (cond, mod), drop in FAKE_DROPS.items():
+            n = repeats if cond == "noise" else 1
+            jitter = [0.01 * (2 * r - (n - 1)) for r in range(n)]  # sums to 0
+            for r, j in enumerate(jitter):
+                rows.append({"split": "test", "condition": cond, "modality": mod,
+                             "level": 0.5 if cond == "noise" else 0.0, "repeat": r,
+                             "MAE": clean + drop + j})
+        df = pd.DataFrame([{"search": name, "trial_id": "best", **r, "n": 128,
+                            "loss": r["MAE"], **cfg, "seed": s} for r in rows])
+        _write(df, folder / f"best-seed_{s}.parquet")
+    return folder

@@ -28,7 +28,14 @@ from search.analysis.kinds import param_kind
 from search.analysis.loading import Search, load_searches, varying_params
 from search.analysis.param_plots import _axis_scale, _scatter_numeric, plot_parallel, plot_params
 from search.analysis.tables import best_per_group, mjs_epochs, ranked
-from tests.results_fixture import SPACE, make_pre_rename, write_fake_retrain, write_fake_search
+from tests.results_fixture import (
+    FAKE_DROPS,
+    SPACE,
+    make_pre_rename,
+    write_fake_retrain,
+    write_fake_robustness,
+    write_fake_search,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -386,3 +393,42 @@ def test_analysis_runs_without_torch(tmp_path):
     assert "trials of lap (validation metrics)" in res.stdout and "Re-training (lap)" in res.stdout
     for name in ("curves.png", "mjs.png", "params.png", "parallel.png"):
         _check_png(tmp_path / "rep" / name)
+
+
+def test_robustness_section_means_over_seeds_and_plots(tmp_path, capsys):
+    write_fake_search(tmp_path, "r", seed=3)
+    write_fake_retrain(tmp_path, "r")
+    write_fake_robustness(tmp_path, "r")
+    rc, out, err = run([tmp_path / "r", "--out", tmp_path / "rep"], capsys)
+    assert rc == 0, err
+    assert "Robustness of the re-trained models (r)" in out
+    from search.analysis.loading import load_search
+    from search.analysis.robustness import robustness_table
+
+    table, line = robustness_table(load_search(str(tmp_path / "r")))
+    assert "seeds 1111, 1112, 1113" in line
+    for (cond, mod), drop in FAKE_DROPS.items():
+        row = table[(table.condition == cond) & (table.modality == mod)].iloc[0]
+        assert row["drop"].startswith(f"{drop:+.4f} ± 0.0000"), (cond, mod, row["drop"])
+        assert row["seeds"] == 3
+    for name in ("robustness_noise.png", "robustness_missing.png"):
+        data = (tmp_path / "rep" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    assert "robustness_missing.png" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_pareto_front_of_mae_and_robust_mae(tmp_path, capsys):
+    from search.analysis.robustness import pareto_front
+
+    pts = pd.DataFrame({"trial_id": list("abcde"), "MAE": [0.5, 0.6, 0.55, 0.7, 0.5],
+                        "robust_MAE": [0.9, 0.7, 0.95, 0.65, 0.8]})
+    assert list(pareto_front(pts, "MAE", "robust_MAE")["trial_id"]) == ["e", "b", "d"]
+    folder = write_fake_search(tmp_path, "p", seed=4)
+    for f in (folder / "trials.parquet").glob("*.parquet"):
+        t = pd.read_parquet(f)
+        t["robust_MAE"] = t["MAE"] * 1.5
+        t.to_parquet(f)
+    rc, out, err = run([folder, "--out", tmp_path / "rep"], capsys)
+    assert rc == 0, err
+    assert "MAE vs robust_MAE, Pareto front (p)" in out
+    assert (tmp_path / "rep" / "tradeoff.png").read_bytes().startswith(PNG_MAGIC)

@@ -310,3 +310,14 @@ def test_checkpoint_bundle_is_still_loadable_after_the_attack_fixes(tmp_path):
     assert cli.main(["train", *SMALL, "--out", str(tmp_path), "--name", "c"]) == 0
     bundle = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
     assert {"state_dict", "model_config", "config", "epoch"} <= set(bundle)
+
+
+def test_written_files_have_the_usual_permissions(tmp_path):
+    """Results are shared with a group on clusters: a file written whole gets the mode
+    open() would give (0666 less the umask), not the temporary file's private 0600."""
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "x.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

@@ -18,6 +18,7 @@ import pytest
 from search import schema
 from search.results import RETRAIN, ResultsStore, TrialBook
 from search.space import KINDS
+from search.trial import write_robustness
 from ucrn.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,10 @@ def written(tmp_path_factory) -> Path:
         row = {"search": str(root), "trial_id": "best", "retrain_trial": f"r_{seed}", **fin,
                "best_epoch": 2, "checkpoint": f"/c/r/{seed}.pt", **base, "seed": seed}
         store.write_rows(RETRAIN, f"seed_{seed}", [row])
+        rows = [{"split": "test", "condition": c, "modality": m, "level": lv, "repeat": 0,
+                 "n": 128, **_metrics(0.8)}
+                for c, m, lv in (("clean", "", 0.0), ("missing", "l", 0.0), ("noise", "a", 0.5))]
+        write_robustness(store, str(root), "best", {**base, "seed": seed}, rows)
     return root
 
 

@@ -95,7 +95,7 @@ def test_best_config_reproduces_the_trial(small_search, tmp_path):
 def test_retrain_three_seeds(small_search, ray_head, capsys):
     storage, name, _ = small_search
     rc = run_search.main(["--retrain", str(storage / name), "--seeds", "7,8,9",
-                          "--address", ray_head])
+                          "--address", ray_head, "--robustness-repeats", "2"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     rows = pd.read_parquet(storage / name / "retrain.parquet")
@@ -104,6 +104,18 @@ def test_retrain_three_seeds(small_search, ray_head, capsys):
     assert rows.test_MAE.notna().all()
     assert all(Path(p).is_file() for p in rows.checkpoint)
     assert f"test: loss {rows.test_loss.mean():.4f}" in out and "[7, 8, 9]" in out
+    # each seed's selected model, scored under missing and noisy inputs on the test split
+    from ucrn.robustness import conditions
+
+    robust = pd.read_parquet(storage / name / "robustness.parquet")
+    conds = conditions("lav")
+    per_seed = sum(2 if c.random else 1 for c in conds)
+    assert sorted(robust.seed.unique()) == [7, 8, 9] and len(robust) == 3 * per_seed
+    assert (robust.split == "test").all() and robust.MAE.notna().all()
+    assert robust.groupby("seed").size().eq(per_seed).all()
+    clean = robust[robust.condition == "clean"].set_index("seed").MAE
+    assert np.allclose(clean.sort_index(), rows.set_index("seed").test_MAE.sort_index(),
+                       atol=1e-5)  # clean = the run's own test score
     # the search's own records are untouched by the re-training runs
     trials, _ = read(storage, name)
     assert len(trials) == 6
@@ -290,6 +302,9 @@ def test_analyze_and_predict_on_the_real_search(small_search, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MAE" in out and "importance" in out.lower()
     assert (tmp_path / "report" / "report.md").is_file()
+    if (storage / name / "robustness.parquet").exists():  # after test_retrain_three_seeds
+        assert "Robustness of the re-trained models" in out
+        assert "robustness_missing.png" in (tmp_path / "report" / "report.md").read_text()
     retrain = storage / name / "retrain.parquet"
     if retrain.exists():  # after test_retrain_three_seeds: predict with a selected checkpoint
         from ucrn.data import make_synthetic, write_mult_pickle
@@ -312,3 +327,26 @@ def test_no_secret_in_results(small_search):
     for f in (storage / name).rglob("*"):
         if f.is_file() and f.stat().st_size < 50_000_000:
             assert token not in f.read_bytes(), f
+
+
+@pytest.mark.slow
+def test_search_on_robust_mae(ray_head, tmp_path, capsys):
+    """--metric robust_MAE: every trial records it, the best is chosen by it, and the
+    analysis draws MAE against robust_MAE with the Pareto front."""
+    import analyze
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {loguniform: [1.0e-3, 1.0e-2]}\nmodality_dropout: {uniform: "
+                     "[0.0, 0.5]}\nlayers: 1\nd_model: 8\nheads: 2\n")
+    assert search(ray_head, tmp_path, "rob", "--executor", "tune", "--space", str(space),
+                  "--num-samples", "3", "--max-epochs", "2", "--metric", "robust_MAE") == 0
+    trials, epochs = read(tmp_path, "rob")
+    assert trials.robust_MAE.notna().all() and epochs.robust_MAE.notna().all()
+    best = json.loads((tmp_path / "rob" / "best_config.json").read_text())
+    done = trials[trials.status.isin(["completed", "stopped"])]
+    assert best["lr"] == pytest.approx(done.loc[done.robust_MAE.idxmin(), "lr"])
+    assert best["robust_metrics"] is True and best["select_metric"] == "robust_MAE"
+    capsys.readouterr()
+    assert analyze.main([str(tmp_path / "rob"), "--out", str(tmp_path / "rep")]) == 0
+    assert "MAE vs robust_MAE, Pareto front (rob)" in capsys.readouterr().out
+    assert (tmp_path / "rep" / "tradeoff.png").stat().st_size > 5000

@@ -1,4 +1,4 @@
-"""`python -m ucrn train|synth|predict`: one trial on one machine, no Ray.
+"""`python -m ucrn train|synth|predict|robustness`: one trial on one machine, no Ray.
 
 `train` takes one flag per TrainConfig field (`--lr`, `--heads`, ..., dashes or underscores),
 derived from the fields themselves, plus the authors' command line verbatim: their flag
@@ -41,7 +41,7 @@ from ucrn.train import FitResult, Trainer, fit, resolve_device
 
 # The authors' flags that name one of our fields differently (and our own old names).
 FLAG_ALIASES = {"--nlevels": "layers", "--num_heads": "heads", "--mjs": "mjs_variant"}
-SHOWN = ("loss", "MAE", "Corr", "Has0_acc_2", "Mult_acc_7", "Mean_acc")
+SHOWN = ("loss", "MAE", "Corr", "Has0_acc_2", "Mult_acc_7", "Mean_acc", "robust_MAE")
 FINISHED = ("completed", "stopped")  # statuses with a selected model
 
 
@@ -307,7 +307,8 @@ def train_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main, "synth": _synth, "predict": _predict}
+    commands = {"train": train_main, "synth": _synth, "predict": _predict,
+                "robustness": _robustness}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m ucrn {{{'|'.join(commands)}}} [flags]  (-h for help)",
               file=sys.stderr)
@@ -325,3 +326,9 @@ def _predict(argv: list[str]) -> int:
     from ucrn.predict import predict_main
 
     return predict_main(argv)
+
+
+def _robustness(argv: list[str]) -> int:
+    from ucrn.robustness import robustness_main
+
+    return robustness_main(argv)

@@ -16,7 +16,8 @@ import warnings
 from dataclasses import MISSING, Field, asdict, dataclass, fields
 from typing import Any
 
-from ucrn.metrics import metric_mode
+from ucrn.data import PRESETS
+from ucrn.metrics import ROBUST_METRICS, metric_mode
 from ucrn.model import UCRNConfig, UCRNHyper, hparam
 
 DATASETS = ("mosi", "mosei_senti", "iemocap", "synthetic")
@@ -30,6 +31,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 # old key -> current name; still accepted in JSON configs and as flags
 RENAMED = {"mjs": "mjs_variant"}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+ROBUST_REGRESSION_ONLY = ("robust_metrics / select_metric robust_MAE: regression only (robust_MAE "
+                          "is a mean MAE; IEMOCAP has no MAE)")
 
 
 @dataclass
@@ -69,6 +72,14 @@ class TrainConfig(UCRNHyper):
     cuda_graphs: str = hparam("auto", "whole-step CUDA graph; auto = on one CUDA device with "
                               "Adam or AdamW and no compile", GRAPH_MODES)
     compile: str = hparam("off", "torch.compile mode", COMPILE_MODES)
+    # robustness (ucrn/robustness.py); all off by default: off, training is exactly as before
+    modality_dropout: float = hparam(0.0, "training only: per sample, with this probability, "
+                                     "zero one of the model's modalities (never all)")
+    input_noise: float = hparam(0.0, "training only: Gaussian noise on the inputs, sigma in "
+                                "units of the training split's per-feature std")
+    robust_metrics: bool = hparam(False, "add robust_MAE (mean validation MAE with each "
+                                  "modality zeroed in turn) to every validation record; "
+                                  "regression only")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -117,6 +128,8 @@ class TrainConfig(UCRNHyper):
             (self.threads >= 0, "threads", ">= 0 (0 = torch default)"),
             (_DEVICE.fullmatch(self.device) is not None, "device", "auto, cpu, cuda or cuda:N"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
+            (0 <= self.modality_dropout < 1, "modality_dropout", "a probability in [0, 1)"),
+            (self.input_noise >= 0, "input_noise", ">= 0 (0 = off)"),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -129,7 +142,22 @@ class TrainConfig(UCRNHyper):
                 metric_mode(self.select_metric)
             except ValueError as e:
                 raise ValueError(f"select_metric: {e}") from None
+        if self.wants_robust_metrics() and self.known_task() == "iemocap":
+            raise ValueError(ROBUST_REGRESSION_ONLY)
         super().validate()  # the model's shape rules, independent of the data's dims
+
+    def wants_robust_metrics(self) -> bool:
+        """robust_MAE costs one validation pass per modality: only when asked for."""
+        return self.robust_metrics or self.select_metric in ROBUST_METRICS
+
+    def known_task(self) -> str | None:
+        """The task when the config alone decides it (None: only the data can tell), so that
+        what needs a task is refused before any data is read."""
+        if self.dataset == "iemocap":
+            return "iemocap"
+        if self.dataset == "synthetic" and self.data_path is None and self.preset in PRESETS:
+            return PRESETS[self.preset]["task"]
+        return None if self.dataset == "synthetic" else "regression"
 
     def check_machine(self) -> None:
         """What only the machine that trains can judge (a config may come from a bigger

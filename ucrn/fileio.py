@@ -31,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would hide results from the group
         with os.fdopen(fd, "wb") as f:  # no fsync: readers and crashed processes are the
             fill(f)                     # concern, not power loss; rename is what they see
         os.replace(tmp, target)
@@ -40,6 +41,20 @@ def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None)
         if io is not None:  # named by the file meant, not the temporary one
             raise OSError(io.errno, io.strerror, str(target)) from e
         raise
+
+
+def _new_file_mode() -> int:
+    """What open() would give a new file: 0666 less the process umask (read without
+    changing it where Linux says it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _replaceable(target: Path) -> None:

@@ -39,6 +39,12 @@ METRIC_MODES: dict[str, str] = {
     **{name: "max" for name in IEMOCAP_METRICS},
 }
 
+# Validation metrics computed only on request (TrainConfig.robust_metrics), regression only:
+# robust_MAE = mean validation MAE with each of the model's modalities zeroed in turn
+# (ucrn/robustness.py), so a search can select for robustness to a missing modality.
+ROBUST_METRICS: tuple[str, ...] = ("robust_MAE",)
+METRIC_MODES["robust_MAE"] = "min"
+
 
 def metric_mode(name: str) -> str:
     """Return ``"min"`` or ``"max"`` for a metric name; fail loudly on typos."""

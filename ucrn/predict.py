@@ -104,6 +104,19 @@ def build_model(bundle: dict[str, Any], path: Path, device: torch.device) -> UCR
     return model.eval()
 
 
+def bundle_data(bundle: dict[str, Any], dataset: str | None, data_path: str | None,
+                aligned: bool | None) -> tuple[MultData, str]:
+    """The data the checkpoint was trained on, unless the flags say otherwise: (data, the
+    dataset's name)."""
+    cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
+    dataset = dataset or cfg.get("dataset") or "synthetic"
+    aligned = bool(cfg.get("aligned", False)) if aligned is None else aligned
+    seed = cfg.get("data_seed", 0)
+    data = load_dataset(dataset, data_path, aligned, str(cfg.get("preset", "tiny")),
+                        seed if isinstance(seed, int) and seed >= 0 else 0)
+    return data, dataset
+
+
 def check_shapes(data: MultData, mcfg: UCRNConfig, path: Path) -> None:
     """The data must have the dims the model was built for; name both sides otherwise."""
     have = (tuple(data.input_dims), tuple(data.seq_lens), data.output_dim)
@@ -188,12 +201,7 @@ def run(argv: list[str]) -> int:
     out_path = check_output(args.out, "--out", inputs=inputs)
     bundle = load_bundle(ckpt, device)
     model = build_model(bundle, ckpt, device)
-    cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
-    dataset = args.dataset or cfg.get("dataset") or "synthetic"
-    aligned = bool(cfg.get("aligned", False)) if args.aligned is None else args.aligned
-    seed = cfg.get("data_seed", 0)
-    data = load_dataset(dataset, args.data_path, aligned, str(cfg.get("preset", "tiny")),
-                        seed if isinstance(seed, int) and seed >= 0 else 0)
+    data, dataset = bundle_data(bundle, args.dataset, args.data_path, args.aligned)
     check_shapes(data, model.cfg, ckpt)
     split = data.splits[args.split]
     out = predict_split(model, split, device, args.batch_size)

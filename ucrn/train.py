@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ucrn.config import TrainConfig
+from ucrn.config import ROBUST_REGRESSION_ONLY, TrainConfig
 from ucrn.data import MultData, Split
 from ucrn.losses import task_loss, training_loss
 from ucrn.metrics import iemocap_metrics, regression_metrics
@@ -175,6 +175,17 @@ class Trainer:
             self.opt, mode="min", patience=cfg.when, factor=cfg.lr_factor)
         self.splits = {name: DeviceSplit.from_split(s, mcfg.modalities, data.task, self.device)
                        for name, s in data.splits.items()}
+        # robustness options (ucrn/robustness.py, imported here: it imports this module).
+        # Off (the default), nothing is set up and no random number is drawn.
+        self._augment: Callable[[tuple], tuple] | None = None
+        if cfg.modality_dropout > 0 or cfg.input_noise > 0:
+            from ucrn.robustness import training_augment
+
+            self._augment = training_augment(mcfg.modalities, cfg.modality_dropout,
+                                             cfg.input_noise, data.splits["train"], self.device)
+        self.robust_metrics = cfg.wants_robust_metrics()
+        if self.robust_metrics and data.task == "iemocap":
+            raise ValueError(ROBUST_REGRESSION_ONLY)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda"
                                          and torch.cuda.is_bf16_supported())
@@ -231,6 +242,8 @@ class Trainer:
         depends on tensor values on the host, so the same code can be captured as a graph."""
         cfg = self.cfg
         inputs, labels = self.splits["train"].batch(idx)
+        if self._augment is not None:  # modality_dropout / input_noise: device RNG, no sync
+            inputs = self._augment(inputs)
         with self._autocast(cache=False):
             out, reps = self.net(*inputs)
         total, loss, mjs = training_loss(out, labels, reps, self.task, cfg.jsd_weight,
@@ -301,7 +314,13 @@ class Trainer:
             metrics = iemocap_metrics(out.numpy(), labels.numpy())
         else:
             metrics = regression_metrics(out.numpy().ravel(), labels.numpy().ravel())
-        return {"loss": loss, **metrics}
+        record = {"loss": loss, **metrics}
+        if name == "valid" and self.robust_metrics:  # one more pass per modality: on request
+            from ucrn.robustness import missing_one_mae
+
+            record["robust_MAE"] = missing_one_mae(self.model, split, self.cfg.eval_batch_size,
+                                                   self.autocast_dtype)
+        return record
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to resume exactly; loadable with torch.load(weights_only=True)."""

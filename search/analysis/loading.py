@@ -43,6 +43,7 @@ class Search:
     params: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     space: dict[str, ParamKind] = field(default_factory=dict)  # from search.json
+    robustness: pd.DataFrame | None = None  # robustness.parquet, after --retrain
 
 
 def _numeric_as_declared(df: pd.DataFrame | None, file: str) -> tuple[pd.DataFrame | None,
@@ -104,7 +105,9 @@ def load_search(path: str) -> Search:
                      (schema.EPOCHS, read_dataset(fs, f"{base}/{schema.EPOCHS}",
                                                   f"{shown}/{schema.EPOCHS}")),
                      (schema.RETRAIN, read_dataset(fs, f"{base}/{schema.RETRAIN}",
-                                                   f"{shown}/{schema.RETRAIN}"))):
+                                                   f"{shown}/{schema.RETRAIN}")),
+                     (schema.ROBUSTNESS, read_dataset(fs, f"{base}/{schema.ROBUSTNESS}",
+                                                      f"{shown}/{schema.ROBUSTNESS}"))):
         frames[file], more = _numeric_as_declared(df, file)
         notes += more
     name = base.rstrip("/").rsplit("/", 1)[-1]
@@ -115,11 +118,12 @@ def load_search(path: str) -> Search:
     trials["status"] = trials["status"].fillna("unknown").astype(str)
     names = trials["search"].value_counts()
     label = name if name in names.index else str(names.index[0])
-    retrain = frames[schema.RETRAIN]
+    retrain, robust = frames[schema.RETRAIN], frames[schema.ROBUSTNESS]
     search = Search(label=label, location=shown, trials=trials,
                     epochs=_with_search_name(frames[schema.EPOCHS], name),
                     retrain=_with_search_name(retrain, name) if retrain is not None
-                    and not retrain.empty else None)
+                    and not retrain.empty else None,
+                    robustness=robust if robust is not None and not robust.empty else None)
     if len(names) > 1:  # e.g. another run writing into this folder: shown, not hidden
         search.notes.append(f"{schema.TRIALS} holds rows of several searches: " + ", ".join(
             f"{k} ({v})" for k, v in names.items()))

@@ -11,6 +11,7 @@ from typing import NamedTuple, Protocol
 
 from search.analysis.curves import plot_curves, plot_mjs
 from search.analysis.param_plots import plot_parallel, plot_params
+from search.analysis.robustness import plot_missing, plot_noise, plot_trade_off
 
 
 class Draw(Protocol):
@@ -27,4 +28,9 @@ PLOTS: dict[str, Plot] = {
     "mjs.png": Plot("Per-epoch MJS of the top trials", plot_mjs),
     "params.png": Plot("Searched parameters against the metric", plot_params),
     "parallel.png": Plot("Parallel coordinates of the top trials", plot_parallel),
+    "robustness_noise.png": Plot("Re-trained models: test metric against input noise",
+                                 plot_noise),
+    "robustness_missing.png": Plot("Re-trained models: drop with modalities missing",
+                                   plot_missing),
+    "tradeoff.png": Plot("MAE against robust_MAE, Pareto front marked", plot_trade_off),
 }

@@ -15,6 +15,7 @@ from search.analysis.formatting import markdown_table, text_table
 from search.analysis.importance import Importance, best_regions
 from search.analysis.loading import Search
 from search.analysis.plots import PLOTS
+from search.analysis.robustness import robustness_table, trade_off
 from search.analysis.tables import (
     asha_savings,
     asha_text,
@@ -69,6 +70,17 @@ def build_sections(searches: list[Search], top: int,
             sections.append(Section(f"Re-training ({s.label})", [
                 per_seed, f"mean ± std (sample std, ddof=1) over seeds "
                 f"{', '.join(map(str, seeds))} (n={len(seeds)}):", summary]))
+        if s.robustness is not None:
+            table, line = robustness_table(s)
+            sections.append(Section(f"Robustness of the re-trained models ({s.label})",
+                                    [line, table]))
+        front = trade_off(s)
+        if not front.empty:
+            cols = [c for c in ("trial_id", "MAE", "robust_MAE", *s.params) if c in front]
+            sections.append(Section(f"MAE vs robust_MAE, Pareto front ({s.label})", [
+                f"{len(front)} trials recorded both; {int(front['pareto'].sum())} on the front "
+                f"(no other trial is better on both):",
+                front[front["pareto"]].sort_values("MAE")[cols].reset_index(drop=True)]))
     if len(searches) > 1:
         sections.append(Section("Best configuration per group (dataset, aligned, modalities)",
                                 [best_per_group(searches)]))
