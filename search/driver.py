@@ -28,6 +28,7 @@ from search.progress import fmt, make_recorder, storage_failure
 from search.results import METRICS, ResultsStore, TrialBook
 from search.settings import TrialSettings
 from search.space import SpaceError, first_value, load_space, searched, validate_space
+from search.warm import WarmStart, warm_start
 from ucrn.config import TrainConfig
 from ucrn.data import MultData, load_dataset, resolve_dataset
 from ucrn.errors import UsageError, run_main
@@ -47,6 +48,7 @@ class SearchPlan:
     restore: bool  # --resume of a search whose Tune state exists
     saved_data_id: dict[str, Any] | None = None  # what the search began with (--resume)
     data_id: dict[str, Any] | None = None  # what this run loaded (MultData.identity)
+    warm: WarmStart = WarmStart()  # --warm-start: earlier trials for the sampler
 
     @property
     def resume_command(self) -> str:
@@ -246,6 +248,15 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
         data = load_data(fl.dataset or "synthetic", fl.data_path, fl.aligned, fl.preset)
         plan = replace(plan, data_id=data.identity())
         _same_data(plan, data)
+        if fl.warm_start and not plan.restore:
+            try:
+                plan = replace(plan, warm=warm_start(fl.warm_start, plan.space,
+                                                     plan.settings.base, fl.metric, plan.mode,
+                                                     plan.data_id))
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            for note in plan.warm.notes:
+                print(f"note: warm start: {note}", flush=True)
         code = run(plan, data, lock)
         return code if code else summarise(plan)
 
@@ -263,7 +274,8 @@ def run(plan: SearchPlan, data: MultData, lock: ResultsLock) -> int:
                 store.write_json("search.json", {
                     "flags": fl.saved(), "space": plan.space, "metric": fl.metric,
                     "mode": plan.mode, "searched": searched(plan.space),
-                    "data": plan.data_id, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+                    "data": plan.data_id, "warm_start": plan.warm.record(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S")})
             tuner = _tuner(plan, data)
             print(f"search {fl.name}: {fl.num_samples} trials x up to {fl.max_epochs} epochs, "
                   f"executor {fl.executor}, {fl.metric} ({plan.mode}); searching "
@@ -307,24 +319,42 @@ def _tuner(plan: SearchPlan, data: MultData):
                          f"search under another --name") from None
 
 
-def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], recorder: Any):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+def search_algorithm(plan: SearchPlan):
+    """Optuna's TPE (optionally with the constant liar) or its random sampler, seeded, with
+    the warm start's points."""
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    fl, warm = plan.flags, plan.warm
+    if fl.search_alg == "random":
+        sampler = optuna.samplers.RandomSampler(seed=fl.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=fl.seed, constant_liar=fl.constant_liar)
+    return OptunaSearch(sampler=sampler, points_to_evaluate=list(warm.points) or None,
+                        evaluated_rewards=list(warm.rewards) if warm.rewards else None)
+
+
+def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], recorder: Any):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from search.budget import EpochBudget
+
     fl = plan.flags
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=fl.max_epochs,
+                               grace_period=fl.grace_period,
+                               reduction_factor=fl.reduction_factor)
+                 if fl.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=fl.metric, mode=plan.mode, num_samples=fl.num_samples,
             reuse_actors=fl.executor == "tune",  # no new process per tiny trial
             max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl),
-            search_alg=OptunaSearch(seed=fl.seed),
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=fl.max_epochs,
-                                    grace_period=fl.grace_period,
-                                    reduction_factor=fl.reduction_factor)),
+            search_alg=search_algorithm(plan), scheduler=scheduler),
         run_config=tune.RunConfig(
             name=fl.name, storage_path=plan.storage, callbacks=[recorder], verbose=0,
+            stop=EpochBudget(fl.epoch_budget) if fl.epoch_budget else None,
             failure_config=tune.FailureConfig(max_failures=fl.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
@@ -348,7 +378,10 @@ def summarise(plan: SearchPlan) -> int:
     for t in book.trials.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}")
-    if len(book.trials) < fl.num_samples:
+    spent = sum(int(t.get("epochs_run") or 0) for t in book.trials.values())
+    if fl.epoch_budget:
+        print(f"epochs trained: {spent} (budget {fl.epoch_budget})")
+    elif len(book.trials) < fl.num_samples:
         print(f"note: {len(book.trials)} of {fl.num_samples} trials have results")
     best = book.best_trial()
     if best is None:

@@ -22,6 +22,8 @@ from ucrn.fileio import check_name
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("train", "tune")
+SEARCH_ALGS = ("tpe", "random")
+SCHEDULERS = ("asha", "fifo")
 # how trials run, which a resumed search may change (a smaller machine, another cluster)
 RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures",
                      "trial_resources")
@@ -68,6 +70,17 @@ class Flags:
                                "test it", metavar="STORAGE/NAME")
     seeds: str = flag("1111,1112,1113,1114,1115", "seeds for --retrain")
     trial: str | None = flag(None, "with --retrain: this trial's config instead of the best")
+    search_alg: str = flag("tpe", "how configurations are proposed: tpe (Optuna's TPE) | "
+                           "random (Optuna's random sampler)")
+    scheduler: str = flag("asha", "asha (stop weak trials at rungs) | fifo (every trial runs "
+                          "all its epochs)")
+    constant_liar: bool = flag(False, "TPE: treat running trials as if they had the worst "
+                               "value seen, so parallel proposals spread out",
+                               action="store_true")
+    epoch_budget: int = flag(0, "stop the search once this many epochs have been trained in "
+                             "all (0 = no budget: --num-samples decides)")
+    warm_start: str | None = flag(None, "comma-separated earlier searches (STORAGE/NAME) whose "
+                                  "finished trials seed the sampler", metavar="STORAGE/NAME")
     robustness_repeats: int = flag(3, "with --retrain: repeats of each random robustness "
                                    "condition scored on the test split (0 = none)")
     robust_metrics: bool = flag(False, "record robust_MAE (validation MAE with each modality "
@@ -92,7 +105,7 @@ class Flags:
         kept = {}
         for key, value in saved.items():
             if key not in known or key in ("resume", "address", "retrain", "seeds", "trial",
-                                           "robustness_repeats"):
+                                           "robustness_repeats", "warm_start"):
                 continue  # older or newer searches may carry other keys
             kept[key] = _typed(known[key], value, f"{where}: flags.{key}")
         for key in given & set(kept):
@@ -166,6 +179,13 @@ def check_flags(fl: Flags) -> None:
         (fl.max_failures >= 0, "--max-failures", fl.max_failures, ">= 0"),
         (0 <= fl.seed < 2**63, "--seed", fl.seed, "an integer in 0..2**63-1"),
         (fl.robustness_repeats >= 0, "--robustness-repeats", fl.robustness_repeats, ">= 0"),
+        (fl.search_alg in SEARCH_ALGS, "--search-alg", fl.search_alg, " or ".join(SEARCH_ALGS)),
+        (fl.scheduler in SCHEDULERS, "--scheduler", fl.scheduler, " or ".join(SCHEDULERS)),
+        (fl.epoch_budget >= 0, "--epoch-budget", fl.epoch_budget, ">= 0 (0 = none)"),
+        (not (fl.constant_liar and fl.search_alg != "tpe"), "--constant-liar", "with "
+         f"--search-alg {fl.search_alg}", "--search-alg tpe"),
+        (not (fl.warm_start and fl.resume), "--warm-start", "with --resume",
+         "a new search (a resumed one keeps its own sampler state)"),
         (fl.dataset is None or fl.dataset in DATASETS, "--dataset", fl.dataset,
          f"one of {', '.join(DATASETS)}"),
     ]

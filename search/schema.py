@@ -72,6 +72,8 @@ COLUMNS: dict[str, Column] = {
     "mjs": Column(_F, "mean training MJS value (0 when jsd_weight is 0)"),
     "current_lr": Column(_F, "learning rate after this epoch's scheduler step"),
     "seconds": Column(_F, "wall time of the epoch (train + validation)"),
+    "ended_at": Column(_F, "when the epoch was reported, in Unix seconds (orders epochs "
+                           "across trials: best-so-far curves, budgets)"),
     "wall_seconds": Column(_F, "trial wall time so far"),
     "samples_per_s": Column(_F, "training samples per second of the training pass, without "
                                 "validation (median over epochs)"),
@@ -107,7 +109,7 @@ FILE_COLUMNS: dict[str, tuple[str, ...]] = {
              "wall_seconds", "samples_per_s", "peak_gpu_mem_mb", "checkpoint", "node",
              "node_id", "resumes", "executor", "search_metric", "search_mode"),
     EPOCHS: ("search", "trial_id", "epoch", "train_loss", "mjs", "current_lr", "seconds",
-             "node_id"),
+             "ended_at", "node_id"),
     RETRAIN: ("search", "trial_id", "retrain_trial", "best_epoch", "checkpoint"),
     ROBUSTNESS: ("search", "trial_id", "split", "condition", "modality", "level", "repeat",
                  "n"),

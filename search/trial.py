@@ -82,7 +82,7 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
         return {**node, "diverged": 0.0, "replay": 0.0,
                 "samples_per_s": statistics.median(speeds),
                 "peak_gpu_mem_mb": _peak_gpu_mb(device),
-                "wall_seconds": time.perf_counter() - t0}
+                "wall_seconds": time.perf_counter() - t0, "ended_at": time.time()}
 
     if fault:
         raise RuntimeError(f"injected fault ({fault})")

@@ -1,0 +1,112 @@
+"""Search methods: random or TPE proposals, ASHA or FIFO, the constant liar, an epoch
+budget, and warm starts from earlier searches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import run_search
+from search.results import ResultsStore, TrialBook
+from search.warm import RERUN_BEST, warm_start
+from ucrn.config import TrainConfig
+
+SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "layers": {"choice": [1, 2]}, "d_model": 8,
+         "heads": 2}
+
+
+def _fake_search(folder: Path, trials: list[tuple[float, dict]], data: dict | None) -> Path:
+    """A finished search: trials (MAE, config overrides) and search.json with `data`."""
+    store = ResultsStore(folder)
+    book = TrialBook(store, folder.name, "MAE", "min", "tune")
+    for i, (mae, over) in enumerate(trials):
+        cfg = TrainConfig(num_epochs=1, d_model=8, heads=2, **over).to_dict()
+        book.add_result(f"t{i}", cfg, {"epoch": 1, "MAE": mae, "loss": mae})
+        book.finish(f"t{i}", cfg)
+    store.write_json("search.json", {"flags": {}, "space": SPACE, "data": data})
+    return folder
+
+
+def test_warm_start_same_data_gives_evaluated_points_and_skips_what_does_not_fit(tmp_path):
+    data = {"labels_sha256": "x"}
+    src = _fake_search(tmp_path / "a", [
+        (0.7, {"lr": 1e-3, "layers": 1}),
+        (0.5, {"lr": 2e-3, "layers": 2}),
+        (0.6, {"lr": 5e-2, "layers": 1}),  # lr outside the new range
+        (0.9, {"lr": 1e-3, "layers": 3}),  # layers not a choice here
+        (0.8, {"lr": 1e-3, "layers": 1, "modalities": "la"}),  # another model
+    ], data)
+    base = {"modalities": "lav"}
+    warm = warm_start(str(src), SPACE, base, "MAE", "min", data)
+    assert warm.rewards == (0.5, 0.7)  # best first, one entry per configuration
+    assert warm.points == ({"lr": 2e-3, "layers": 2}, {"lr": 1e-3, "layers": 1})
+    notes = "\n".join(warm.notes)
+    assert "t2 does not fit this space (lr=0.05 is outside loguniform" in notes
+    assert "t3 does not fit this space (layers=3 is not one of [1, 2])" in notes
+    assert "t4 does not fit this space (modalities='la', 'lav' here)" in notes
+    assert warm.record()["mode"] == "evaluated"
+
+
+def test_warm_start_other_data_reruns_the_best_few(tmp_path):
+    src = _fake_search(tmp_path / "a", [(0.1 * (i + 1), {"lr": 1e-3 * (i + 1), "layers": 1})
+                                        for i in range(5)], {"labels_sha256": "mosi"})
+    warm = warm_start(str(src), SPACE, {}, "MAE", "min", {"labels_sha256": "mosei"})
+    assert warm.rewards is None and len(warm.points) == RERUN_BEST
+    assert [p["lr"] for p in warm.points] == pytest.approx([1e-3, 2e-3, 3e-3])
+    assert any("other data" in n for n in warm.notes)
+
+
+def test_warm_start_from_something_else_is_one_line(tmp_path, capsys):
+    (tmp_path / "nothing").mkdir()
+    rc = run_search.main(["--storage", str(tmp_path / "st"), "--warm-start",
+                          str(tmp_path / "nothing"), "--name", "w"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a search folder" in err[0], err
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--search-alg", "grid"], "--search-alg grid: expected tpe or random"),
+    (["--scheduler", "hyperband"], "--scheduler hyperband: expected asha or fifo"),
+    (["--epoch-budget", "-1"], "--epoch-budget -1"),
+    (["--constant-liar", "--search-alg", "random"], "--constant-liar with --search-alg random"),
+])
+def test_bad_method_flags_are_one_line(args, needle, tmp_path, capsys):
+    rc = run_search.main(["--storage", str(tmp_path), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.slow
+def test_budget_random_fifo_and_a_warm_start_through_real_searches(ray_head, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\nlayers: {choice: [1, 2]}\n"
+                     "d_model: 8\nheads: 2\n")
+    common = ["--address", ray_head, "--storage", str(tmp_path), "--executor", "tune",
+              "--space", str(space), "--max-concurrent", "1"]
+    # an epoch budget, random proposals, every trial to the end
+    assert run_search.main([*common, "--name", "a", "--search-alg", "random", "--scheduler",
+                            "fifo", "--num-samples", "50", "--max-epochs", "2",
+                            "--epoch-budget", "5"]) == 0
+    trials = pd.read_parquet(tmp_path / "a" / "trials.parquet")
+    epochs = pd.read_parquet(tmp_path / "a" / "epochs.parquet")
+    assert len(epochs) == 5 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert trials.trial_id.is_unique and epochs.ended_at.notna().all()
+    assert set(trials.status) <= {"completed", "stopped"} and len(trials) == 3
+    # warm start on other data: the best of "a" are re-run first, in order
+    capsys.readouterr()
+    assert run_search.main([*common, "--name", "b", "--preset", "tiny_aligned",
+                            "--constant-liar", "--num-samples", "4", "--max-epochs", "1",
+                            "--warm-start", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "other data" in out
+    best_a = trials.sort_values("MAE").head(RERUN_BEST)
+    first_b = (pd.read_parquet(tmp_path / "b" / "epochs.parquet").sort_values("ended_at")
+               .drop_duplicates("trial_id").head(RERUN_BEST))
+    assert list(first_b.lr) == pytest.approx(list(best_a.lr))
+    assert list(first_b.layers) == list(best_a.layers)
+    saved = json.loads((tmp_path / "b" / "search.json").read_text())
+    assert saved["warm_start"]["mode"] == "rerun" and saved["warm_start"]["points"] == 3
+    assert saved["flags"]["constant_liar"] is True
