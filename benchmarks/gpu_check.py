@@ -43,7 +43,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/gpu_check.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.processes import kill_session  # noqa: E402
+from benchmarks.processes import RayHead, kill_session  # noqa: E402
 from ucrn.errors import OneLineParser, run_main  # noqa: E402
 from ucrn.fileio import atomic_write  # noqa: E402
 
@@ -177,57 +176,6 @@ def run_process(cmd: list[str], env: dict[str, str], timeout: float, log: Path,
         state = "timed out" if rc is None else f"exit code {rc}"
         f.write(f"\n===== {title} ({state}, {seconds:.1f} s)\n$ {' '.join(cmd)}\n{tail}\n")
     return Ran(rc, seconds, tail, "\n".join(lines))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RayHead:
-    """A local Ray head for the searches of one step, started in its own session and
-    stopped by that session's pids (never `ray stop`, which would stop other people's
-    Ray too). Every search of the step joins it with --address, as on a cluster: Ray
-    starts once per step, not once per configuration."""
-
-    def __init__(self, env: dict[str, str], gpus: int, cpus: int, work: Path):
-        self.env = env
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.log = work / f"ray-head-{self.port}.log"
-        ray_cli = Path(sys.executable).with_name("ray")
-        cli = [str(ray_cli)] if ray_cli.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
-        self.proc = subprocess.Popen(
-            [*cli, "start", "--head", "--block", "--disable-usage-stats",
-             f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-             f"--num-gpus={gpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={_free_port()}"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env,
-            start_new_session=True)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if "Ray runtime started" in self.log.read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        tail = self.log.read_text(errors="replace")[-1500:]
-        self.stop()
-        raise RuntimeError(f"the Ray head did not start: {tail.strip().splitlines()[-1:]}")
-
-    def stop(self) -> None:
-        kill_session(self.proc.pid)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        pointer = Path("/tmp/ray/ray_current_cluster")  # a dead head's pointer misleads ray.init
-        try:
-            if pointer.read_text().strip() == self.address:
-                pointer.unlink()
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------------------

@@ -3,13 +3,16 @@
 A Ray node or a search started with `start_new_session=True` keeps everything it spawns
 (GCS, raylet, dashboard, workers) in that session, so ending the session's processes stops
 exactly those: never by name, never `ray stop` (which ends every Ray process on the
-machine). Used by the tests' Ray nodes and by the GPU check's searches.
+machine). Used by the tests' Ray nodes and by the benchmarks' Ray heads and searches.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,3 +46,54 @@ def kill_session(sid: int, grace: float = 8.0) -> None:
             time.sleep(0.2)
         if not session_pids(sid):
             return
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """A local Ray head for the searches of one step, started in its own session and
+    stopped by that session's pids (never `ray stop`, which would stop other people's
+    Ray too). Every search of the step joins it with --address, as on a cluster: Ray
+    starts once per step, not once per configuration."""
+
+    def __init__(self, env: dict[str, str], gpus: int, cpus: int, work: Path):
+        self.env = env
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = work / f"ray-head-{self.port}.log"
+        ray_cli = Path(sys.executable).with_name("ray")
+        cli = [str(ray_cli)] if ray_cli.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
+        self.proc = subprocess.Popen(
+            [*cli, "start", "--head", "--block", "--disable-usage-stats",
+             f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+             f"--num-gpus={gpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={_free_port()}"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if "Ray runtime started" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        tail = self.log.read_text(errors="replace")[-1500:]
+        self.stop()
+        raise RuntimeError(f"the Ray head did not start: {tail.strip().splitlines()[-1:]}")
+
+    def stop(self) -> None:
+        kill_session(self.proc.pid)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        pointer = Path("/tmp/ray/ray_current_cluster")  # a dead head's pointer misleads ray.init
+        try:
+            if pointer.read_text().strip() == self.address:
+                pointer.unlink()
+        except OSError:
+            pass
