@@ -22,7 +22,15 @@ from search.cluster import (
     start_ray,
     trial_settings,
 )
-from search.flags import Flags, check_address, check_flags, check_storage, parse_flags
+from search.flags import (
+    Flags,
+    check_address,
+    check_flags,
+    check_metric_task,
+    check_storage,
+    parse_flags,
+    resolve_metric,
+)
 from search.lock import ResultsLock
 from search.progress import fmt, make_recorder, storage_failure
 from search.results import METRICS, ResultsStore, TrialBook
@@ -129,6 +137,7 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
         raise UsageError(f"--name {fl.name}: a search already exists at {store.uri}; "
                          "use --resume to continue it or another --name")
     fl = with_data_path(fl)
+    fl = replace(fl, metric=resolve_metric(fl))
     base_probe = base_config(fl, {})
     try:
         if saved_space is not None:
@@ -246,6 +255,7 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
         plan = plan_search(fl, store, storage, fail_if, given)
         fl = plan.flags
         data = load_data(fl.dataset or "synthetic", fl.data_path, fl.aligned, fl.preset)
+        check_metric_task(fl.metric, data.task)
         plan = replace(plan, data_id=data.identity())
         _same_data(plan, data)
         if fl.warm_start and not plan.restore:

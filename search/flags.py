@@ -49,7 +49,8 @@ class Flags:
     max_epochs: int = flag(4, "epochs per trial (ASHA's max_t)")
     grace_period: int = flag(1, "ASHA: epochs before a trial can be stopped")
     reduction_factor: float = flag(2.0, "ASHA reduction factor")
-    metric: str = flag("MAE", "validation metric to optimise (mode is the natural one)")
+    metric: str = flag("auto", "validation metric to optimise, with its natural mode; auto = "
+                       "MAE (sentiment) or loss (IEMOCAP)")
     cpus_per_trial: float = flag(1.0, "CPUs for each of the trial's workers (also its torch "
                                  "thread cap)")
     gpus_per_trial: float = flag(0.0, "GPUs for each of the trial's workers; 0.25 packs 4 "
@@ -178,7 +179,8 @@ def check_flags(fl: Flags) -> None:
         (fl.executor in EXECUTORS, "--executor", fl.executor, "train or tune"),
         (fl.max_failures >= 0, "--max-failures", fl.max_failures, ">= 0"),
         (0 <= fl.seed < 2**63, "--seed", fl.seed, "an integer in 0..2**63-1"),
-        (fl.robustness_repeats >= 0, "--robustness-repeats", fl.robustness_repeats, ">= 0"),
+        (0 <= fl.robustness_repeats <= 100, "--robustness-repeats", fl.robustness_repeats,
+         "0 (none) to 100"),
         (fl.search_alg in SEARCH_ALGS, "--search-alg", fl.search_alg, " or ".join(SEARCH_ALGS)),
         (fl.scheduler in SCHEDULERS, "--scheduler", fl.scheduler, " or ".join(SCHEDULERS)),
         (fl.epoch_budget >= 0, "--epoch-budget", fl.epoch_budget, ">= 0 (0 = none)"),
@@ -207,7 +209,8 @@ def check_flags(fl: Flags) -> None:
                          f"use --gpus-per-trial 1 --workers-per-trial {math.ceil(fl.gpus_per_trial)}"
                          " for DDP over several GPUs")
     try:
-        metric_mode(fl.metric)
+        if fl.metric != "auto":
+            metric_mode(fl.metric)
     except ValueError as e:
         raise UsageError(f"--metric {fl.metric}: {e}") from None
     if fl.gpus_per_trial > 0 and fl.address is None:
@@ -287,3 +290,28 @@ def check_address(address: str | None) -> None:
     except OSError:
         raise UsageError(f"--address {address}: nobody answers there (waited 5 s); "
                          "is the Ray head running?") from None
+
+
+def resolve_metric(fl: Flags) -> str:
+    """`auto` as the task the flags name: loss for IEMOCAP, MAE for sentiment (a synthetic
+    file's task is checked once it is loaded: check_metric_task)."""
+    if fl.metric != "auto":
+        return fl.metric
+    from ucrn.data import PRESETS
+
+    iemocap = fl.dataset == "iemocap" or (
+        (fl.dataset in (None, "synthetic")) and fl.data_path is None
+        and PRESETS.get(fl.preset, {}).get("task") == "iemocap")
+    return "loss" if iemocap else "MAE"
+
+
+def check_metric_task(metric: str, task: str) -> None:
+    """A metric the data's task has (every IEMOCAP trial failed on MAE before)."""
+    from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS, ROBUST_METRICS
+
+    wrong = (IEMOCAP_METRICS if task == "regression"
+             else (*REGRESSION_METRICS, *ROBUST_METRICS))
+    if metric in wrong:
+        fit = "loss, Mean_acc, Mean_F1, ..." if task == "iemocap" else "MAE, Corr, ..."
+        raise UsageError(f"--metric {metric}: the data's task is {task}, which has no "
+                         f"{metric}; use {fit} (or auto)")

@@ -36,7 +36,7 @@ from search.trial import retrain_key
 from ucrn.cli import parse_seeds
 from ucrn.config import TrainConfig, defaulted_fields, missing_fields, normalize_keys
 from ucrn.errors import UsageError
-from ucrn.metrics import mean_std, metric_mode
+from ucrn.metrics import ROBUST_METRICS, mean_std, metric_mode
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,8 @@ def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
         row.update(plan.settings.base)
         row["seed"] = seed
         store.write_rows(RETRAIN, retrain_key(plan.trial_id, seed), [row])
-        print(f"seed {seed}: test {plan.metric} {row.get('test_' + plan.metric, math.nan):.4f} "
+        shown = "MAE" if plan.metric in ROBUST_METRICS else plan.metric  # valid-only metric
+        print(f"seed {seed}: test {shown} {row.get('test_' + shown, math.nan):.4f} "
               f"(row written)", flush=True)
 
     start_ray(fl.address, plan.settings.base["threads"], None)

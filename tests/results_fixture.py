@@ -265,6 +265,7 @@ FAKE_DROPS = {("missing", "l"): 0.30, ("missing", "a"): 0.10, ("missing", "v"): 
 
 
 def write_fake_robustness(root: Path, name: str, *, seeds: tuple[int, ...] = (1111, 1112, 1113),
+                          trial_id: str = "best", offset: float = 0.0,
                           repeats: int = 2, seed: int = 0) -> Path:
     """Write root/name/robustness.parquet/<key>.parquet for each seed: clean, missing
     conditions and noise at one level on `all`, with the drops of FAKE_DROPS (the repeats of
@@ -273,7 +274,7 @@ def write_fake_robustness(root: Path, name: str, *, seeds: tuple[int, ...] = (11
     folder = Path(root) / name / "robustness.parquet"
     cfg = _configs(1, 10, "synthetic", "lav", rng)[0]
     for s in seeds:
-        clean = 0.6 + 0.02 * rng.standard_normal()
+        clean = 0.6 + offset + 0.02 * rng.standard_normal()
         rows = [{"split": "test", "condition": "clean", "modality": "", "level": 0.0,
                  "repeat": 0, "MAE": clean}]
         for (cond, mod), drop in FAKE_DROPS.items():
@@ -283,7 +284,7 @@ def write_fake_robustness(root: Path, name: str, *, seeds: tuple[int, ...] = (11
                 rows.append({"split": "test", "condition": cond, "modality": mod,
                              "level": 0.5 if cond == "noise" else 0.0, "repeat": r,
                              "MAE": clean + drop + j})
-        df = pd.DataFrame([{"search": name, "trial_id": "best", **r, "n": 128,
+        df = pd.DataFrame([{"search": name, "trial_id": trial_id, **r, "n": 128,
                             "loss": r["MAE"], **cfg, "seed": s} for r in rows])
-        _write(df, folder / f"best-seed_{s}.parquet")
+        _write(df, folder / f"{trial_id}-seed_{s}.parquet")
     return folder

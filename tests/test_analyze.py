@@ -406,7 +406,7 @@ def test_robustness_section_means_over_seeds_and_plots(tmp_path, capsys):
     from search.analysis.robustness import robustness_table
 
     table, line = robustness_table(load_search(str(tmp_path / "r")))
-    assert "seeds 1111, 1112, 1113" in line
+    assert "best: [1111, 1112, 1113]" in line
     for (cond, mod), drop in FAKE_DROPS.items():
         row = table[(table.condition == cond) & (table.modality == mod)].iloc[0]
         assert row["drop"].startswith(f"{drop:+.4f} ± 0.0000"), (cond, mod, row["drop"])

@@ -321,3 +321,136 @@ def test_written_files_have_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+# ---- the robustness round (docs/reliability.md) --------------------------------------------
+
+def test_a_seed_resumed_after_its_last_epoch_is_still_kept(tmp_path):
+    """A worker that dies after the last epoch is resumed from that epoch's checkpoint: no
+    epoch runs, and the selected weights must still be kept (and scored)."""
+    from search.trial import run_body
+
+    data = load_dataset("synthetic", None, preset="tiny")
+    cfg = TrainConfig(d_model=8, heads=2, layers=1, num_epochs=2, threads=1, seed=3).to_dict()
+    ck = tmp_path / "ck"
+
+    def keep_last(metrics, d):
+        if d is not None:
+            ck.mkdir(exist_ok=True)
+            for f in Path(d).iterdir():
+                (ck / f.name).write_bytes(f.read_bytes())
+
+    run_body(cfg, data, keep_last, None)
+    kept = []
+
+    def save(bundle, trainer, d):
+        kept.append((bundle["epoch"], trainer is not None and trainer.model is not None))
+        return "somewhere"
+
+    reports = []
+    run_body(cfg, data, lambda m, d: reports.append(m), str(ck), save_model=save)
+    assert kept and kept[0][1] and reports[-1]["model_checkpoint"] == "somewhere"
+
+
+def test_robustness_that_cannot_be_written_never_loses_the_seed(tmp_path, capsys):
+    from search.settings import TrialSettings
+    from search.trial import _model_saver
+
+    data = load_dataset("synthetic", None, preset="tiny")
+    cfg = TrainConfig(d_model=8, heads=2, layers=1, num_epochs=1, threads=1, seed=4)
+    from ucrn.train import fit
+
+    result = fit(cfg, data)
+    (tmp_path / "robustness.parquet").write_text("a file where the folder goes")
+    settings = TrialSettings(base={}, workers=1, cpus_per_worker=1, gpus_per_worker=0,
+                             extra_resources={}, max_failures=0, train_storage="",
+                             results_uri=str(tmp_path), save_models=True, retrain_of="best",
+                             robustness_repeats=1)
+    mcfg = cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)
+    where = _model_saver(settings, cfg.to_dict())({"state_dict": result.model_state,
+                                                   "model_config": mcfg.to_dict()},
+                                                  result.trainer, data)
+    assert Path(where).is_file()
+    assert "robustness rows not written" in capsys.readouterr().out
+
+
+def test_two_retrained_trials_are_never_averaged_together(tmp_path):
+    from search.analysis.loading import load_search
+    from search.analysis.robustness import robustness_table
+    from tests.results_fixture import write_fake_robustness
+
+    write_fake_search(tmp_path, "s")
+    write_fake_robustness(tmp_path, "s", trial_id="best")
+    write_fake_robustness(tmp_path, "s", trial_id="other", seeds=(1113,), offset=0.4)
+    table, line = robustness_table(load_search(str(tmp_path / "s")))
+    clean = table[table.condition == "clean"].set_index("trial")["MAE"]
+    assert clean["other"].endswith("(1 seed)") and "±" in clean["best"]
+    assert float(clean["other"].split()[0]) > float(clean["best"].split()[0]) + 0.3
+    assert "best: [1111, 1112, 1113]" in line and "other: [1113]" in line
+
+
+def test_predict_and_robustness_use_the_data_the_model_was_trained_on(tmp_path, capsys):
+    write_mult_pickle(make_synthetic("tiny", seed=5), tmp_path / "d" / "mine.pkl")
+    assert cli.main(["train", *SMALL, "--dataset", "synthetic", "--data_path",
+                     str(tmp_path / "d" / "mine.pkl"), "--out", str(tmp_path), "--name",
+                     "m"]) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "m" / "checkpoint.pt"
+    assert cli.main(["robustness", "--checkpoint", str(ckpt), "--repeats", "1", "--out",
+                     str(tmp_path / "r.parquet")]) == 0
+    assert "mine.pkl" in capsys.readouterr().out
+    (tmp_path / "d" / "mine.pkl").unlink()
+    rc = cli.main(["predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.parquet")])
+    assert "mine.pkl, which is gone; pass --data_path" in _one_line(capsys, rc)
+
+
+def test_constant_training_features_are_said_when_noise_is_scaled_by_them():
+    from ucrn.robustness import feature_std
+
+    data = load_dataset("synthetic", None, preset="tiny")
+    split = data.splits["train"]
+    split.vision[:] = 0.0
+    with pytest.warns(RuntimeWarning, match="vision: 10 of 10 features are constant"):
+        stds = feature_std(split)
+    assert not stds["v"].any() and stds["a"].all()
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--modalities", "l", "--robust_metrics"], "robust_MAE needs two or more modalities"),
+    (["--modalities", "a", "--modality_dropout", "0.5"], "modality_dropout=0.5: needs two"),
+    (["--input_noise", "1e30"], "input_noise=1e+30: expected 0 (off) to 100"),
+])
+def test_robustness_options_that_cannot_mean_anything_are_refused(args, needle, tmp_path,
+                                                                  capsys):
+    rc = cli.main(["train", *SMALL, *args, "--out", str(tmp_path / "r")])
+    assert needle in _one_line(capsys, rc)
+    assert not (tmp_path / "r").exists()
+
+
+def test_robust_metrics_on_iemocap_data_leave_no_run_folder(tmp_path, capsys):
+    write_mult_pickle(make_synthetic("iemocap_tiny", seed=1), tmp_path / "synth.pkl")
+    rc = cli.main(["train", *SMALL, "--dataset", "synthetic", "--data_path",
+                   str(tmp_path / "synth.pkl"), "--robust_metrics", "--out",
+                   str(tmp_path / "r")])
+    assert "regression only" in _one_line(capsys, rc)
+    assert not (tmp_path / "r").exists()
+
+
+def test_repeats_are_bounded(tmp_path, capsys):
+    rc = run_search.main(["--storage", str(tmp_path), "--robustness-repeats", "1000"])
+    assert "--robustness-repeats 1000: expected 0 (none) to 100" in _one_line(capsys, rc)
+    rc = cli.main(["robustness", "--checkpoint", "x.pt", "--repeats", "101", "--out",
+                   str(tmp_path / "r.parquet")])
+    assert "--repeats 101: expected an integer from 1 to 100" in _one_line(capsys, rc)
+
+
+def test_an_iemocap_search_optimises_a_metric_iemocap_has():
+    from search.flags import check_metric_task, resolve_metric
+
+    assert resolve_metric(Flags(dataset="iemocap")) == "loss"
+    assert resolve_metric(Flags(preset="iemocap_tiny")) == "loss"
+    assert resolve_metric(Flags()) == "MAE"
+    with pytest.raises(UsageError, match="--metric MAE: the data's task is iemocap"):
+        check_metric_task("MAE", "iemocap")
+    with pytest.raises(UsageError, match="--metric Mean_acc: the data's task is regression"):
+        check_metric_task("Mean_acc", "regression")

@@ -196,7 +196,8 @@ def test_a_model_that_ignores_a_modality_loses_nothing_without_it(tiny):
     for split in data.splits.values():
         split.vision[:] = 0.0
     model = trained_model(data)
-    rows = robustness_rows(model, data, ("test",), repeats=1)
+    with pytest.warns(RuntimeWarning, match="vision: 10 of 10 features are constant"):
+        rows = robustness_rows(model, data, ("test",), repeats=1)
     by = {(r["condition"], r["modality"], r["level"]): r for r in rows}
     clean = by[("clean", "", 0.0)]
     assert not np.isnan(clean["MAE"])
@@ -276,9 +277,9 @@ def test_options_on_change_training(tiny):
     for option in ({"modality_dropout": 0.3}, {"input_noise": 0.5}):
         hist = _history(fit(TrainConfig(**two, **option), tiny))
         assert hist[-1]["train_loss"] != plain[-1]["train_loss"], option
-    # one modality: nothing to drop, so no augmentation at all
-    assert Trainer(TrainConfig(**SMALL, modalities="l", modality_dropout=0.5),
-                   tiny)._augment is None
+    # one modality: nothing could be dropped, so the option is refused, not ignored
+    with pytest.raises(ValueError, match="modality_dropout=0.5: needs two or more"):
+        TrainConfig(**SMALL, modalities="l", modality_dropout=0.5)
 
 
 def test_options_on_resume_exactly(tiny):
@@ -337,7 +338,7 @@ def test_input_noise_is_scaled_by_the_training_feature_std():
 @pytest.mark.parametrize(("config", "needle"), [
     ({"modality_dropout": 1.0}, "modality_dropout=1.0: expected a probability in [0, 1)"),
     ({"modality_dropout": -0.1}, "modality_dropout=-0.1"),
-    ({"input_noise": -1.0}, "input_noise=-1.0: expected >= 0"),
+    ({"input_noise": -1.0}, "input_noise=-1.0: expected 0 (off) to 100"),
     ({"input_noise": math.inf}, "input_noise=inf: expected a finite number"),
     ({"robust_metrics": True, "dataset": "iemocap"}, "regression only"),
     ({"select_metric": "robust_MAE", "preset": "iemocap_tiny"}, "regression only"),
@@ -382,12 +383,15 @@ def test_robust_mae_only_when_asked_and_equal_to_the_missing_one_mean(tiny):
                            conds=[Condition("missing", k) for k in "lav"])
     assert record["robust_MAE"] == float(np.mean([r["MAE"] for r in rows]))
     assert record["robust_MAE"] != record["MAE"]
-    one = Trainer(TrainConfig(**SMALL, modalities="a", robust_metrics=True), tiny)
-    split = one.splits["valid"]
-    assert one.evaluate("valid")["robust_MAE"] == missing_one_mae(one.model, split, 512)
-    assert missing_one_mae(one.model, split, 512) == robustness_rows(
-        one.model, tiny, ("valid",), conds=[Condition("missing", "a")], batch_size=512
-    )[0]["MAE"]
+    two = Trainer(TrainConfig(**SMALL, modalities="av", robust_metrics=True), tiny)
+    split = two.splits["valid"]
+    assert two.evaluate("valid")["robust_MAE"] == missing_one_mae(two.model, split, 512)
+    assert missing_one_mae(two.model, split, 512) == float(np.mean([r["MAE"] for r in
+        robustness_rows(two.model, tiny, ("valid",), batch_size=512,
+                        conds=[Condition("missing", k) for k in "av"])]))
+    # one modality: "missing" would be no input at all, so robust_MAE is refused
+    with pytest.raises(ValueError, match="robust_MAE needs two or more modalities"):
+        TrainConfig(**SMALL, modalities="a", robust_metrics=True)
 
 
 def test_robust_mae_selects_and_leaves_training_alone(tiny):
@@ -459,7 +463,7 @@ def _random_bytes(path: Path) -> None:
 @pytest.mark.parametrize(("args", "needle"), [
     (["--checkpoint", "{bad}"], "not a readable checkpoint"),
     (["--split", "train"], "--split 'train': expected one of test, valid, both"),
-    (["--repeats", "0"], "--repeats 0: expected an integer >= 1"),
+    (["--repeats", "0"], "--repeats 0: expected an integer from 1 to 100"),
     (["--out", "{folder}"], "names a folder"),
     (["--seed", "-1"], "--seed -1"),
 ])

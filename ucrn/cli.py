@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ucrn.config import (
+    ROBUST_REGRESSION_ONLY,
     SEED_MAX,
     TrainConfig,
     config_fields,
@@ -252,8 +253,10 @@ def _seed_line(seed: int, r: FitResult) -> str:
     if r.status not in FINISHED:
         return (f"seed {seed}: {r.status} in epoch {len(r.history) + 1} (non-finite training "
                 f"loss); not in the mean")
-    sel = r.best.get("MAE", r.best.get("loss", math.nan))
-    return (f"seed {seed}: {r.status}, best epoch {r.best_epoch}: valid MAE/loss {sel:.4f}, test "
+    name = next((k for k in (r.config.get("select_metric"), "MAE", "loss")
+                 if k in r.best), "loss")
+    return (f"seed {seed}: {r.status}, best epoch {r.best_epoch}: valid {name} "
+            f"{r.best.get(name, math.nan):.4f}, test "
             + "  ".join(f"{k} {v:.4f}" for k, v in r.test.items()))
 
 
@@ -268,6 +271,8 @@ def train_main(argv: list[str]) -> int:
         print(note, flush=True)
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.aligned, cfg.preset, cfg.data_seed)
     cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)  # shape rules, now
+    if cfg.wants_robust_metrics() and data.task == "iemocap":  # the data decided the task
+        raise UsageError(ROBUST_REGRESSION_ONLY)
     for split, counts in data.nonfinite.items():
         bad = {m: n for m, n in counts.items() if n}
         if bad:

@@ -129,7 +129,7 @@ class TrainConfig(UCRNHyper):
             (_DEVICE.fullmatch(self.device) is not None, "device", "auto, cpu, cuda or cuda:N"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (0 <= self.modality_dropout < 1, "modality_dropout", "a probability in [0, 1)"),
-            (self.input_noise >= 0, "input_noise", ">= 0 (0 = off)"),
+            (0 <= self.input_noise <= 100, "input_noise", "0 (off) to 100 (feature stds)"),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -144,6 +144,13 @@ class TrainConfig(UCRNHyper):
                 raise ValueError(f"select_metric: {e}") from None
         if self.wants_robust_metrics() and self.known_task() == "iemocap":
             raise ValueError(ROBUST_REGRESSION_ONLY)
+        if len(self.modalities) < 2 and self.wants_robust_metrics():
+            raise ValueError(f"robust_MAE needs two or more modalities (with modalities="
+                             f"{self.modalities!r}, one missing means no input at all)")
+        if len(self.modalities) < 2 and self.modality_dropout > 0:
+            raise ValueError(f"modality_dropout={self.modality_dropout}: needs two or more "
+                             f"modalities (it never drops all), got modalities="
+                             f"{self.modalities!r}")
         super().validate()  # the model's shape rules, independent of the data's dims
 
     def wants_robust_metrics(self) -> bool:

@@ -111,6 +111,12 @@ def bundle_data(bundle: dict[str, Any], dataset: str | None, data_path: str | No
     cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
     dataset = dataset or cfg.get("dataset") or "synthetic"
     aligned = bool(cfg.get("aligned", False)) if aligned is None else aligned
+    recorded = cfg.get("data_path")
+    if data_path is None and isinstance(recorded, str):  # the file the model was trained on
+        if not Path(recorded).exists():
+            raise UsageError(f"the checkpoint was trained on {recorded}, which is gone; "
+                             f"pass --data_path (the data to score)")
+        data_path = recorded
     seed = cfg.get("data_seed", 0)
     data = load_dataset(dataset, data_path, aligned, str(cfg.get("preset", "tiny")),
                         seed if isinstance(seed, int) and seed >= 0 else 0)

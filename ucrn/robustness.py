@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ CONDITIONS: tuple[str, ...] = ("clean", "missing", "noise", "time_drop")
 RANDOM_CONDITIONS: tuple[str, ...] = ("noise", "time_drop")
 NOISE_SIGMAS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)  # x the training per-feature std
 DROP_RATES: tuple[float, ...] = (0.1, 0.3, 0.5)  # probability that a time step is zeroed
+MAX_REPEATS = 100  # each repeat scores every random condition again: minutes, not hours
 CHUNK = 256  # samples per block of random draws: numbers independent of the batch size
 SPLIT_CHOICES: dict[str, tuple[str, ...]] = {"test": ("test",), "valid": ("valid",),
                                              "both": ("test", "valid")}
@@ -159,6 +161,11 @@ def feature_std(split: Split, modalities: str = MODALITY_KEYS,
             m2 += b_m2 + delta * delta * (count * k / total)
             count = total
         out[key] = np.sqrt(m2 / count) if count else np.zeros(dim)
+        flat = int((out[key] == 0).sum())
+        if flat:
+            warnings.warn(f"{_NAME[key]}: {flat} of {dim} features are constant in the "
+                          f"training split (std 0): noise scaled by the std adds nothing "
+                          f"to them", RuntimeWarning, stacklevel=2)
     return out
 
 
@@ -425,8 +432,9 @@ def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.split not in SPLIT_CHOICES:
         raise UsageError(f"--split {args.split!r}: expected one of {', '.join(SPLIT_CHOICES)}")
-    if args.repeats < 1:
-        raise UsageError(f"--repeats {args.repeats}: expected an integer >= 1")
+    if not 1 <= args.repeats <= MAX_REPEATS:
+        raise UsageError(f"--repeats {args.repeats}: expected an integer from 1 to "
+                         f"{MAX_REPEATS}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed {args.seed}: expected an integer in 0..{SEED_MAX}")
     if args.batch_size < 1:

@@ -42,6 +42,9 @@ class FitResult:
     model_state: dict[str, Tensor] | None = None  # best weights
     n_params: int = 0
     seconds: float = 0.0
+    # the trainer, its model holding the best weights (to score them further, e.g. under
+    # missing inputs), also when a resumed run had no epoch left to train
+    trainer: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -414,4 +417,4 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
     return FitResult(config=cfg.to_dict(), status=status, best_epoch=tr.best_epoch,
                      best=dict(tr.best_record), test=test, history=list(tr.history),
                      model_state=tr.best_state, n_params=sum(p.numel() for p in tr.model.parameters()),
-                     seconds=time.perf_counter() - t_start)
+                     seconds=time.perf_counter() - t_start, trainer=tr)

@@ -68,6 +68,17 @@ def _numeric_as_declared(df: pd.DataFrame | None, file: str) -> tuple[pd.DataFra
     return df, notes
 
 
+def _optional(fs: pafs.FileSystem, path: str, shown: str,
+              notes: list[str]) -> pd.DataFrame | None:
+    """An optional file (robustness.parquet): unreadable, it is a note, not the end of the
+    whole analysis."""
+    try:
+        return read_dataset(fs, path, shown)
+    except AnalyzeError as e:
+        notes.append(f"left out: {e}")
+        return None
+
+
 def _with_search_name(df: pd.DataFrame | None, default: str) -> pd.DataFrame | None:
     if df is None or df.empty:
         return df
@@ -106,8 +117,8 @@ def load_search(path: str) -> Search:
                                                   f"{shown}/{schema.EPOCHS}")),
                      (schema.RETRAIN, read_dataset(fs, f"{base}/{schema.RETRAIN}",
                                                    f"{shown}/{schema.RETRAIN}")),
-                     (schema.ROBUSTNESS, read_dataset(fs, f"{base}/{schema.ROBUSTNESS}",
-                                                      f"{shown}/{schema.ROBUSTNESS}"))):
+                     (schema.ROBUSTNESS, _optional(fs, f"{base}/{schema.ROBUSTNESS}",
+                                                   f"{shown}/{schema.ROBUSTNESS}", notes))):
         frames[file], more = _numeric_as_declared(df, file)
         notes += more
     name = base.rstrip("/").rsplit("/", 1)[-1]

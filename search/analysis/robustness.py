@@ -23,50 +23,77 @@ KEY = ["condition", "modality", "level"]
 
 
 def main_metric(r: pd.DataFrame) -> str:
-    """MAE for sentiment, the loss otherwise (IEMOCAP)."""
-    return "MAE" if "MAE" in r.columns and r["MAE"].notna().any() else "loss"
+    """MAE for sentiment, Mean_acc for IEMOCAP (as `ucrn robustness` prints), else loss."""
+    for name in ("MAE", "Mean_acc", "loss"):
+        if name in r.columns and r[name].notna().any():
+            return name
+    return "loss"
 
 
-def per_seed(s: Search) -> tuple[pd.DataFrame, str]:
-    """Test-split rows averaged over repeats, one per (seed, condition, modality, level),
-    with `drop` from the same seed's clean score; and the metric used."""
+def per_seed(s: Search, trial: str | None = None) -> tuple[pd.DataFrame, str]:
+    """Test-split rows averaged over repeats, one per (trial, seed, condition, modality,
+    level), with `drop` from the same trial and seed's clean score; and the metric used.
+    Different re-trained trials (`--retrain --trial`) are different models: never mixed."""
     r = s.robustness
     if r is None or r.empty:
         return pd.DataFrame(), ""
     if "split" in r.columns:
         r = r[r["split"] == "test"] if (r["split"] == "test").any() else r
     metric = main_metric(r)
-    r = r.assign(modality=r["modality"].fillna(""), seed=r.get("seed", 0))
-    g = r.groupby(["seed", *KEY], dropna=False, as_index=False)[metric].mean()
-    clean = g[g["condition"] == CLEAN].set_index("seed")[metric]
-    g["drop"] = g[metric] - g["seed"].map(clean)
+    r = r.assign(modality=r["modality"].fillna(""), seed=r.get("seed", 0),
+                 trial_id=r.get("trial_id", "best"))
+    if trial is not None:
+        r = r[r["trial_id"] == trial]
+    g = r.groupby(["trial_id", "seed", *KEY], dropna=False, as_index=False)[metric].mean()
+    clean = g[g["condition"] == CLEAN].set_index(["trial_id", "seed"])[metric]
+    g["drop"] = g[metric] - pd.Series(list(zip(g["trial_id"], g["seed"]))).map(clean).values
     return g, metric
 
 
-def _sd(x: pd.Series) -> float:
-    return float(x.std(ddof=1)) if x.count() > 1 else 0.0
+def main_trial(s: Search) -> str | None:
+    """The re-trained trial the plots show: `best` if it was re-trained, else the one with
+    the most rows."""
+    r = s.robustness
+    if r is None or r.empty or "trial_id" not in r.columns:
+        return None
+    ids = r["trial_id"].value_counts()
+    return "best" if "best" in ids.index else str(ids.index[0])
+
+
+def _mean_sd(x: pd.Series, sign: str = "") -> str:
+    """mean ± sample std over seeds; with one seed there is no std to show."""
+    v = x.dropna()
+    if v.empty:
+        return "-"
+    if len(v) == 1:
+        return f"{v.iloc[0]:{sign}.4f} (1 seed)"
+    return f"{v.mean():{sign}.4f} ± {v.std(ddof=1):.4f}"
 
 
 def robustness_table(s: Search) -> tuple[pd.DataFrame, str]:
-    """Mean ± std over seeds per condition: the score and its drop from clean."""
+    """Mean ± std over seeds per re-trained trial and condition: the score and its drop."""
     g, metric = per_seed(s)
     if g.empty:
         return g, "no robustness.parquet rows (run_search.py --retrain writes them)"
-    seeds = sorted(g["seed"].unique())
+    trials = list(dict.fromkeys(g["trial_id"]))
     rows = []
-    for key, part in g.groupby(KEY, dropna=False, sort=False):
+    for key, part in g.groupby(["trial_id", *KEY], dropna=False, sort=False):
         v, d = part[metric], part["drop"]
-        rows.append({"condition": key[0], "modality": key[1] or "-", "level": key[2],
-                     metric: f"{v.mean():.4f} ± {_sd(v):.4f}",
-                     "drop": f"{d.mean():+.4f} ± {_sd(d):.4f}", "seeds": int(v.count())})
+        rows.append({"trial": key[0], "condition": key[1], "modality": key[2] or "-",
+                     "level": key[3], metric: _mean_sd(v), "drop": _mean_sd(d, "+"),
+                     "seeds": int(v.notna().sum())})
     order = {CLEAN: 0, MISSING: 1, NOISE: 2}
     table = pd.DataFrame(rows)
-    table = table.sort_values(by=["condition", "modality", "level"],
+    table = table.sort_values(by=["trial", "condition", "modality", "level"],
                               key=lambda c: c.map(order).fillna(3) if c.name == "condition"
                               else c, kind="stable").reset_index(drop=True)
-    line = (f"test {metric} under each condition, mean ± std (ddof=1) over seeds "
-            f"{', '.join(map(str, seeds))}; drop = condition minus the same seed's clean score "
-            f"(positive: worse for MAE/loss)")
+    if len(trials) == 1:
+        table = table.drop(columns="trial")
+    seeds = ", ".join(f"{t}: {sorted(int(x) for x in g[g.trial_id == t]['seed'].unique())}"
+                      for t in trials)
+    line = (f"test {metric} under each condition, mean ± std (ddof=1) over seeds ({seeds}); "
+            f"drop = condition minus the same seed's clean score (positive: worse for MAE "
+            f"and loss)")
     return table, line
 
 
@@ -110,8 +137,10 @@ def plot_noise(searches: list[Search], path: Path, *, top: int,
     per noised modality, error bars over seeds."""
     fig, panels = _panels(searches)
     for ax, s in panels:
-        g, metric = per_seed(s)
-        ax.set_title(f"{s.label}: test {metric or 'metric'} under Gaussian noise", fontsize=10)
+        trial = main_trial(s)
+        g, metric = per_seed(s, trial)
+        ax.set_title(f"{s.label} ({trial}): test {metric or 'metric'} under Gaussian noise",
+                     fontsize=10)
         if g.empty or not (g["condition"] == NOISE).any():
             no_data(ax, "no robustness rows with noise (run_search.py --retrain writes them)")
             continue
@@ -137,9 +166,10 @@ def plot_missing(searches: list[Search], path: Path, *, top: int,
     bars over seeds)."""
     fig, panels = _panels(searches)
     for ax, s in panels:
-        g, metric = per_seed(s)
-        ax.set_title(f"{s.label}: drop in test {metric or 'metric'} with modalities missing",
-                     fontsize=10)
+        trial = main_trial(s)
+        g, metric = per_seed(s, trial)
+        ax.set_title(f"{s.label} ({trial}): drop in test {metric or 'metric'} with modalities "
+                     f"missing", fontsize=10)
         miss = g[g["condition"] == MISSING] if not g.empty else g
         if miss.empty:
             no_data(ax, "no robustness rows with missing modalities")
