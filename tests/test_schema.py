@@ -51,7 +51,8 @@ def written(tmp_path_factory) -> Path:
                 "epoch": epoch, "train_loss": 0.9, "mjs": 0.01 * epoch, "current_lr": 1e-3,
                 "seconds": 1.5, "node_id": "n1", "node": "host", "samples_per_s": 100.0,
                 "peak_gpu_mem_mb": None, "checkpoint": f"/c/{tid}/{epoch}",
-                "wall_seconds": 3.0 * epoch, **_metrics(0.8 - 0.1 * epoch)})
+                "wall_seconds": 3.0 * epoch, "ended_at": 1.7e9 + epoch,
+                **_metrics(0.8 - 0.1 * epoch)})
         book.finish(tid, config, "errored" if i else None, "RuntimeError: x" if i else None)
     base = {k: v for k, v in TrainConfig(num_epochs=2).to_dict().items() if k != "seed"}
     for seed in (1111, 1112):  # as search/driver.py's run_retrain builds its rows
