@@ -37,7 +37,7 @@ from search.results import METRICS, ResultsStore, TrialBook
 from search.settings import TrialSettings
 from search.space import SpaceError, first_value, load_space, searched, validate_space
 from search.warm import WarmStart, warm_start
-from ucrn.config import TrainConfig
+from ucrn.config import TrainConfig, data_args
 from ucrn.data import MultData, load_dataset, resolve_dataset
 from ucrn.errors import UsageError, run_main
 from ucrn.metrics import metric_mode
@@ -83,6 +83,7 @@ def _main(argv: list[str], fail_if: dict[str, Any] | None) -> int:
 def base_config(fl: Flags, spec: dict[str, Any]) -> dict[str, Any]:
     """The fixed part of every trial's config: flags plus the space's fixed values."""
     base = {"dataset": fl.dataset or "synthetic", "data_path": fl.data_path,
+            "data_format": fl.data_format, "target": fl.target,
             "aligned": fl.aligned, "preset": fl.preset, "modalities": fl.modalities,
             "num_epochs": fl.max_epochs, "seed": fl.seed, "threads": base_resources_threads(fl),
             "select_metric": fl.metric, "device": "cpu" if fl.gpus_per_trial == 0 else "auto",
@@ -102,12 +103,13 @@ def with_data_path(fl: Flags) -> Flags:
     if fl.data_path is None:
         return fl
     try:
-        dataset, aligned, path, note = resolve_dataset(fl.dataset, fl.data_path, fl.aligned)
+        r = resolve_dataset(fl.dataset, fl.data_path, fl.aligned, fl.data_format)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if note:
-        print(note, flush=True)
-    return replace(fl, dataset=dataset, aligned=aligned, data_path=str(path))
+    if r.note:
+        print(r.note, flush=True)
+    return replace(fl, dataset=r.dataset, aligned=r.aligned, data_path=str(r.path),
+                   data_format=r.format)
 
 
 def plan_search(fl: Flags, store: ResultsStore, storage: str,
@@ -235,13 +237,15 @@ def _tune_state_exists(store: ResultsStore) -> bool:
     return True
 
 
-def load_data(dataset: str, data_path: str | None, aligned: bool, preset: str,
-              seed: int = 0) -> MultData:
-    """The dataset, once, on the driver; a data problem is a usage error (one line)."""
+def load_data(config: dict[str, Any]) -> MultData:
+    """The dataset of a trial config, once, on the driver; a data problem is a usage
+    error (one line)."""
     try:
-        return load_dataset(dataset, data_path, aligned, preset=preset, seed=seed)
+        data = load_dataset(**data_args(config))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    print(f"data: {data.summary()}", flush=True)
+    return data
 
 
 # ---- run ---------------------------------------------------------------------------------
@@ -254,8 +258,12 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
     with ResultsLock(store, "search") as lock:
         plan = plan_search(fl, store, storage, fail_if, given)
         fl = plan.flags
-        data = load_data(fl.dataset or "synthetic", fl.data_path, fl.aligned, fl.preset)
+        data = load_data(plan.settings.base)
         check_metric_task(fl.metric, data.task)
+        if fl.data_path is not None:  # the format the files turned out to have, recorded
+            fl = replace(fl, data_format=data.format)
+            plan = replace(plan, flags=fl, settings=replace(
+                plan.settings, base={**plan.settings.base, "data_format": data.format}))
         plan = replace(plan, data_id=data.identity())
         _same_data(plan, data)
         if fl.warm_start and not plan.restore:

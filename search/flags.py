@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ucrn.config import DATASETS
+from ucrn.data import DATASET_ALIASES, FORMATS, TARGETS
 from ucrn.errors import OneLineParser, UsageError
 from ucrn.fileio import check_name
 from ucrn.metrics import metric_mode
@@ -37,10 +38,14 @@ def flag(default: Any, help: str, **argparse_kw: Any) -> Any:
 class Flags:
     """Every run_search.py flag (`--num-samples` is `num_samples`), as given or defaulted."""
 
-    dataset: str | None = flag(None, f"{' | '.join(DATASETS)} (default: synthetic, or read "
-                               "off the file names under --data-path)")
-    data_path: str | None = flag(None, "folder with the MulT pickle (or the file)")
-    aligned: bool = flag(False, "word-aligned MulT files", action="store_true")
+    dataset: str | None = flag(None, f"{' | '.join(DATASETS)} (mosei = mosei_senti; default: "
+                               "synthetic, or read off the files under --data-path)")
+    data_path: str | None = flag(None, "the data file (MulT or MMSA pickle), a folder holding "
+                                 "it, or a folder of train/valid/test.npz")
+    data_format: str = flag("auto", f"{' | '.join(FORMATS)}: file layout (auto = told by the "
+                            "files themselves)")
+    aligned: bool = flag(False, "word-aligned files", action="store_true")
+    target: str = flag("M", "labels to train on: M (multimodal) or CH-SIMS's T, A, V")
     preset: str = flag("tiny", "synthetic data preset (tiny, mosi, mosei, ...)")
     modalities: str = flag("lav", "subset of 'lav'")
     space: str | None = flag(None, "search space YAML (default: search/spaces/default.yaml)")
@@ -188,8 +193,10 @@ def check_flags(fl: Flags) -> None:
          f"--search-alg {fl.search_alg}", "--search-alg tpe"),
         (not (fl.warm_start and fl.resume), "--warm-start", "with --resume",
          "a new search (a resumed one keeps its own sampler state)"),
-        (fl.dataset is None or fl.dataset in DATASETS, "--dataset", fl.dataset,
-         f"one of {', '.join(DATASETS)}"),
+        (fl.dataset is None or fl.dataset in (*DATASETS, *DATASET_ALIASES), "--dataset",
+         fl.dataset, f"one of {', '.join(DATASETS)} (or mosei)"),
+        (fl.data_format in FORMATS, "--data-format", fl.data_format, " or ".join(FORMATS)),
+        (fl.target in TARGETS, "--target", fl.target, " or ".join(TARGETS)),
     ]
     for ok, name, value, expected in rules:
         if not ok:
@@ -307,11 +314,10 @@ def resolve_metric(fl: Flags) -> str:
 
 def check_metric_task(metric: str, task: str) -> None:
     """A metric the data's task has (every IEMOCAP trial failed on MAE before)."""
-    from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS, ROBUST_METRICS
+    from ucrn.metrics import ROBUST_METRICS, TASK_METRICS
 
-    wrong = (IEMOCAP_METRICS if task == "regression"
-             else (*REGRESSION_METRICS, *ROBUST_METRICS))
-    if metric in wrong:
-        fit = "loss, Mean_acc, Mean_F1, ..." if task == "iemocap" else "MAE, Corr, ..."
+    fits = ("loss", *TASK_METRICS[task], *(ROBUST_METRICS if task != "iemocap" else ()))
+    if metric not in fits:
+        fit = ", ".join(fits[:4]) + ", ..."
         raise UsageError(f"--metric {metric}: the data's task is {task}, which has no "
                          f"{metric}; use {fit} (or auto)")

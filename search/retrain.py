@@ -69,9 +69,7 @@ def run_retrain(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
     with ResultsLock(store, "re-training") as lock:
         plan = plan_retrain(fl, store, fail_if)
         if plan.todo:
-            data = load_data(plan.config["dataset"], plan.config["data_path"],
-                             plan.config["aligned"], plan.config["preset"],
-                             plan.config["data_seed"])
+            data = load_data(plan.config)
             code = run(plan, data, lock)
             if code:
                 return code

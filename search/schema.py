@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS, ROBUST_METRICS
+from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS, ROBUST_METRICS, SIMS_METRICS
 
 TRIALS, EPOCHS, RETRAIN = "trials.parquet", "epochs.parquet", "retrain.parquet"
 ROBUSTNESS = "robustness.parquet"
@@ -41,7 +41,8 @@ STATUSES: dict[str, str] = {
 }
 FAILED = ("diverged", "errored")  # never the best trial
 
-METRICS: tuple[str, ...] = ("loss", *REGRESSION_METRICS, *IEMOCAP_METRICS, *ROBUST_METRICS)
+METRICS: tuple[str, ...] = tuple(dict.fromkeys(  # each name once (MAE is in two tasks)
+    ("loss", *REGRESSION_METRICS, *SIMS_METRICS, *IEMOCAP_METRICS, *ROBUST_METRICS)))
 METRIC_TYPE = pa.float64()
 TEST_PREFIX = "test_"  # test metrics: retrain.parquet only; unprefixed ones are validation
 TEST_METRICS: tuple[str, ...] = tuple(TEST_PREFIX + m for m in METRICS)

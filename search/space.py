@@ -22,8 +22,8 @@ from ucrn.config import TrainConfig, field_type
 DEFAULT_SPACE = Path(__file__).parent / "spaces" / "default.yaml"
 KINDS = ("loguniform", "uniform", "int", "choice")
 # set by run_search.py from its own flags, never searched
-NOT_SEARCHABLE = {"dataset", "data_path", "aligned", "preset", "data_seed", "device", "threads",
-                  "num_epochs", "seed"}
+NOT_SEARCHABLE = {"dataset", "data_path", "data_format", "aligned", "target", "preset",
+                  "data_seed", "device", "threads", "num_epochs", "seed"}
 MAX_INT_VALUES = 10_000  # an int range wider than this cannot be checked value by value
 MAX_CHECKS = 200_000  # (about 20 s); a space needing more pairs is refused, not half-checked
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ucrn import data as D
+from ucrn.convert import synth_main
 from ucrn.data import DataError
 
 
@@ -264,7 +265,7 @@ def test_wrong_label_shape() -> None:
     raw["valid"]["labels"] = np.zeros((8, 2), np.float32)
     _err(raw, "'valid'", "'labels'", "(N,1,1)")
     raw = small_raw()
-    with pytest.raises(DataError, match=r"labels of shape \(N,4,2\) expected for iemocap"):
+    with pytest.raises(DataError, match=r"labels of shape \(N,4,2\) one-hot or \(N,4\) of 0/1 expected for iemocap"):
         D.from_raw(raw, "SRC", task="iemocap")
     iemo = D.make_synthetic("iemocap_tiny", 0, n_train=5, n_valid=5, n_test=5)
     with pytest.raises(DataError, match="expected for regression"):
@@ -461,14 +462,14 @@ def test_load_dataset_errors_and_synthetic(tmp_path: Path) -> None:
 
 
 def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert D.synth_main(["--preset", "tiny", "--out", str(tmp_path), "--seed", "1"]) == 0
+    assert synth_main(["--preset", "tiny", "--out", str(tmp_path), "--seed", "1"]) == 0
     out = tmp_path / "synthetic_data_noalign.pkl"
     assert capsys.readouterr().out.strip() == str(out)
     md = D.load_dataset("synthetic", tmp_path)
     assert md.source == str(out) and len(md.splits["train"]) == 512
-    assert D.synth_main(["--preset", "tiny", "--out", str(tmp_path), "--aligned"]) == 0
+    assert synth_main(["--preset", "tiny", "--out", str(tmp_path), "--aligned"]) == 0
     assert (tmp_path / "synthetic_data.pkl").is_file()
-    assert D.synth_main(["--preset", "iemocap_tiny", "--out", str(tmp_path)]) == 0
+    assert synth_main(["--preset", "iemocap_tiny", "--out", str(tmp_path)]) == 0
     assert D.load_dataset("iemocap", tmp_path).task == "iemocap"
     capsys.readouterr()
     for argv in (
@@ -477,6 +478,6 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ["--out", str(tmp_path), "--seed", "x"],
         ["--preset", "iemocap_tiny", "--aligned", "--out", str(tmp_path)],
     ):
-        assert D.synth_main(argv) == 2, argv
+        assert synth_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err

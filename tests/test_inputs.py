@@ -70,7 +70,7 @@ def test_ambiguous_or_unknown_data_path_is_one_line(layout, tmp_path, capsys):
         needle = "several datasets here (mosi_data_noalign.pkl, mosei_senti_data_noalign.pkl)"
     elif layout == "nothing_known":
         (d / "features.pkl").write_bytes(b"x")
-        needle = "no MulT data file in this folder"
+        needle = "no data file in this folder"
     elif layout == "only_aligned":
         _tiny(d, "mosi", aligned=True)
         needle = "found mosi_data.pkl (use --aligned)"

@@ -1,4 +1,4 @@
-"""`python -m ucrn train|synth|predict|robustness`: one trial on one machine, no Ray.
+"""`python -m ucrn train|synth|convert|predict|robustness`: one trial on one machine, no Ray.
 
 `train` takes one flag per TrainConfig field (`--lr`, `--heads`, ..., dashes or underscores),
 derived from the fields themselves, plus the authors' command line verbatim: their flag
@@ -133,9 +133,10 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str]:
     cfg = TrainConfig.from_dict(merged, where=where)
     note = ""
     if cfg.data_path is not None:  # a given path is never ignored (ucrn.data.resolve_dataset)
-        dataset, aligned, path, note = resolve_dataset(
-            merged.get("dataset"), cfg.data_path, cfg.aligned)
-        cfg = replace(cfg, dataset=dataset, aligned=aligned, data_path=str(path))
+        r = resolve_dataset(merged.get("dataset"), cfg.data_path, cfg.aligned, cfg.data_format)
+        cfg = replace(cfg, dataset=r.dataset, aligned=r.aligned, data_path=str(r.path),
+                      data_format=r.format)
+        note = r.note
     return cfg, note
 
 
@@ -269,7 +270,10 @@ def train_main(argv: list[str]) -> int:
     resolve_device(cfg.device)
     if note:
         print(note, flush=True)
-    data = load_dataset(cfg.dataset, cfg.data_path, cfg.aligned, cfg.preset, cfg.data_seed)
+    data = load_dataset(**cfg.data_args())
+    print(f"data: {data.summary()}", flush=True)
+    if cfg.data_path is not None:  # the format the file turned out to have, recorded
+        cfg = replace(cfg, data_format=data.format)
     cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)  # shape rules, now
     if cfg.wants_robust_metrics() and data.task == "iemocap":  # the data decided the task
         raise UsageError(ROBUST_REGRESSION_ONLY)
@@ -312,8 +316,8 @@ def train_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main, "synth": _synth, "predict": _predict,
-                "robustness": _robustness}
+    commands = {"train": train_main, "synth": _synth, "convert": _convert,
+                "predict": _predict, "robustness": _robustness}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m ucrn {{{'|'.join(commands)}}} [flags]  (-h for help)",
               file=sys.stderr)
@@ -322,9 +326,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _synth(argv: list[str]) -> int:
-    from ucrn.data import synth_main
+    from ucrn.convert import synth_main
 
     return synth_main(argv)
+
+
+def _convert(argv: list[str]) -> int:
+    from ucrn.convert import convert_main
+
+    return convert_main(argv)
 
 
 def _predict(argv: list[str]) -> int:

@@ -16,11 +16,10 @@ import warnings
 from dataclasses import MISSING, Field, asdict, dataclass, fields
 from typing import Any
 
-from ucrn.data import PRESETS
+from ucrn.data import DATASET_ALIASES, DATASET_TASK, DATASETS, FORMATS, PRESETS, TARGETS
 from ucrn.metrics import ROBUST_METRICS, metric_mode
 from ucrn.model import UCRNConfig, UCRNHyper, hparam
 
-DATASETS = ("mosi", "mosei_senti", "iemocap", "synthetic")
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 MJS_VARIANTS = ("jsd", "authors")
 AMP_MODES = ("auto", "bf16", "off")
@@ -40,11 +39,16 @@ class TrainConfig(UCRNHyper):
     """One trial: the model's hyperparameters (inherited) plus the fields below."""
 
     # data
-    dataset: str = hparam("synthetic", "which data (a MulT file set, or the built-in "
-                          "synthetic); without it a --data_path names it by its file name",
-                          DATASETS)
-    data_path: str | None = hparam(None, "folder with the MulT pickle, or the file itself")
-    aligned: bool = hparam(False, "word-aligned files (*_data.pkl)")
+    dataset: str = hparam("synthetic", "which data (mosei = mosei_senti; custom = your own "
+                          ".npz features; synthetic = built in); without it a --data_path "
+                          "names it by its file or folder name", DATASETS)
+    data_path: str | None = hparam(None, "the data file (MulT or MMSA pickle), or a folder "
+                                   "holding it, or a folder of train/valid/test.npz")
+    data_format: str = hparam("auto", "file layout: auto = told by the files themselves",
+                              FORMATS)
+    aligned: bool = hparam(False, "word-aligned files (MulT *_data.pkl, MMSA aligned_*.pkl)")
+    target: str = hparam("M", "the labels to train and score on: M = the multimodal "
+                         "sentiment; T, A, V = CH-SIMS's unimodal labels (MMSA files)", TARGETS)
     preset: str = hparam("tiny", "synthetic data preset (tiny, mosi, mosei, ...)")
     data_seed: int = hparam(0, "synthetic data seed")
     # optimisation
@@ -82,6 +86,7 @@ class TrainConfig(UCRNHyper):
                                   "regression only")
 
     def __post_init__(self) -> None:
+        self.dataset = DATASET_ALIASES.get(self.dataset, self.dataset)  # mosei: mosei_senti
         self.validate()
 
     @classmethod
@@ -160,11 +165,13 @@ class TrainConfig(UCRNHyper):
     def known_task(self) -> str | None:
         """The task when the config alone decides it (None: only the data can tell), so that
         what needs a task is refused before any data is read."""
-        if self.dataset == "iemocap":
-            return "iemocap"
         if self.dataset == "synthetic" and self.data_path is None and self.preset in PRESETS:
             return PRESETS[self.preset]["task"]
-        return None if self.dataset == "synthetic" else "regression"
+        return DATASET_TASK.get(self.dataset)
+
+    def data_args(self) -> dict[str, Any]:
+        """What ucrn.data.load_dataset needs to load this config's data."""
+        return data_args(self.to_dict())
 
     def check_machine(self) -> None:
         """What only the machine that trains can judge (a config may come from a bigger
@@ -185,6 +192,15 @@ class TrainConfig(UCRNHyper):
         if name == "auto":
             name = "loss" if task == "iemocap" else "MAE"
         return name, metric_mode(name)
+
+
+def data_args(config: dict[str, Any]) -> dict[str, Any]:
+    """load_dataset's arguments from a (partial) config dict; absent keys take the
+    defaults, which is what configs saved before those fields were added ran with."""
+    get = {f.name: config.get(f.name, f.default) for f in fields(TrainConfig)}.__getitem__
+    return {"dataset": get("dataset"), "data_path": get("data_path"), "aligned": get("aligned"),
+            "preset": get("preset"), "seed": get("data_seed"),
+            "data_format": get("data_format"), "target": get("target")}
 
 
 def config_fields() -> tuple[Field, ...]:

@@ -1,11 +1,14 @@
-"""Loading the MulT-format pickles (MOSI, MOSEI, IEMOCAP) and making synthetic data like them.
+"""Loading feature files (MulT's pickles, MMSA's pickles, a folder of .npz) and making
+synthetic data like them.
 
 Why this module exists:
 - the real files are pickles from third-party mirrors, so they are read with a restricted
-  unpickler that refuses any global other than numpy array reconstruction;
-- the real files have quirks (``-inf``/NaN in audio, varying shapes), so every input goes
-  through one validator (:func:`from_raw`) that fails with a one-line :class:`DataError`
-  or repairs and counts what the original loaders silently zeroed;
+  unpickler that refuses any global other than numpy array reconstruction; .npz files are
+  read with ``allow_pickle=False``;
+- the real files have quirks (``-inf``/NaN in audio, varying shapes), so every input, in
+  every layout (:class:`Layout`: which key holds what), goes through one validator
+  (:func:`from_raw`) that fails with a one-line :class:`DataError` or repairs and counts
+  what the original loaders silently zeroed;
 - no machine of this project can download the real files, so a seeded generator writes
   data of exactly the same structure whose labels reward trimodal fusion.
 
@@ -16,48 +19,69 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ucrn.errors import OneLineParser, one_line, run_main
+from ucrn.errors import DataError, one_line
 from ucrn.fileio import atomic_write
 from ucrn.safeload import SafeLoadError, load_pickle
 
 __all__ = [
     "DATASETS",
+    "DATASET_ALIASES",
+    "DATASET_TASK",
+    "FORMATS",
+    "LAYOUTS",
+    "MMSA_DIRS",
     "MODALITIES",
+    "NPZ_FILES",
     "PRESETS",
     "SPLITS",
+    "TARGETS",
     "DataError",
+    "Layout",
     "MultData",
+    "Resolved",
     "Split",
+    "canonical_dataset",
     "data_file_name",
     "from_raw",
     "load_dataset",
     "load_mult_pickle",
     "make_synthetic",
+    "pickle_layout",
+    "preset_name",
+    "read_npz_folder",
+    "read_npz_split",
     "resolve_data_file",
-    "synth_main",
+    "resolve_dataset",
     "write_mult_pickle",
+    "write_npz_folder",
 ]
 
 MODALITIES = ("text", "audio", "vision")
 SPLITS = ("train", "valid", "test")
-DATASETS = ("mosi", "mosei_senti", "iemocap", "synthetic")
-TASKS = ("regression", "iemocap")
+# dataset -> its task (None: read off the labels); "mosei" is accepted for "mosei_senti"
+DATASET_TASK: dict[str, str | None] = {
+    "mosi": "regression", "mosei_senti": "regression", "iemocap": "iemocap",
+    "sims": "sims", "simsv2": "sims", "custom": None, "synthetic": None}
+DATASETS = tuple(DATASET_TASK)
+DATASET_ALIASES = {"mosei": "mosei_senti"}
+TASKS = ("regression", "sims", "iemocap")
 IEMOCAP_LABEL_SHAPE = (4, 2)  # 4 emotions (Neutral, Happy, Sad, Angry) x 2 logits
-LABEL_RANGE = 3.0
+LABEL_RANGES = {"regression": 3.0, "sims": 1.0}  # MOSI/MOSEI in [-3, 3]; CH-SIMS in [-1, 1]
+LABEL_RANGE = LABEL_RANGES["regression"]
+FORMATS = ("auto", "mult", "mmsa", "npz")
+TARGETS = ("M", "T", "A", "V")  # the multimodal label; CH-SIMS's unimodal ones
 _LABEL_TOL = 1e-4  # float rounding in third-party files; beyond this is an error, not clipped
 _CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per chunk: bounds temporaries on MOSEI-sized arrays
-
-
-class DataError(ValueError):
-    """Bad input data; message is ONE line naming file/split/key and what was expected."""
 
 
 def _fail(msg: str) -> DataError:
@@ -73,6 +97,10 @@ class Split:
     vision: np.ndarray
     labels: np.ndarray
     ids: np.ndarray
+    # read and recorded, never used by the model (it sees the padded sequences, as with
+    # the MulT files): modality -> (N,) valid steps; "T"/"A"/"V" -> CH-SIMS's labels
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -92,6 +120,7 @@ class MultData:
     task: str
     source: str
     nonfinite: dict[str, dict[str, int]] = field(default_factory=dict)
+    format: str = "mult"
 
     @property
     def input_dims(self) -> tuple[int, int, int]:
@@ -126,9 +155,16 @@ class MultData:
         )
         bad = {f"{s}.{m}": n for s, per in self.nonfinite.items() for m, n in per.items() if n}
         bad_txt = ", ".join(f"{k}={v}" for k, v in bad.items()) or "none"
+        train = self.splits["train"]
+        lens = "".join(f"; {m} lengths read (mean {float(np.mean(v)):.1f} of {t} steps, "
+                       f"the model sees the padded steps)"
+                       for m, t in zip(MODALITIES, self.seq_lens, strict=True)
+                       if (v := train.lengths.get(m)) is not None)
+        extra = (f"; unimodal labels {''.join(train.extra_labels)} kept"
+                 if train.extra_labels else "")
         return (
-            f"{self.source}: task {self.task}, train/valid/test {sizes}, {shapes}; "
-            f"non-finite values set to 0: {bad_txt}"
+            f"{self.source} ({self.format} format): task {self.task}, train/valid/test "
+            f"{sizes}, {shapes}; non-finite values set to 0: {bad_txt}{lens}{extra}"
         )
 
 
@@ -198,7 +234,8 @@ def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
 
 
 def _infer_task(labels: np.ndarray) -> str:
-    return "iemocap" if labels.shape[1:] == IEMOCAP_LABEL_SHAPE else "regression"
+    emotions = IEMOCAP_LABEL_SHAPE[:1]  # (N, 4) class indices, as an .npz may hold them
+    return "iemocap" if labels.shape[1:] in (IEMOCAP_LABEL_SHAPE, emotions) else "regression"
 
 
 def _labels(raw_labels: Any, n: int, task: str, where: str) -> np.ndarray:
@@ -208,14 +245,10 @@ def _labels(raw_labels: Any, n: int, task: str, where: str) -> np.ndarray:
     if a.ndim == 0 or a.shape[0] != n:
         raise _fail(f"{where}: expected N={n} rows (as the features), got shape {a.shape}")
     if task == "iemocap":
-        if a.shape[1:] != IEMOCAP_LABEL_SHAPE:
-            raise _fail(f"{where}: labels of shape (N,4,2) expected for iemocap, got {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise _fail(f"{where}: expected finite one-hot labels, got inf or NaN")
-        return np.argmax(a, axis=2).astype(np.int64)
+        return _emotion_classes(a, where)
     if a.shape[1:] not in ((1, 1), (1,), ()):
         raise _fail(
-            f"{where}: labels of shape (N,1,1), (N,1) or (N,) expected for regression, "
+            f"{where}: labels of shape (N,1,1), (N,1) or (N,) expected for {task}, "
             f"got {a.shape}"
         )
     y = a.reshape(n).astype(np.float32)
@@ -224,12 +257,62 @@ def _labels(raw_labels: Any, n: int, task: str, where: str) -> np.ndarray:
             f"{where}: expected finite sentiment labels, got {int((~np.isfinite(y)).sum())} inf/NaN"
         )
     lo, hi = float(y.min()), float(y.max())
-    if lo < -LABEL_RANGE - _LABEL_TOL or hi > LABEL_RANGE + _LABEL_TOL:
-        raise _fail(f"{where}: expected sentiment labels in [-3, 3], got range [{lo:g}, {hi:g}]")
-    return np.clip(y, -LABEL_RANGE, LABEL_RANGE)
+    bound = LABEL_RANGES[task]
+    if lo < -bound - _LABEL_TOL or hi > bound + _LABEL_TOL:
+        raise _fail(f"{where}: expected sentiment labels in [-{bound:g}, {bound:g}] (task "
+                    f"{task}), got range [{lo:g}, {hi:g}]")
+    return np.clip(y, -bound, bound)
 
 
-def _from_raw(raw: object, source: str, task: str | None, inplace: bool) -> MultData:
+def _emotion_classes(a: np.ndarray, where: str) -> np.ndarray:
+    """IEMOCAP: (N, 4, 2) one-hot (MulT) or (N, 4) class indices 0/1 (.npz) -> (N, 4)."""
+    if not np.all(np.isfinite(a)):
+        raise _fail(f"{where}: expected finite emotion labels, got inf or NaN")
+    if a.shape[1:] == IEMOCAP_LABEL_SHAPE:
+        return np.argmax(a, axis=2).astype(np.int64)
+    if a.shape[1:] == IEMOCAP_LABEL_SHAPE[:1] and np.isin(a, (0, 1)).all():
+        return a.astype(np.int64)
+    raise _fail(f"{where}: labels of shape (N,4,2) one-hot or (N,4) of 0/1 expected for "
+                f"iemocap, got shape {a.shape}")
+
+
+def _lengths(raw: Any, n: int, where: str) -> np.ndarray:
+    """Valid steps per sample: N non-negative whole numbers."""
+    a = _array(raw, where)
+    if a.dtype.kind not in "fiu" or a.shape != (n,):
+        raise _fail(f"{where}: expected {n} sequence lengths, shape ({n},), got "
+                    f"{a.dtype} of shape {a.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(a >= 0) and np.all(a == np.floor(a))):
+        raise _fail(f"{where}: expected whole numbers >= 0 (valid steps per sample)")
+    return a.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which key of a split holds what: the one difference between the file formats, so
+    all of them go through the same validator."""
+
+    name: str
+    labels: str  # the sentiment (or emotion) labels the model is trained on
+    lengths: tuple[tuple[str, str], ...] = ()  # optional (modality, key): valid steps
+    extra_labels: tuple[tuple[str, str], ...] = ()  # optional (target, key): CH-SIMS T/A/V
+
+
+LAYOUTS: dict[str, Layout] = {
+    "mult": Layout("mult", "labels"),
+    # MMSA (thuiar/MMSA): also raw_text, text_bert (BERT token ids), annotations and
+    # classification_labels, which UCRN does not use
+    "mmsa": Layout("mmsa", "regression_labels",
+                   (("audio", "audio_lengths"), ("vision", "vision_lengths")),
+                   tuple((t, f"regression_labels_{t}") for t in TARGETS[1:])),
+    "npz": Layout("npz", "labels", tuple((m, f"{m}_lengths") for m in MODALITIES),
+                  tuple((t, f"labels_{t}") for t in TARGETS[1:])),
+}
+
+
+def _from_raw(raw: object, source: str, task: str | None, inplace: bool,
+              layout: Layout = LAYOUTS["mult"], target: str = "M") -> MultData:
+    label_key = layout.labels
     if task is not None and task not in TASKS:
         raise _fail(f"{source}: unknown task {task!r}; expected one of {TASKS}")
     if not isinstance(raw, dict):
@@ -249,14 +332,17 @@ def _from_raw(raw: object, source: str, task: str | None, inplace: bool) -> Mult
             raise _fail(
                 f"{source}: split {split!r}: expected a dict of arrays, got {type(sd).__name__}"
             )
-        miss = [k for k in (*MODALITIES, "labels") if k not in sd]
+        miss = [k for k in (*MODALITIES, label_key) if k not in sd]
         if miss:
             raise _fail(
                 f"{source}: split {split!r}: missing key(s) {miss}; expected text, audio, "
-                f"vision, labels [, id], got {sorted(map(str, sd))}"
+                f"vision, {label_key} [, id] ({layout.name} format), got {sorted(map(str, sd))}"
             )
     if task is None:
-        task = _infer_task(_array(raw["train"]["labels"], f"{source}: split 'train' key 'labels'"))
+        task = _infer_task(_array(raw["train"][label_key],
+                                  f"{source}: split 'train' key {label_key!r}"))
+    if target not in TARGETS:
+        raise _fail(f"target {target!r}: expected one of {', '.join(TARGETS)}")
     splits: dict[str, Split] = {}
     nonfinite: dict[str, dict[str, int]] = {}
     ref_shapes: dict[str, tuple[int, int]] = {}
@@ -300,28 +386,43 @@ def _from_raw(raw: object, source: str, task: str | None, inplace: bool) -> Mult
                 )
             feats[m] = a
             counts[m] = k
-        labels = _labels(sd["labels"], n, task, f"{where_split} key 'labels'")
+        labels = _labels(sd[label_key], n, task, f"{where_split} key {label_key!r}")
         ids = _make_ids(sd.get("id"), n, split, f"{where_split} key 'id'")
-        splits[split] = Split(feats["text"], feats["audio"], feats["vision"], labels, ids)
+        lengths = {m: _lengths(sd[k], n, f"{where_split} key {k!r}")
+                   for m, k in layout.lengths if sd.get(k) is not None}
+        extra = {t: _labels(sd[k], n, task, f"{where_split} key {k!r}")
+                 for t, k in layout.extra_labels if sd.get(k) is not None and task != "iemocap"}
+        if target != "M":
+            if target not in extra:
+                key = dict(layout.extra_labels).get(target, f"labels_{target}")
+                raise _fail(f"target {target}: {where_split} has no {key!r} (CH-SIMS's "
+                            f"unimodal labels; target M trains on {label_key!r})")
+            labels = extra[target]
+        splits[split] = Split(feats["text"], feats["audio"], feats["vision"], labels, ids,
+                              lengths, extra)
         nonfinite[split] = counts
-    return MultData(splits=splits, task=task, source=source, nonfinite=nonfinite)
+    return MultData(splits=splits, task=task, source=source, nonfinite=nonfinite,
+                    format=layout.name)
 
 
-def from_raw(raw: object, source: str, task: str | None = None) -> MultData:
-    """Validate a MulT-format dict and return float32, finite, checked splits.
+def from_raw(raw: object, source: str, task: str | None = None,
+             layout: Layout = LAYOUTS["mult"], target: str = "M") -> MultData:
+    """Validate a dict of splits in ``layout`` and return float32, finite, checked splits.
 
     The task is inferred from the train labels' shape unless given. ``raw`` is not
     modified. Every problem raises DataError naming ``source``, the split and the key.
     """
-    return _from_raw(raw, source, task, inplace=False)
+    return _from_raw(raw, source, task, False, layout, target)
 
 
 # --------------------------------------------------------------------------------------
-# safe pickle loading
+# reading files: pickles (MulT or MMSA, told apart by their keys) and .npz folders
 # --------------------------------------------------------------------------------------
 
 # The restricted, budgeted unpickler lives in ucrn/safeload.py, next to the other hardened
 # loaders; here its one-line refusals become DataError, the class callers of this module catch.
+
+NPZ_FILES = tuple(f"{s}.npz" for s in SPLITS)
 
 
 def _safe_unpickle(path: Path) -> object:
@@ -331,23 +432,127 @@ def _safe_unpickle(path: Path) -> object:
         raise _fail(str(exc)) from None
 
 
-def load_mult_pickle(path: str | Path, task: str | None = None) -> MultData:
-    """Load a MulT pickle with the restricted unpickler, then validate it (see from_raw)."""
+def pickle_layout(raw: object, source: str, data_format: str = "auto") -> Layout:
+    """MulT or MMSA, told apart by the train split's label key, and checked against a
+    format the user named."""
+    train = raw.get("train") if isinstance(raw, dict) else None
+    found = next((name for name in ("mmsa", "mult") if isinstance(train, dict)
+                  and LAYOUTS[name].labels in train), None)
+    if data_format == "npz":
+        raise _fail(f"--data_format npz: {source} is a pickle; expected a folder holding "
+                    f"{', '.join(NPZ_FILES)}")
+    if data_format in ("mult", "mmsa"):
+        if found is not None and found != data_format:
+            raise _fail(f"--data_format {data_format}: {source} is a {found} file (its splits "
+                        f"hold {LAYOUTS[found].labels!r}); use --data_format {found} or auto")
+        return LAYOUTS[data_format]
+    return LAYOUTS[found or "mult"]  # neither: the validator names the missing keys
+
+
+def load_mult_pickle(path: str | Path, task: str | None = None, data_format: str = "auto",
+                     target: str = "M") -> MultData:
+    """Load a MulT or MMSA pickle with the restricted unpickler, then validate it."""
     p = Path(path)
     raw = _safe_unpickle(p)
-    return _from_raw(raw, str(p), task, inplace=True)
+    return _from_raw(raw, str(p), task, True, pickle_layout(raw, str(p), data_format), target)
 
 
 def write_mult_pickle(raw: dict, path: str | Path) -> Path:
-    """Write ``raw`` as a MulT-format pickle (protocol 4), atomically (temp file + rename)."""
+    """Write ``raw`` as a pickle (protocol 4), atomically (temp file + rename)."""
     p = Path(path)
     atomic_write(p, lambda fh: pickle.dump(raw, fh, protocol=4))
     return p
 
 
+def _npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) of one .npy member, read before numpy allocates."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"format version {version} (expected 1.0 or 2.0)")
+    except (ValueError, SyntaxError, EOFError, OSError) as e:
+        raise _fail(f"{where}: not a readable .npy array ({e})") from None
+    return tuple(shape), dtype, fh.tell()
+
+
+def read_npz_split(path: Path) -> dict[str, np.ndarray]:
+    """One split's .npz, with ``allow_pickle=False``: numbers and strings only; each
+    member's claimed size checked against what the file holds before anything is read."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                where = f"{path} key {info.filename.removesuffix('.npy')!r}"
+                if not info.filename.endswith(".npy"):
+                    raise _fail(f"{path}: member {info.filename!r} is not an array (.npy)")
+                with zf.open(info) as fh:
+                    shape, dtype, header = _npy_header(fh, where)
+                if dtype.hasobject or dtype.fields is not None:
+                    raise _fail(f"{where}: dtype {dtype} refused (pickled objects or fields); "
+                                f"expected numbers, or strings for 'id'")
+                claimed = math.prod(shape) * dtype.itemsize
+                if claimed != info.file_size - header:
+                    raise _fail(f"{where}: claims {claimed} bytes of data for shape {shape} but "
+                                f"holds {info.file_size - header}")
+                total += claimed
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+        raise _fail(f"{path}: not a readable .npz (zip) file ({e})") from None
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if total > memory:
+        raise _fail(f"{path}: its arrays need {total / 2**30:.1f} GiB, more than this machine's "
+                    f"{memory / 2**30:.1f} GiB of memory")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
+        raise _fail(f"{path}: cannot read its arrays ({e})") from None
+
+
+def read_npz_folder(folder: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The own-features layout: <folder>/train.npz, valid.npz, test.npz."""
+    return {s: read_npz_split(folder / f) for s, f in zip(SPLITS, NPZ_FILES, strict=True)}
+
+
+def write_npz_folder(data: MultData, folder: str | Path) -> Path:
+    """``data`` in the own-features layout (what `python -m ucrn convert` writes): per
+    split text/audio/vision (N, T, D) float32, labels (N,) or (N, 4), id, and the lengths
+    and unimodal labels where the data has them. Each file written whole, atomically."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    lay = LAYOUTS["npz"]
+    for s, name in zip(SPLITS, NPZ_FILES, strict=True):
+        sp = data.splits[s]
+        arrays = {m: sp.modality(m) for m in MODALITIES}
+        arrays[lay.labels] = sp.labels
+        arrays["id"] = sp.ids.astype(str)
+        arrays.update({k: sp.lengths[m] for m, k in lay.lengths if m in sp.lengths})
+        arrays.update({k: sp.extra_labels[t] for t, k in lay.extra_labels
+                       if t in sp.extra_labels})
+        atomic_write(out / name, lambda fh, a=arrays: np.savez(fh, **a))
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # file names and dataset selection
 # --------------------------------------------------------------------------------------
+
+# MMSA's folder names (MOSI/Processed/unaligned_50.pkl), also what `ucrn synth` writes
+MMSA_DIRS = {"mosi": "MOSI", "mosei_senti": "MOSEI", "sims": "SIMS", "simsv2": "SIMSv2"}
+_DIR_NAMES = {**{v.lower(): k for k, v in MMSA_DIRS.items()}, "ch-sims": "sims",
+              "ch-simsv2": "simsv2", "ch-sims-v2": "simsv2", "ch_sims": "sims"}
+
+
+def canonical_dataset(name: str) -> str:
+    """A dataset name or its alias (mosei) -> the name used everywhere else."""
+    name = DATASET_ALIASES.get(name, name)
+    if name not in DATASETS:
+        raise _fail(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)} "
+                    f"(or mosei for mosei_senti)")
+    return name
 
 
 def data_file_name(dataset: str, aligned: bool) -> str:
@@ -366,11 +571,32 @@ def _known_files(folder: Path) -> list[tuple[str, bool, Path]]:
     return found
 
 
+def _mmsa_files(folder: Path) -> list[tuple[bool, Path]]:
+    """(aligned, path) of MMSA-named pickles (aligned_50.pkl, unaligned_39.pkl, ...) in a
+    folder or its Processed/ subfolder, as MMSA's downloads are laid out."""
+    found = []
+    for where in (folder, folder / "Processed"):
+        if where.is_dir():
+            for f in sorted(where.glob("*.pkl")):
+                for prefix, aligned in (("aligned", True), ("unaligned", False)):
+                    if f.is_file() and (f.stem == prefix or f.stem.startswith(prefix + "_")):
+                        found.append((aligned, f))
+    return found
+
+
 def _from_file_name(name: str) -> tuple[str, bool] | None:
     for ds in DATASETS:
         for aligned in (False, True):
             if name == data_file_name(ds, aligned):
                 return ds, aligned
+    return None
+
+
+def _dataset_from_folders(p: Path) -> str | None:
+    """MMSA keeps each dataset in a folder named after it (MOSI, MOSEI, SIMS, SIMSv2)."""
+    for part in reversed(p.resolve().parts[:-1] if p.is_file() else p.resolve().parts):
+        if part.lower() in _DIR_NAMES:
+            return _DIR_NAMES[part.lower()]
     return None
 
 
@@ -396,44 +622,104 @@ def resolve_data_file(dataset: str, data_path: str | Path, aligned: bool) -> Pat
     raise _fail(f"--data_path {p}: no file {name} found (looked for {cand}){hint}")
 
 
-def resolve_dataset(dataset: str | None, data_path: str | Path, aligned: bool
-                    ) -> tuple[str, bool, Path, str]:
-    """Which dataset and file a given --data_path means: (dataset, aligned, file, note).
+@dataclass(frozen=True)
+class Resolved:
+    """What a --data_path means: the dataset, alignment, file (or .npz folder), format,
+    and a note saying what was picked (empty when the flags said it all)."""
 
-    A path is never ignored. Without --dataset, the dataset is read off the MulT file
-    name (the file itself, or the one such file in the folder that matches --aligned);
-    anything ambiguous is one line listing what was found. The note says what was picked.
+    dataset: str
+    aligned: bool
+    path: Path
+    format: str
+    note: str = ""
+
+
+def _npz_folder(p: Path) -> Path | None:
+    folder = p.parent if p.is_file() and p.suffix == ".npz" else p
+    if folder.is_dir() and any((folder / f).is_file() for f in NPZ_FILES):
+        return folder
+    return None
+
+
+def resolve_dataset(dataset: str | None, data_path: str | Path, aligned: bool,
+                    data_format: str = "auto") -> Resolved:
+    """Which dataset, file and format a given --data_path means.
+
+    A path is never ignored. A folder with train.npz/valid.npz/test.npz is the own-features
+    layout (dataset `custom` unless named). Without --dataset, a MulT file's dataset is
+    read off its name and an MMSA file's off its folder (MOSI/Processed/...); a folder is
+    searched for the one file that matches --aligned. Anything ambiguous is one line
+    listing what was found. Pickles are told apart by their keys when loaded.
     """
     p = Path(data_path)
     if not p.exists():
         raise _fail(f"--data_path {p} does not exist")
-    if dataset is not None:
-        if dataset not in DATASETS:
-            raise _fail(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-        return dataset, aligned, resolve_data_file(dataset, p, aligned), ""
+    if data_format not in FORMATS:
+        raise _fail(f"--data_format {data_format!r}: expected one of {', '.join(FORMATS)}")
+    dataset = None if dataset is None else canonical_dataset(dataset)
+    npz = _npz_folder(p) if data_format in ("auto", "npz") else None
+    if npz is not None:
+        missing = [f for f in NPZ_FILES if not (npz / f).is_file()]
+        if missing:
+            raise _fail(f"--data_path {p}: {', '.join(missing)} missing (own features: one "
+                        f".npz per split, {', '.join(NPZ_FILES)})")
+        note = "" if dataset else (f"data: {npz} (own features, one .npz per split; dataset "
+                                   f"custom, its task read off the labels; --dataset names it)")
+        return Resolved(dataset or "custom", aligned, npz, "npz", note)
+    if data_format == "npz":
+        raise _fail(f"--data_format npz: {p} holds no {', '.join(NPZ_FILES)}")
     if p.is_file():
-        named = _from_file_name(p.name)
-        if named is None:
-            raise _fail(f"--data_path {p}: cannot tell the dataset from the file name; pass "
-                        f"--dataset ({', '.join(DATASETS)}) or use a MulT name such as "
-                        f"{data_file_name('mosi', False)}")
+        return _resolve_file(dataset, p, aligned, data_format)
+    if dataset is not None and data_format != "mmsa" and (
+            data_format == "mult" or not _mmsa_files(p)):  # the MulT name, or why not
+        return Resolved(dataset, aligned, resolve_data_file(dataset, p, aligned), data_format)
+    return _resolve_folder(dataset, p, aligned, data_format)
+
+
+def _resolve_file(dataset: str | None, p: Path, aligned: bool, data_format: str) -> Resolved:
+    if dataset is not None:
+        return Resolved(dataset, aligned, p, data_format)
+    named = _from_file_name(p.name)
+    if named is not None:
         ds, al = named
-        return ds, al, p, f"data: {p} (dataset {ds}, {'aligned' if al else 'unaligned'}, " \
-                          f"from the file name)"
-    found = _known_files(p)
+        return Resolved(ds, al, p, data_format, f"data: {p} (dataset {ds}, "
+                        f"{'aligned' if al else 'unaligned'}, from the file name)")
+    ds = _dataset_from_folders(p)
+    if ds is not None:
+        return Resolved(ds, aligned, p, data_format, f"data: {p} (dataset {ds}, from the "
+                        f"folder name)")
+    raise _fail(f"--data_path {p}: cannot tell the dataset from the file name or its "
+                f"folders; pass --dataset ({', '.join(DATASETS)}) or use a MulT name such as "
+                f"{data_file_name('mosi', False)}")
+
+
+def _resolve_folder(dataset: str | None, p: Path, aligned: bool, data_format: str
+                    ) -> Resolved:
+    found: list[tuple[str | None, bool, Path]] = []
+    if data_format in ("auto", "mult"):
+        found += [(d, al, f) for d, al, f in _known_files(p) if dataset in (None, d)]
+    if data_format in ("auto", "mmsa"):
+        found += [(dataset or _dataset_from_folders(f), al, f) for al, f in _mmsa_files(p)]
     if not found:
-        raise _fail(f"--data_path {p}: no MulT data file in this folder (expected a name like "
-                    f"{data_file_name('mosei_senti', False)}); pass the file or another folder")
+        raise _fail(f"--data_path {p}: no data file in this folder (expected a MulT name like "
+                    f"{data_file_name('mosei_senti', False)}, an MMSA name like "
+                    f"unaligned_50.pkl, or {', '.join(NPZ_FILES)}); pass the file or another "
+                    f"folder")
     match = [f for f in found if f[1] == aligned]
-    names = ", ".join(f.name for _, _, f in found)
-    if len(match) == 1:
-        ds, al, f = match[0]
-        return ds, al, f, f"data: picked {f} (dataset {ds}; --dataset was not given)"
+    names = ", ".join(str(f.relative_to(p)) for _, _, f in found)
     if not match:
         flag = "--aligned" if not aligned else "no --aligned"
         raise _fail(f"--data_path {p}: no {'aligned' if aligned else 'unaligned'} file; found "
                     f"{names} (use {flag})")
-    raise _fail(f"--data_path {p}: several datasets here ({names}); pass --dataset")
+    if len(match) > 1:
+        raise _fail(f"--data_path {p}: several datasets here ({names}); pass --dataset or "
+                    f"the file itself")
+    ds, al, f = match[0]
+    if ds is None:
+        raise _fail(f"--data_path {p}: cannot tell the dataset of {f.name} from its folders; "
+                    f"pass --dataset ({', '.join(DATASETS)})")
+    how = "--dataset was not given" if dataset is None else "the one file that matches"
+    return Resolved(ds, al, f, data_format, f"data: picked {f} (dataset {ds}; {how})")
 
 
 def load_dataset(
@@ -442,24 +728,30 @@ def load_dataset(
     aligned: bool = False,
     preset: str = "tiny",
     seed: int = 0,
+    data_format: str = "auto",
+    target: str = "M",
 ) -> MultData:
-    """The one entry point trainers call: a real MulT file, or the synthetic generator.
+    """The one entry point trainers call: a file (MulT, MMSA, or an .npz folder), or the
+    synthetic generator.
 
     A given ``data_path`` is always loaded (see `resolve_dataset`), for ``synthetic`` too;
     only ``synthetic`` without a path generates the preset in memory (``aligned=True``
-    picks the preset's ``_aligned`` variant).
+    picks the preset's ``_aligned`` variant). ``target`` T/A/V trains on CH-SIMS's
+    unimodal labels instead of the multimodal one (M).
     """
-    if dataset not in DATASETS:
-        raise _fail(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    dataset = canonical_dataset(dataset)
+    task = DATASET_TASK[dataset]
     if data_path is not None:
-        _, _, path, _ = resolve_dataset(dataset, data_path, aligned)
-        task = {"iemocap": "iemocap", "synthetic": None}.get(dataset, "regression")
-        return load_mult_pickle(path, task=task)
+        r = resolve_dataset(dataset, data_path, aligned, data_format)
+        if r.format == "npz":
+            return _from_raw(read_npz_folder(r.path), str(r.path), task, True, LAYOUTS["npz"],
+                             target)
+        return load_mult_pickle(r.path, task, r.format, target)
     if dataset != "synthetic":
         raise _fail(f"dataset {dataset!r} needs --data_path (a folder or the file itself)")
-    name = _preset_name(preset, aligned)
+    name = preset_name(preset, aligned)
     raw = make_synthetic(name, seed)
-    return _from_raw(raw, f"synthetic:{name}:seed={seed}", None, inplace=True)
+    return _from_raw(raw, f"synthetic:{name}:seed={seed}", None, True, target=target)
 
 
 # --------------------------------------------------------------------------------------
@@ -512,7 +804,7 @@ _N_NUISANCE = 2  # per modality, plus one shared across modalities: look like si
 _DEFAULT_NOISE = 1.0
 
 
-def _preset_name(preset: str, aligned: bool) -> str:
+def preset_name(preset: str, aligned: bool) -> str:
     if preset not in PRESETS:
         raise _fail(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if not aligned or PRESETS[preset]["aligned"]:
@@ -701,36 +993,3 @@ def make_synthetic(
         )
         for s, n, sseq in zip(SPLITS, sizes, split_ss, strict=True)
     }
-
-
-# --------------------------------------------------------------------------------------
-# CLI: python -m ucrn synth
-# --------------------------------------------------------------------------------------
-
-
-def synth_main(argv: list[str] | None = None) -> int:
-    """``python -m ucrn synth --preset NAME --out DIR [--seed N] [--aligned]``.
-
-    Writes DIR/<MulT file name> so training can load it with ``--data_path DIR`` exactly
-    as it would load the real files. Returns 0, 2 for bad arguments, 1 for I/O errors.
-    """
-    return run_main(_synth, argv)
-
-
-def _synth(argv: list[str]) -> int:
-    parser = OneLineParser(
-        prog="python -m ucrn synth",
-        description="Write a synthetic dataset as a MulT-format pickle.",
-    )
-    parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)}")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--aligned", action="store_true", help="use the preset's aligned variant")
-    args = parser.parse_args(argv)
-    name = _preset_name(args.preset, args.aligned)
-    raw = make_synthetic(name, args.seed)
-    cfg = PRESETS[name]
-    out = Path(args.out) / data_file_name(cfg["dataset"], cfg["aligned"])
-    write_mult_pickle(raw, out)
-    print(out)
-    return 0

@@ -22,6 +22,11 @@ class UsageError(Exception):
     """A bad flag, file or value: one line for the user, exit code 2."""
 
 
+class DataError(ValueError):
+    """Bad input data; the message is ONE line naming file, split and key and what was
+    expected (raised by ucrn.data, where the validator lives)."""
+
+
 class RunFailed(Exception):
     """A run that started and then failed (out of memory, a numeric error): one line that
     says where the details are, exit code 1."""

@@ -1,4 +1,4 @@
-"""Evaluation metrics for MOSI/MOSEI regression and IEMOCAP 4x2 emotion classification.
+"""Evaluation metrics for MOSI/MOSEI regression, CH-SIMS regression and IEMOCAP 4x2 emotions.
 
 Definitions in docs/metrics.md, so that numbers are comparable with papers and MMSA.
 Everything is computed in float64 numpy, with no sklearn/scipy dependency, so the metrics
@@ -26,6 +26,14 @@ REGRESSION_METRICS: tuple[str, ...] = (
     "Non0_acc_2",
     "Non0_F1_score",
 )
+# CH-SIMS (labels in [-1, 1]): MMSA's own definitions, class edges below.
+SIMS_METRICS: tuple[str, ...] = ("MAE", "Corr", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5",
+                                 "F1_score")
+SIMS_EDGES: dict[str, tuple[float, ...]] = {  # classes (lo, hi], the first one [-1, hi]
+    "Mult_acc_2": (0.0,),
+    "Mult_acc_3": (-0.1, 0.1),
+    "Mult_acc_5": (-0.7, -0.1, 0.1, 0.7),
+}
 IEMOCAP_EMOTIONS: tuple[str, ...] = ("Neutral", "Happy", "Sad", "Angry")
 
 IEMOCAP_METRICS: tuple[str, ...] = tuple(
@@ -35,7 +43,8 @@ IEMOCAP_METRICS: tuple[str, ...] = tuple(
 # Natural optimisation direction per metric, so schedulers/search never guess it from a name.
 METRIC_MODES: dict[str, str] = {
     "loss": "min",
-    **{name: ("min" if name == "MAE" else "max") for name in REGRESSION_METRICS},
+    **{name: ("min" if name == "MAE" else "max") for name in (*REGRESSION_METRICS,
+                                                              *SIMS_METRICS)},
     **{name: "max" for name in IEMOCAP_METRICS},
 }
 
@@ -140,6 +149,25 @@ def regression_metrics(preds: Any, labels: Any) -> dict[str, float]:
     return {name: out[name] for name in REGRESSION_METRICS}
 
 
+def sims_metrics(preds: Any, labels: Any) -> dict[str, float]:
+    """CH-SIMS's metrics as MMSA computes them, keys exactly ``SIMS_METRICS``: predictions
+    and labels clipped to [-1, 1] first (MAE and Corr too), then 2/3/5 classes by
+    ``SIMS_EDGES``, F1_score the weighted F1 of the two classes."""
+    p = np.clip(_to_numpy(preds).ravel(), -1.0, 1.0)
+    t = np.clip(_to_numpy(labels).ravel(), -1.0, 1.0)
+    if p.size == 0 or p.size != t.size:
+        raise ValueError(f"sims_metrics needs as many predictions as labels, at least one "
+                         f"(got {p.size} and {t.size})")
+    out = {"MAE": float(np.mean(np.abs(p - t))), "Corr": _pearson(p, t)}
+    for name, edges in SIMS_EDGES.items():
+        # searchsorted 'left': a value equal to an edge falls in the class below, (lo, hi]
+        pc, tc = np.searchsorted(edges, p, "left"), np.searchsorted(edges, t, "left")
+        out[name] = float(np.mean(pc == tc))
+        if name == "Mult_acc_2":
+            out["F1_score"] = weighted_f1(tc, pc)
+    return {name: out[name] for name in SIMS_METRICS}
+
+
 def iemocap_metrics(logits: Any, labels: Any) -> dict[str, float]:
     """Per-emotion accuracy and weighted F1 of the 2-way argmax, plus their means.
 
@@ -181,6 +209,21 @@ def iemocap_metrics(logits: Any, labels: Any) -> dict[str, float]:
     out["Mean_acc"] = float(np.mean(accs))
     out["Mean_F1"] = float(np.mean(f1s))
     return out
+
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "regression": REGRESSION_METRICS, "sims": SIMS_METRICS, "iemocap": IEMOCAP_METRICS}
+
+
+def task_metrics(task: str, out: Any, labels: Any) -> dict[str, float]:
+    """The task's metrics (``TASK_METRICS[task]``): the one place that picks them."""
+    if task == "iemocap":
+        return iemocap_metrics(out, labels)
+    if task == "sims":
+        return sims_metrics(out, labels)
+    if task == "regression":
+        return regression_metrics(out, labels)
+    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_METRICS)}")
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -25,11 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ucrn.config import data_args
 from ucrn.data import SPLITS, MultData, Split, load_dataset
 from ucrn.errors import OneLineParser, UsageError, one_line, run_main
 from ucrn.fileio import atomic_write, check_output
 from ucrn.losses import task_loss
-from ucrn.metrics import IEMOCAP_EMOTIONS, iemocap_metrics, regression_metrics
+from ucrn.metrics import IEMOCAP_EMOTIONS, TASK_METRICS, task_metrics
 from ucrn.model import UCRN, UCRNConfig
 from ucrn.safeload import load_checkpoint
 from ucrn.train import resolve_device
@@ -109,6 +110,7 @@ def bundle_data(bundle: dict[str, Any], dataset: str | None, data_path: str | No
     """The data the checkpoint was trained on, unless the flags say otherwise: (data, the
     dataset's name)."""
     cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
+    args = data_args(cfg)
     dataset = dataset or cfg.get("dataset") or "synthetic"
     aligned = bool(cfg.get("aligned", False)) if aligned is None else aligned
     recorded = cfg.get("data_path")
@@ -117,9 +119,11 @@ def bundle_data(bundle: dict[str, Any], dataset: str | None, data_path: str | No
             raise UsageError(f"the checkpoint was trained on {recorded}, which is gone; "
                              f"pass --data_path (the data to score)")
         data_path = recorded
-    seed = cfg.get("data_seed", 0)
-    data = load_dataset(dataset, data_path, aligned, str(cfg.get("preset", "tiny")),
-                        seed if isinstance(seed, int) and seed >= 0 else 0)
+    seed = args["seed"]
+    fmt = args["data_format"] if data_path == recorded else "auto"  # other data: told by its files
+    data = load_dataset(dataset, data_path, aligned, str(args["preset"]),
+                        seed if isinstance(seed, int) and seed >= 0 else 0, str(fmt),
+                        str(args["target"]))
     return data, dataset
 
 
@@ -165,6 +169,8 @@ def prediction_table(out: np.ndarray, split: Split, task: str) -> pa.Table:
     else:
         cols["prediction"] = out.reshape(-1).astype(np.float64)
         cols["label"] = split.labels.reshape(-1).astype(np.float64)
+        for t, y in split.extra_labels.items():  # CH-SIMS's unimodal labels, for analysis
+            cols[f"label_{t}"] = y.astype(np.float64)
     return pa.table(cols)
 
 
@@ -172,15 +178,11 @@ def split_metrics(out: np.ndarray, split: Split, task: str) -> dict[str, float]:
     """loss (as the trainer's) plus the metrics; all NaN when a prediction is not finite
     (an accuracy computed from NaN predictions would be a made-up number)."""
     if not np.isfinite(out).all():
-        names = ["loss", *(iemocap_metrics(np.zeros((1, 8)), np.zeros((1, 4))) if task ==
-                           "iemocap" else regression_metrics([0.0], [0.0]))]
-        return dict.fromkeys(names, math.nan)
+        return dict.fromkeys(["loss", *TASK_METRICS[task]], math.nan)
     labels = torch.from_numpy(split.labels)
     loss = task_loss(torch.from_numpy(out), labels.long() if task == "iemocap" else labels,
                      task).item()
-    if task == "iemocap":
-        return {"loss": loss, **iemocap_metrics(out, split.labels)}
-    return {"loss": loss, **regression_metrics(out.reshape(-1), split.labels)}
+    return {"loss": loss, **task_metrics(task, out, split.labels)}
 
 
 def write_parquet(table: pa.Table, out: Path, meta: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ from ucrn.config import SEED_MAX
 from ucrn.data import MODALITIES, SPLITS, MultData, Split
 from ucrn.errors import OneLineParser, UsageError, run_main
 from ucrn.fileio import atomic_write, check_output
-from ucrn.metrics import metric_mode, regression_metrics
+from ucrn.metrics import metric_mode, task_metrics
 from ucrn.model import MODALITY_KEYS, UCRN
 from ucrn.predict import build_model, bundle_data, check_shapes, load_bundle, split_metrics
 from ucrn.train import DeviceSplit, resolve_device
@@ -248,11 +248,11 @@ def predict_condition(model: UCRN, split: DeviceSplit, cond: Condition,
 
 
 def missing_one_mae(model: UCRN, split: DeviceSplit, batch_size: int = 256,
-                    autocast: torch.dtype | None = None) -> float:
+                    autocast: torch.dtype | None = None, task: str = "regression") -> float:
     """robust_MAE: the mean MAE over the conditions "each of the model's modalities zeroed
     in turn" (one modality: the MAE with it zeroed). One pass per modality."""
     labels = split.labels.cpu().numpy().reshape(-1)
-    maes = [regression_metrics(predict_condition(model, split, Condition("missing", k),
+    maes = [task_metrics(task, predict_condition(model, split, Condition("missing", k),
                                                  batch_size=batch_size, autocast=autocast
                                                  ).numpy().reshape(-1), labels)["MAE"]
             for k in own_keys(model.cfg.modalities)]

@@ -25,7 +25,7 @@ from torch import Tensor
 from ucrn.config import ROBUST_REGRESSION_ONLY, TrainConfig
 from ucrn.data import MultData, Split
 from ucrn.losses import task_loss, training_loss
-from ucrn.metrics import iemocap_metrics, regression_metrics
+from ucrn.metrics import task_metrics
 from ucrn.model import UCRN
 
 GRAPH_WARMUP_STEPS = 3  # eager steps before capture: lazy state (Adam moments, cuBLAS) must exist
@@ -313,16 +313,13 @@ class Trainer:
         out = self.predict(split)
         labels = split.labels.cpu()
         loss = task_loss(out, labels, self.task).item()
-        if self.task == "iemocap":
-            metrics = iemocap_metrics(out.numpy(), labels.numpy())
-        else:
-            metrics = regression_metrics(out.numpy().ravel(), labels.numpy().ravel())
+        metrics = task_metrics(self.task, out.numpy(), labels.numpy())
         record = {"loss": loss, **metrics}
         if name == "valid" and self.robust_metrics:  # one more pass per modality: on request
             from ucrn.robustness import missing_one_mae
 
             record["robust_MAE"] = missing_one_mae(self.model, split, self.cfg.eval_batch_size,
-                                                   self.autocast_dtype)
+                                                   self.autocast_dtype, self.task)
         return record
 
     def checkpoint(self) -> dict[str, Any]:
