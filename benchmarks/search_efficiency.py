@@ -155,7 +155,7 @@ class Study:
         from ucrn.train import fit
 
         cfg = TrainConfig.from_dict({**run["best_config"], "threads": 2, "device": "cpu"})
-        data = load_dataset(cfg.dataset, cfg.data_path, cfg.aligned, cfg.preset, cfg.data_seed)
+        data = load_dataset(**cfg.data_args())
         return float(fit(cfg, data).test["MAE"])
 
     # ---- the parts --------------------------------------------------------------------
@@ -192,45 +192,58 @@ class Study:
 
     def summarise(self) -> dict[str, Any]:
         df = pd.DataFrame(self.runs)
-        tables: dict[str, list[dict[str, Any]]] = {}
-        meth = df[df.part == "methods"]
-        base = meth[meth.method == BASELINE]
-        target = float(np.median(base["best_val_mae"])) if len(base) else float("nan")
+        return summarise(self.runs, _spread(df[(df.part == "methods")
+                                               & (df.method == BASELINE)]))
+
+
+def summarise(runs: list[dict[str, Any]], spread: dict[str, float]) -> dict[str, Any]:
+    """The tables of the study, from its runs (also from a saved JSON: --from)."""
+    df = pd.DataFrame(runs)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    meth = df[df.part == "methods"]
+    base = meth[meth.method == BASELINE]
+    target = float(np.median(base["best_val_mae"])) if len(base) else float("nan")
+    rows = []
+    base_best = {r.seed: r.best_val_mae for r in base.itertuples()}
+    for method, g in meth.groupby("method", sort=False):
+        reach = [_epochs_to(r["curve_mae"], target) for _, r in g.iterrows()]
+        # paired: the same seed's random full-budget search, whose first proposals are
+        # the same (TPE starts with 10 random ones from the same seed)
+        paired = [_epochs_to(r["curve_mae"], round(base_best[r["seed"]], 6) + 1e-9)
+                  if r["seed"] in base_best else None for _, r in g.iterrows()]
+        rows.append({
+            "method": method, "seeds": len(g),
+            "best val MAE (median)": float(np.median(g.best_val_mae)),
+            "best val MAE (IQR)": _iqr(g.best_val_mae),
+            "test MAE of the pick (mean ± std)": _mean_std(g.picked_test_mae),
+            "trials (median)": float(np.median(g.trials)),
+            "epochs spent (median)": float(np.median(g.epochs)),
+            f"epochs to reach {BASELINE}'s median best (median)":
+                _median_or_none(reach),
+            f"epochs to reach the same seed's {BASELINE} final best (median)":
+                _median_or_none(paired),
+            "wall s (median)": float(np.median(g.wall_s))})
+    tables["methods"] = rows
+    for part, key in (("asha", "method"), ("parallel", "method"), ("warm", "method")):
+        g_part = df[df.part == part]
+        if part == "asha":
+            g_part = pd.concat([meth[meth.method == "TPE + ASHA"].assign(
+                method="grace 1, rf 2"), g_part])
         rows = []
-        for method, g in meth.groupby("method", sort=False):
-            reach = [_epochs_to(r["curve_mae"], target) for _, r in g.iterrows()]
-            rows.append({
-                "method": method, "seeds": len(g),
-                "best val MAE (median)": float(np.median(g.best_val_mae)),
-                "best val MAE (IQR)": _iqr(g.best_val_mae),
-                "test MAE of the pick (mean ± std)": _mean_std(g.picked_test_mae),
-                "trials (median)": float(np.median(g.trials)),
-                "epochs spent (median)": float(np.median(g.epochs)),
-                f"epochs to reach {BASELINE}'s median best (median)":
-                    _median_or_none(reach),
-                "wall s (median)": float(np.median(g.wall_s))})
-        tables["methods"] = rows
-        for part, key in (("asha", "method"), ("parallel", "method"), ("warm", "method")):
-            g_part = df[df.part == part]
-            if part == "asha":
-                g_part = pd.concat([meth[meth.method == "TPE + ASHA"].assign(
-                    method="grace 1, rf 2"), g_part])
-            rows = []
-            for name, g in g_part.groupby(key, sort=False):
-                rows.append({"setting": name, "seeds": len(g),
-                             "best val MAE (median)": float(np.median(g.best_val_mae)),
-                             "best val MAE (IQR)": _iqr(g.best_val_mae),
-                             "trials (median)": float(np.median(g.trials)),
-                             "epochs to reach 1.02 x its final best (median)": _median_or_none(
-                                 [_epochs_to(c, 1.02 * c[-1]) for c in g.curve_mae]),
-                             "wall s (median)": float(np.median(g.wall_s)),
-                             **({"test MAE of the pick (mean ± std)":
-                                 _mean_std(g.picked_test_mae)} if "picked_test_mae" in g
-                                else {})})
-            if rows:
-                tables[part] = rows
-        spread = _spread(meth[meth.method == BASELINE])
-        return {"target_val_mae": target, "tables": tables, "spread": spread}
+        for name, g in g_part.groupby(key, sort=False):
+            rows.append({"setting": name, "seeds": len(g),
+                         "best val MAE (median)": float(np.median(g.best_val_mae)),
+                         "best val MAE (IQR)": _iqr(g.best_val_mae),
+                         "trials (median)": float(np.median(g.trials)),
+                         "epochs to reach 1.02 x its final best (median)": _median_or_none(
+                             [_epochs_to(c, 1.02 * c[-1]) for c in g.curve_mae]),
+                         "wall s (median)": float(np.median(g.wall_s)),
+                         **({"test MAE of the pick (mean ± std)":
+                             _mean_std(g.picked_test_mae)} if "picked_test_mae" in g
+                            else {})})
+        if rows:
+            tables[part] = rows
+    return {"target_val_mae": target, "tables": tables, "spread": spread}
 
 
 def _epochs_to(curve: list[float], target: float) -> int | None:
@@ -314,10 +327,18 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--budget", type=int, default=120, help="epochs per search (120)")
     p.add_argument("--max-epochs", type=int, default=6, help="epochs of a full trial (6)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (2)")
+    p.add_argument("--from", dest="saved", help="a saved search_efficiency.json: tables and "
+                   "plots again from its runs, no searches")
     a = p.parse_args(argv)
+    out = Path(a.out)
+    if a.saved:
+        from ucrn.safeload import load_json
+
+        doc = load_json(Path(a.saved), "--from")
+        doc["summary"] = summarise(doc["runs"], doc["summary"].get("spread", {}))
+        return write_outputs(out, doc, small=not any(r["part"] == "warm" for r in doc["runs"]))
     seeds = [1] if a.small else list(range(1, a.seeds + 1))
     budget, max_epochs = (6, 2) if a.small else (a.budget, a.max_epochs)
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     study = Study(out, a.small, seeds, budget, max_epochs, a.concurrency)
     summary = study.run_all()
@@ -331,16 +352,23 @@ def _main(argv: list[str]) -> int:
            "space": study.space.read_text(), "budget": budget, "max_epochs": max_epochs,
            "concurrency": a.concurrency, "seeds": seeds, "summary": summary,
            "runs": study.runs}
+    return write_outputs(out, doc, a.small)
+
+
+def write_outputs(out: Path, doc: dict[str, Any], small: bool) -> int:
+    """The JSON of every run, the tables (markdown) and the plots."""
+    summary, runs, budget = doc["summary"], doc["runs"], doc["budget"]
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "search_efficiency.json", json.dumps(doc, indent=1, default=str).encode())
     md = []
     for part, rows in summary["tables"].items():
         md += [f"### {part}", "", markdown_table(pd.DataFrame(rows)), ""]
     md += [f"spread of random full-budget trials' validation MAE: {summary['spread']}"]
     atomic_write(out / "search_efficiency.md", ("\n".join(md) + "\n").encode())
-    plot(study.runs, "methods", out / "search_efficiency.png", budget,
-         f"best validation MAE vs epochs spent: median and IQR over {len(seeds)} seeds")
-    if not a.small:
-        plot(study.runs, "warm", out / "warm_start.png", budget,
+    plot(runs, "methods", out / "search_efficiency.png", budget,
+         f"best validation MAE vs epochs spent: median and IQR over {len(doc['seeds'])} seeds")
+    if not small:
+        plot(runs, "warm", out / "warm_start.png", budget,
              "a second search, cold or warm-started from the first")
     print("\n".join(md))
     print(f"results: {out}")

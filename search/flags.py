@@ -49,7 +49,8 @@ class Flags:
     preset: str = flag("tiny", "synthetic data preset (tiny, mosi, mosei, ...)")
     modalities: str = flag("lav", "subset of 'lav'")
     space: str | None = flag(None, "search space YAML (default: search/spaces/default.yaml)")
-    num_samples: int = flag(8, "trials to run")
+    num_samples: int = flag(20, "trials to run (TPE proposes from the 11th: the first 10 are "
+                            "random, Optuna's start-up)")
     max_concurrent: int = flag(0, "trials at once (0 = as resources allow)")
     max_epochs: int = flag(4, "epochs per trial (ASHA's max_t)")
     grace_period: int = flag(1, "ASHA: epochs before a trial can be stopped")

@@ -31,3 +31,10 @@ def test_small_study_every_method_finishes_within_the_budget(tmp_path):
         assert r["picked_test_mae"] > 0
     assert (tmp_path / "search_efficiency.png").read_bytes()[:4] == b"\x89PNG"
     assert "### methods" in (tmp_path / "search_efficiency.md").read_text()
+    # the tables again from the saved runs, without a search
+    again = tmp_path / "again"
+    from benchmarks.search_efficiency import main
+
+    assert main(["--out", str(again), "--from", str(tmp_path / "search_efficiency.json")]) == 0
+    assert (again / "search_efficiency.md").read_text() == (
+        tmp_path / "search_efficiency.md").read_text()
