@@ -5,6 +5,7 @@ trained, searched and re-trained on; CH-SIMS's metrics on hand-made labels."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -176,7 +177,7 @@ NPZ_CASES = {
     "labels_wide": (lambda a: a["train"].update(labels=np.zeros((48, 3), np.float32)),
                     "labels of shape (N,1,1), (N,1) or (N,) expected"),
     "lengths_negative": (lambda a: a["valid"].update(audio_lengths=-np.ones(16, np.int64)),
-                         "key 'audio_lengths': expected whole numbers >= 0"),
+                         "key 'audio_lengths': expected whole numbers from 0 to"),
     "lengths_wrong_count": (lambda a: a["valid"].update(text_lengths=np.ones(3, np.int64)),
                             "key 'text_lengths': expected 16 sequence lengths"),
     "text_as_strings": (lambda a: a["train"].update(text=np.full((48, 12, 24), "x")),
@@ -327,3 +328,163 @@ def test_search_and_retrain_on_mmsa_sims_and_npz(ray_head, tmp_path, capsys):
         else:
             assert (trials.dataset == "custom").all() and (trials.data_format == "npz").all()
             assert rows.test_Has0_acc_2.notna().all()
+
+
+# ---- the attack round on these formats (docs/reliability.md) ---------------------------
+
+def _with(folder: Path, split: str, **arrays) -> None:
+    old = dict(np.load(folder / f"{split}.npz"))
+    np.savez(folder / f"{split}.npz", **{**old, **arrays})
+
+
+@pytest.mark.parametrize("value,dtype", [(2**64 - 1, np.uint64), (1e300, np.float64)])
+def test_lengths_that_would_wrap_are_refused(value, dtype, tmp_path):
+    folder = _npz(tmp_path / "own")
+    _with(folder, "train", audio_lengths=np.full(48, value, dtype))
+    with pytest.raises(DataError, match="'audio_lengths': expected whole numbers from 0 to"):
+        load_dataset("custom", folder)
+
+
+def test_lengths_beyond_the_steps_are_clipped_and_said(tmp_path):
+    folder = _npz(tmp_path / "own")
+    _with(folder, "valid", audio_lengths=np.full(16, 999, np.int64))
+    with pytest.warns(RuntimeWarning, match="16 length.s. beyond the 16 steps"):
+        data = load_dataset("custom", folder)
+    assert (data.splits["valid"].lengths["audio"] == 16).all()
+
+
+def _raw_member(npz: Path, name: str, header: dict, payload: bytes = b"") -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buf, header)
+    with zipfile.ZipFile(npz, "a") as zf:
+        zf.writestr(name, buf.getvalue() + payload)
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_zero_size_items_duplicates_and_odd_zips_are_one_line(tmp_path):
+    folder = _npz(tmp_path / "own")
+    _raw_member(folder / "train.npz", "id.npy",
+                {"descr": "|S0", "fortran_order": False, "shape": (48, 10**8)})
+    with pytest.raises(DataError, match="key 'id': dtype .S0 refused"):
+        load_dataset("custom", folder)
+    folder = _npz(tmp_path / "dup")
+    with zipfile.ZipFile(folder / "valid.npz", "a") as zf, \
+            zf.open("labels.npy", "w") as fh:  # a second member of the same name
+        np.lib.format.write_array(fh, np.full(16, 2.5, np.float32))
+    with pytest.raises(DataError, match="key 'labels': the file holds two arrays"):
+        load_dataset("custom", folder)
+    folder = _npz(tmp_path / "enc")
+    data = bytearray((folder / "test.npz").read_bytes())
+    data[data.find(b"PK\x03\x04") + 6] |= 1  # the "encrypted" flag, local and central
+    data[data.find(b"PK\x01\x02") + 8] |= 1
+    (folder / "test.npz").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="test.npz: not a readable .npz"):
+        load_dataset("custom", folder)
+
+
+def test_a_zip_bomb_is_refused_before_allocating_and_unused_members_are_not_read(
+        tmp_path, monkeypatch):
+    folder = _npz(tmp_path / "own")
+    # 64 MB of zeros compressed to a few KB: a member nobody uses, then one that is used
+    np.savez_compressed(folder / "junk.npz", x=np.zeros(1))
+    with zipfile.ZipFile(folder / "train.npz", "a", zipfile.ZIP_DEFLATED) as zf, \
+            zf.open("junk.npy", "w") as fh:
+        np.lib.format.write_array(fh, np.zeros((16, 2**20), np.float32))
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 8 << 20 >> 12 if name == "SC_AVPHYS_PAGES"
+                        else real(name))  # 8 MB free
+    data = load_dataset("custom", folder)  # the bomb is not a key the layout reads
+    assert len(data.splits["train"]) == 48
+    with zipfile.ZipFile(folder / "valid.npz", "a", zipfile.ZIP_DEFLATED) as zf, \
+            zf.open("vision_lengths.npy", "w") as fh:
+        np.lib.format.write_array(fh, np.zeros(2**24, np.int64))  # 128 MB, a used key
+    with pytest.raises(DataError, match="need 0.1 GiB, more than the 0.0 GiB of memory free"):
+        load_dataset("custom", folder)
+
+
+def test_resolution_never_picks_one_of_several_silently(tmp_path, capsys):
+    folder = _npz(tmp_path / "own")
+    write_mult_pickle(make_synthetic("tiny", 0, **SMALL), folder / "mosi_data_noalign.pkl")
+    for dataset in (None, "mosi"):
+        with pytest.raises(DataError, match="several datasets here .* pass --data_format npz"):
+            resolve_dataset(dataset, folder, False)
+    assert resolve_dataset("mosi", folder, False, "npz").format == "npz"
+    assert resolve_dataset("mosi", folder, False, "mult").path.name == "mosi_data_noalign.pkl"
+    np.savez(folder / "my_features.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="my_features.npz: own features are a folder"):
+        resolve_dataset(None, folder / "my_features.npz", False)
+    with pytest.raises(DataError, match="--aligned: .* no aligned variant"):
+        resolve_dataset(None, folder, True, "npz")
+    with pytest.raises(DataError, match="no mmsa data file in this folder .--data_format mmsa"):
+        resolve_dataset(None, _npz(tmp_path / "plain"), False, "mmsa")
+    # only the file's own folder (or the one above) names an MMSA dataset
+    far = tmp_path / "mosei" / "exp" / "feats" / "Processed"
+    raw = to_mmsa(make_synthetic("tiny", 0, **SMALL), "sims")
+    path = write_mult_pickle(raw, far / "unaligned_12.pkl")
+    with pytest.raises(DataError, match="cannot tell the dataset"):
+        resolve_dataset(None, path, False)
+
+
+def test_convert_and_synth_never_write_over_files(tmp_path, capsys, monkeypatch):
+    own = _npz(tmp_path / "own")
+    before = {f: (own / f).read_bytes() for f in NPZ_FILES}
+    assert synth_main(["--format", "npz", "--out", str(own)]) == 2
+    assert {f: (own / f).read_bytes() for f in NPZ_FILES} == before
+    assert "already exist" in capsys.readouterr().err
+    from ucrn.data import write_npz_folder
+
+    data = load_dataset("custom", own)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "test.npz").write_bytes(b"mine")  # appeared after a check (a second convert)
+    with pytest.raises(DataError, match="test.npz: already exists; nothing was written"):
+        write_npz_folder(data, out)
+    assert sorted(p.name for p in out.iterdir()) == ["test.npz"]
+    assert (out / "test.npz").read_bytes() == b"mine"
+    calls = []
+
+    def interrupted_link(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return os_link(src, dst)
+
+    os_link = os.link
+    monkeypatch.setattr(os, "link", interrupted_link)
+    with pytest.raises(KeyboardInterrupt):
+        write_npz_folder(data, tmp_path / "out2")
+    assert list((tmp_path / "out2").iterdir()) == []  # all three or none, no temporary left
+    monkeypatch.undo()
+    assert synth_main(["--format", "npz", "--dataset", "sims", "--out", str(tmp_path / "x")]) == 2
+    assert "only with --format mmsa" in capsys.readouterr().err
+    assert synth_main(["--out", ""]) == 2 and convert_main(["--out", " "]) == 2
+
+
+def test_target_on_emotions_and_the_m_label_kept_for_analysis(tmp_path, capsys):
+    raw = make_synthetic("iemocap_tiny", 0, **SMALL)
+    arrays = {s: {m: raw[s][m] for m in ("text", "audio", "vision")} for s in raw}
+    for s in raw:
+        arrays[s]["labels"] = raw[s]["labels"].argmax(-1)
+        arrays[s]["labels_T"] = np.zeros(len(raw[s]["labels"]), np.float32)
+    with pytest.raises(DataError, match="target T: .* task is iemocap"):
+        load_dataset("custom", _npz(tmp_path / "emo", arrays), target="T")
+    sims = _mmsa(tmp_path, "sims")
+    ids = pickle.loads(sims.read_bytes())
+    for split in ids.values():  # an id with a lone surrogate: Parquet cannot hold it as is
+        split["id"][0] = "clip\ud800"
+    write_mult_pickle(ids, sims)
+    assert cli.main(["train", "--data_path", str(sims), "--dataset", "sims", "--target", "T",
+                     *TRAIN, "--out", str(tmp_path / "r"), "--name", "t"]) == 0
+    ckpt = next((tmp_path / "r" / "t").glob("*.pt"))
+    assert cli.main(["predict", "--checkpoint", str(ckpt), "--out",
+                     str(tmp_path / "p.parquet")]) == 0, capsys.readouterr().err
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "p.parquet")
+    df = table.to_pandas()
+    want = load_dataset("sims", sims).splits["test"].labels
+    assert np.allclose(df.label_M, want) and np.allclose(df.label, df.label_T)
+    assert json.loads(table.schema.metadata[b"ucrn_predict"])["target"] == "T"
+    assert df.id[0] == "clip\\ud800"

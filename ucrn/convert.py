@@ -84,8 +84,15 @@ def mmsa_path(out: Path, dataset: str, aligned: bool, text_steps: int) -> Path:
     return out / MMSA_DIRS[dataset] / "Processed" / name
 
 
+def _out(text: str) -> Path:
+    if not text.strip():
+        raise UsageError("--out: empty; expected a folder")
+    return Path(text)
+
+
 def _refuse_existing(paths: list[Path]) -> None:
-    there = [str(p) for p in paths if p.exists()]
+    """Never over a file already there (a user's own features or real data)."""
+    there = [str(p) for p in paths if p.exists() or p.is_symlink()]
     if there:
         raise UsageError(f"--out: {', '.join(there)} already exist(s); nothing was "
                          f"overwritten (choose another --out)")
@@ -107,21 +114,25 @@ def _synth(argv: list[str]) -> int:
     p.add_argument("--format", default="mult", choices=FORMATS[1:],
                    help="mult: DIR/<MulT name>.pkl; mmsa: DIR/<MOSI|...>/Processed/*.pkl; "
                         "npz: DIR/train.npz, valid.npz, test.npz")
-    p.add_argument("--dataset", default="mosi",
-                   help=f"mmsa only: whose folder and label convention, one of "
+    p.add_argument("--dataset", default=None,
+                   help=f"mmsa only: whose folder and label convention (default mosi), one of "
                         f"{', '.join(MMSA_DIRS)} or mosei (sims, simsv2: labels on [-1, 1] "
                         f"and unimodal labels)")
     args = p.parse_args(argv)
     if args.seed < 0:
         raise UsageError(f"--seed {args.seed}: expected an integer >= 0")
-    dataset = canonical_dataset(args.dataset)
+    if args.dataset is not None and args.format != "mmsa":
+        raise UsageError(f"--dataset {args.dataset}: only with --format mmsa (the MulT and "
+                         f".npz files are named by --preset)")
+    dataset = canonical_dataset(args.dataset or "mosi")
     if dataset not in MMSA_DIRS:
         raise UsageError(f"--dataset {args.dataset}: MMSA has files of {', '.join(MMSA_DIRS)} "
                          f"(or mosei)")
     name = preset_name(args.preset, args.aligned)
     cfg = PRESETS[name]
-    out = Path(args.out)
-    if args.format == "npz":  # like the pickles, rewritten whole if there (deterministic)
+    out = _out(args.out)
+    if args.format == "npz":
+        _refuse_existing([out / f for f in NPZ_FILES])
         raw = make_synthetic(name, args.seed)
         print(write_npz_folder(from_raw(raw, f"synthetic:{name}"), out))
         return 0
@@ -134,6 +145,7 @@ def _synth(argv: list[str]) -> int:
         raw = to_mmsa(raw, dataset, args.seed)
     else:
         path = out / data_file_name(cfg["dataset"], cfg["aligned"])
+    _refuse_existing([path])
     path.parent.mkdir(parents=True, exist_ok=True)
     print(write_mult_pickle(raw, path))
     return 0
@@ -159,8 +171,8 @@ def _convert(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    _refuse_existing([out / f for f in NPZ_FILES])
+    out = _out(args.out)
+    _refuse_existing([out / f for f in NPZ_FILES])  # early; write_npz_folder never overwrites
     try:
         dataset = canonical_dataset(args.dataset) if args.dataset else None
         if args.data_path is None:

@@ -21,6 +21,8 @@ import hashlib
 import math
 import os
 import pickle
+import shutil
+import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ucrn.errors import DataError, one_line
-from ucrn.fileio import atomic_write
+from ucrn.fileio import atomic_write, new_file_mode
 from ucrn.safeload import SafeLoadError, load_pickle
 
 __all__ = [
@@ -219,7 +221,8 @@ def _decode_id(x: Any) -> str:
             return bytes(x).decode("utf-8")
         except UnicodeDecodeError:
             return bytes(x).decode("latin-1")
-    return str(x)
+    # a lone surrogate cannot be written to Parquet (or any UTF-8): shown escaped
+    return str(x).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
@@ -276,15 +279,24 @@ def _emotion_classes(a: np.ndarray, where: str) -> np.ndarray:
                 f"iemocap, got shape {a.shape}")
 
 
-def _lengths(raw: Any, n: int, where: str) -> np.ndarray:
-    """Valid steps per sample: N non-negative whole numbers."""
+_MAX_LENGTH = 2**31 - 1
+
+
+def _lengths(raw: Any, n: int, steps: int, where: str) -> tuple[np.ndarray, int]:
+    """Valid steps per sample: N whole numbers in [0, 2**31); those beyond the file's T
+    steps (sequences truncated to T) are clipped to T and counted. (lengths, clipped)."""
     a = _array(raw, where)
     if a.dtype.kind not in "fiu" or a.shape != (n,):
         raise _fail(f"{where}: expected {n} sequence lengths, shape ({n},), got "
                     f"{a.dtype} of shape {a.shape}")
-    if not (np.all(np.isfinite(a)) and np.all(a >= 0) and np.all(a == np.floor(a))):
-        raise _fail(f"{where}: expected whole numbers >= 0 (valid steps per sample)")
-    return a.astype(np.int64)
+    v = a.astype(np.float64)  # checked before any integer cast can wrap
+    if not (np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v <= _MAX_LENGTH)
+            and np.all(v == np.floor(v))) or (a.dtype.kind == "u" and a.max() > _MAX_LENGTH):
+        raise _fail(f"{where}: expected whole numbers from 0 to {_MAX_LENGTH} (valid steps "
+                    f"per sample)")
+    out = a.astype(np.int64)
+    clipped = int((out > steps).sum())
+    return np.minimum(out, steps), clipped
 
 
 @dataclass(frozen=True)
@@ -388,8 +400,19 @@ def _from_raw(raw: object, source: str, task: str | None, inplace: bool,
             counts[m] = k
         labels = _labels(sd[label_key], n, task, f"{where_split} key {label_key!r}")
         ids = _make_ids(sd.get("id"), n, split, f"{where_split} key 'id'")
-        lengths = {m: _lengths(sd[k], n, f"{where_split} key {k!r}")
-                   for m, k in layout.lengths if sd.get(k) is not None}
+        lengths = {}
+        for m, k in layout.lengths:
+            if sd.get(k) is not None:
+                lengths[m], clipped = _lengths(sd[k], n, feats[m].shape[1],
+                                               f"{where_split} key {k!r}")
+                if clipped:
+                    warnings.warn(one_line(f"{where_split} key {k!r}: {clipped} length(s) "
+                                           f"beyond the {feats[m].shape[1]} steps the file "
+                                           f"holds, taken as {feats[m].shape[1]}"),
+                                  RuntimeWarning, stacklevel=3)
+        if task == "iemocap" and target != "M":
+            raise _fail(f"target {target}: CH-SIMS's unimodal sentiment labels; this data's "
+                        f"task is iemocap (emotions), use target M")
         extra = {t: _labels(sd[k], n, task, f"{where_split} key {k!r}")
                  for t, k in layout.extra_labels if sd.get(k) is not None and task != "iemocap"}
         if target != "M":
@@ -397,7 +420,7 @@ def _from_raw(raw: object, source: str, task: str | None, inplace: bool,
                 key = dict(layout.extra_labels).get(target, f"labels_{target}")
                 raise _fail(f"target {target}: {where_split} has no {key!r} (CH-SIMS's "
                             f"unimodal labels; target M trains on {label_key!r})")
-            labels = extra[target]
+            labels, extra = extra[target], {"M": labels, **extra}  # M kept for analysis
         splits[split] = Split(feats["text"], feats["audio"], feats["vision"], labels, ids,
                               lengths, extra)
         nonfinite[split] = counts
@@ -479,60 +502,118 @@ def _npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(shape), dtype, fh.tell()
 
 
-def read_npz_split(path: Path) -> dict[str, np.ndarray]:
-    """One split's .npz, with ``allow_pickle=False``: numbers and strings only; each
-    member's claimed size checked against what the file holds before anything is read."""
-    total = 0
+def _npz_used_keys() -> set[str]:
+    lay = LAYOUTS["npz"]
+    return {*MODALITIES, lay.labels, "id", *(k for _, k in lay.lengths),
+            *(k for _, k in lay.extra_labels)}
+
+
+def _npz_claims(path: Path) -> dict[str, int]:
+    """Bytes each array member of an .npz claims, from its .npy header, checked before
+    numpy allocates anything: numbers or strings only (no objects, fields or zero-size
+    items), no duplicate names, and a claim the member's stored size can back."""
+    claims: dict[str, int] = {}
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
-                where = f"{path} key {info.filename.removesuffix('.npy')!r}"
+                key = info.filename.removesuffix(".npy")
+                where = f"{path} key {key!r}"
                 if not info.filename.endswith(".npy"):
                     raise _fail(f"{path}: member {info.filename!r} is not an array (.npy)")
+                if key in claims:
+                    raise _fail(f"{where}: the file holds two arrays of this name")
                 with zf.open(info) as fh:
                     shape, dtype, header = _npy_header(fh, where)
-                if dtype.hasobject or dtype.fields is not None:
-                    raise _fail(f"{where}: dtype {dtype} refused (pickled objects or fields); "
-                                f"expected numbers, or strings for 'id'")
+                if dtype.hasobject or dtype.fields is not None or dtype.itemsize == 0:
+                    raise _fail(f"{where}: dtype {dtype} refused (pickled objects, fields or "
+                                f"zero-size items); expected numbers, or strings for 'id'")
                 claimed = math.prod(shape) * dtype.itemsize
                 if claimed != info.file_size - header:
                     raise _fail(f"{where}: claims {claimed} bytes of data for shape {shape} but "
                                 f"holds {info.file_size - header}")
-                total += claimed
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+                claims[key] = claimed
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, RuntimeError,
+            NotImplementedError) as e:  # encrypted or unknown compression: RuntimeError, NIE
         raise _fail(f"{path}: not a readable .npz (zip) file ({e})") from None
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if total > memory:
-        raise _fail(f"{path}: its arrays need {total / 2**30:.1f} GiB, more than this machine's "
-                    f"{memory / 2**30:.1f} GiB of memory")
+    return claims
+
+
+def _check_memory(claimed: int, where: str) -> None:
+    page = os.sysconf("SC_PAGE_SIZE")
+    free = page * os.sysconf("SC_AVPHYS_PAGES")
+    if claimed > free:
+        raise _fail(f"{where}: its arrays need {claimed / 2**30:.1f} GiB, more than the "
+                    f"{free / 2**30:.1f} GiB of memory free on this machine")
+
+
+def read_npz_split(path: Path, keys: set[str] | None = None) -> dict[str, np.ndarray]:
+    """One split's .npz with ``allow_pickle=False``, only the members in `keys` (default:
+    all), after _npz_claims has checked every header and the memory they need."""
+    claims = _npz_claims(path)
+    wanted = [k for k in claims if keys is None or k in keys]
+    _check_memory(sum(claims[k] for k in wanted), str(path))
+    return _load_npz(path, wanted)
+
+
+def _load_npz(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
+            return {k: z[k] for k in keys}
+    except (ValueError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as e:
         raise _fail(f"{path}: cannot read its arrays ({e})") from None
 
 
 def read_npz_folder(folder: Path) -> dict[str, dict[str, np.ndarray]]:
-    """The own-features layout: <folder>/train.npz, valid.npz, test.npz."""
-    return {s: read_npz_split(folder / f) for s, f in zip(SPLITS, NPZ_FILES, strict=True)}
+    """The own-features layout: <folder>/train.npz, valid.npz, test.npz; only the members
+    the layout uses are read, and only when all three splits fit in free memory (an .npz
+    is a zip: a small file can claim a huge array)."""
+    keys = _npz_used_keys()
+    paths = {s: folder / f for s, f in zip(SPLITS, NPZ_FILES, strict=True)}
+    claims = {s: _npz_claims(p) for s, p in paths.items()}
+    _check_memory(sum(c for per in claims.values() for k, c in per.items() if k in keys),
+                  f"{folder} ({', '.join(NPZ_FILES)})")
+    return {s: _load_npz(p, [k for k in claims[s] if k in keys]) for s, p in paths.items()}
 
 
 def write_npz_folder(data: MultData, folder: str | Path) -> Path:
     """``data`` in the own-features layout (what `python -m ucrn convert` writes): per
     split text/audio/vision (N, T, D) float32, labels (N,) or (N, 4), id, and the lengths
-    and unimodal labels where the data has them. Each file written whole, atomically."""
+    and unimodal labels where the data has them.
+
+    The three files appear together or not at all, and never over existing files: they
+    are written in a hidden temporary folder, then hard-linked into place (a link fails
+    where the name exists); any failure or interrupt removes what was placed."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     lay = LAYOUTS["npz"]
-    for s, name in zip(SPLITS, NPZ_FILES, strict=True):
-        sp = data.splits[s]
-        arrays = {m: sp.modality(m) for m in MODALITIES}
-        arrays[lay.labels] = sp.labels
-        arrays["id"] = sp.ids.astype(str)
-        arrays.update({k: sp.lengths[m] for m, k in lay.lengths if m in sp.lengths})
-        arrays.update({k: sp.extra_labels[t] for t, k in lay.extra_labels
-                       if t in sp.extra_labels})
-        atomic_write(out / name, lambda fh, a=arrays: np.savez(fh, **a))
+    tmp = Path(tempfile.mkdtemp(prefix=".npz-", dir=out))
+    placed: list[Path] = []
+    try:
+        for s, name in zip(SPLITS, NPZ_FILES, strict=True):
+            sp = data.splits[s]
+            arrays = {m: sp.modality(m) for m in MODALITIES}
+            arrays[lay.labels] = sp.labels
+            arrays["id"] = sp.ids.astype(str)
+            arrays.update({k: sp.lengths[m] for m, k in lay.lengths if m in sp.lengths})
+            arrays.update({k: sp.extra_labels[t] for t, k in lay.extra_labels
+                           if t in sp.extra_labels})
+            with open(tmp / name, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.chmod(tmp / name, new_file_mode())
+        for name in NPZ_FILES:
+            os.link(tmp / name, out / name)
+            placed.append(out / name)
+    except FileExistsError as e:
+        for q in placed:
+            q.unlink(missing_ok=True)
+        raise _fail(f"{e.filename2 or out}: already exists; nothing was written (choose "
+                    f"another folder)") from None
+    except BaseException:
+        for q in placed:
+            q.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -593,10 +674,14 @@ def _from_file_name(name: str) -> tuple[str, bool] | None:
 
 
 def _dataset_from_folders(p: Path) -> str | None:
-    """MMSA keeps each dataset in a folder named after it (MOSI, MOSEI, SIMS, SIMSv2)."""
-    for part in reversed(p.resolve().parts[:-1] if p.is_file() else p.resolve().parts):
-        if part.lower() in _DIR_NAMES:
-            return _DIR_NAMES[part.lower()]
+    """MMSA keeps each dataset in a folder named after it: MOSI/Processed/unaligned_50.pkl.
+    Only that folder is read (the file's folder or the one above; for a folder, itself
+    or its parent), never a distant ancestor."""
+    full = p.resolve()
+    near = full.parents[:2] if p.is_file() else (full, *full.parents[:1])
+    for folder in near:
+        if folder.name.lower() in _DIR_NAMES:
+            return _DIR_NAMES[folder.name.lower()]
     return None
 
 
@@ -635,9 +720,14 @@ class Resolved:
 
 
 def _npz_folder(p: Path) -> Path | None:
-    folder = p.parent if p.is_file() and p.suffix == ".npz" else p
-    if folder.is_dir() and any((folder / f).is_file() for f in NPZ_FILES):
-        return folder
+    """The own-features folder `p` names: the folder, or one of its split files."""
+    if p.suffix == ".npz" and not p.is_dir():
+        if p.name not in NPZ_FILES:
+            raise _fail(f"--data_path {p}: own features are a folder of {', '.join(NPZ_FILES)} "
+                        f"(one .npz per split); give that folder")
+        return p.parent
+    if p.is_dir() and any((p / f).is_file() for f in NPZ_FILES):
+        return p
     return None
 
 
@@ -651,9 +741,9 @@ def resolve_dataset(dataset: str | None, data_path: str | Path, aligned: bool,
     searched for the one file that matches --aligned. Anything ambiguous is one line
     listing what was found. Pickles are told apart by their keys when loaded.
     """
-    p = Path(data_path)
+    p = Path(data_path).absolute()  # recorded in configs: must not depend on the cwd
     if not p.exists():
-        raise _fail(f"--data_path {p} does not exist")
+        raise _fail(f"--data_path {data_path} does not exist")
     if data_format not in FORMATS:
         raise _fail(f"--data_format {data_format!r}: expected one of {', '.join(FORMATS)}")
     dataset = None if dataset is None else canonical_dataset(dataset)
@@ -663,6 +753,14 @@ def resolve_dataset(dataset: str | None, data_path: str | Path, aligned: bool,
         if missing:
             raise _fail(f"--data_path {p}: {', '.join(missing)} missing (own features: one "
                         f".npz per split, {', '.join(NPZ_FILES)})")
+        others = [f.name for _, _, f in _known_files(npz)] + [
+            str(f.relative_to(npz)) for _, f in _mmsa_files(npz)]
+        if others and data_format == "auto":
+            raise _fail(f"--data_path {p}: several datasets here ({', '.join(NPZ_FILES)} and "
+                        f"{', '.join(others)}); pass --data_format npz, or the file itself")
+        if aligned:
+            raise _fail(f"--aligned: {npz} holds own features (.npz), which have no aligned "
+                        f"variant; leave --aligned out")
         note = "" if dataset else (f"data: {npz} (own features, one .npz per split; dataset "
                                    f"custom, its task read off the labels; --dataset names it)")
         return Resolved(dataset or "custom", aligned, npz, "npz", note)
@@ -689,7 +787,7 @@ def _resolve_file(dataset: str | None, p: Path, aligned: bool, data_format: str)
         return Resolved(ds, aligned, p, data_format, f"data: {p} (dataset {ds}, from the "
                         f"folder name)")
     raise _fail(f"--data_path {p}: cannot tell the dataset from the file name or its "
-                f"folders; pass --dataset ({', '.join(DATASETS)}) or use a MulT name such as "
+                f"folder; pass --dataset ({', '.join(DATASETS)}) or use a MulT name such as "
                 f"{data_file_name('mosi', False)}")
 
 
@@ -700,6 +798,10 @@ def _resolve_folder(dataset: str | None, p: Path, aligned: bool, data_format: st
         found += [(d, al, f) for d, al, f in _known_files(p) if dataset in (None, d)]
     if data_format in ("auto", "mmsa"):
         found += [(dataset or _dataset_from_folders(f), al, f) for al, f in _mmsa_files(p)]
+    if not found and data_format != "auto":
+        raise _fail(f"--data_path {p}: no {data_format} data file in this folder (--data_format "
+                    f"{data_format} expects "
+                    f"{'a MulT name like ' + data_file_name('mosi', False) if data_format == 'mult' else 'an MMSA name like unaligned_50.pkl'})")
     if not found:
         raise _fail(f"--data_path {p}: no data file in this folder (expected a MulT name like "
                     f"{data_file_name('mosei_senti', False)}, an MMSA name like "

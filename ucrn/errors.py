@@ -90,6 +90,10 @@ def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) 
     except RunFailed as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print("error: out of memory (the data, or what a file claims to hold, does not fit "
+              "in this machine's memory)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,17 +4,24 @@ in the same folder, then rename over the target (atomic on one file system).
 One helper for every file the project writes: run folders, checkpoints, predictions, the
 results store (through a pyarrow file system, which may be remote), synthetic data. A
 failure (full disk, signal) removes the temporary file and leaves the old target as it was.
+
+Object stores (s3://...) have no rename (a "move" is a copy and a delete), but a single PUT
+of an object is atomic: there the bytes are built in memory and written once, at their
+final key, so a failure leaves either the old object or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 Writer = Callable[[IO[bytes]], None]
 
@@ -31,7 +38,7 @@ def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would hide results from the group
+        os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would hide results from the group
         with os.fdopen(fd, "wb") as f:  # no fsync: readers and crashed processes are the
             fill(f)                     # concern, not power loss; rename is what they see
         os.replace(tmp, target)
@@ -43,7 +50,7 @@ def atomic_write(path: str | os.PathLike, write: Writer | bytes, fs: Any = None)
         raise
 
 
-def _new_file_mode() -> int:
+def new_file_mode() -> int:
     """What open() would give a new file: 0666 less the process umask (read without
     changing it where Linux says it)."""
     try:
@@ -93,19 +100,74 @@ def _os_error_in(e: BaseException) -> OSError | None:
 
 
 def _atomic_write_fs(path: str, fill: Writer, fs: Any) -> None:
-    folder, name = path.rsplit("/", 1)
-    fs.create_dir(folder, recursive=True)
-    tmp = f"{folder}/.{name}.{os.getpid()}.tmp"  # dot-files are invisible to dataset readers
+    buf = io.BytesIO()
+    fill(buf)  # a failure here writes nothing at all
+    folder = path.rsplit("/", 1)[0]
+    if fs.type_name != "s3":  # object stores have no folders to make
+        fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(path) as f:  # one PUT (or one completed multipart upload)
+        f.write(buf.getbuffer())
+
+
+SECRET_QUERY = ("access_key", "secret_key", "session_token")
+
+
+def is_uri(text: str) -> bool:
+    """A storage URI (s3://, gs://, ...) rather than a local path (file:// is local)."""
+    return "://" in text and not text.startswith("file://")
+
+
+def redact(uri: str) -> str:
+    """`uri` without user info or secret query values, for messages."""
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    query = "&".join(f"{k}={'***' if k in SECRET_QUERY else v}"
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""),
+                       parts.path, query, parts.fragment))
+
+
+def child_uri(uri: str, *names: str) -> str:
+    """`uri` with names appended to its path (its query, e.g. endpoint_override, kept)."""
+    parts = urlsplit(uri)
+    path = "/".join([parts.path.rstrip("/"), *names])
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def open_uri(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) of a storage URI such as
+    s3://BUCKET/PREFIX?endpoint_override=http://host:9000 (or AWS_ENDPOINT_URL set).
+    Credentials in the URI are refused: they would be recorded wherever the URI is (search
+    settings, logs, error lines); they come from the environment or the instance profile."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    parts = urlsplit(uri)
+    if parts.username or parts.password or any(
+            k in SECRET_QUERY for k, _ in parse_qsl(parts.query)):
+        raise ValueError(f"{redact(uri)}: credentials in the URI are refused (they would be "
+                         f"recorded with it); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                         f"(or AWS_PROFILE, or use an instance profile) instead")
     try:
-        with fs.open_output_stream(tmp) as f:
-            fill(f)
-        fs.move(tmp, path)
-    except BaseException:
-        try:
-            fs.delete_file(tmp)
-        except Exception:  # noqa: BLE001 - already gone, or the store itself failed
-            pass
-        raise
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise ValueError(f"{redact(uri)}: not a storage URI that pyarrow can open "
+                         f"({' '.join(str(e).split())})") from None
+
+
+@contextmanager
+def local_copy(uri: str, suffix: str = "") -> Iterator[Path]:
+    """A file at a URI, copied to a private temporary file for as long as it is needed
+    (torch.load and the safe loaders read local regular files only)."""
+    fs, path = open_uri(uri)
+    fd, tmp = tempfile.mkstemp(suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
+            while chunk := src.read(1 << 22):
+                out.write(chunk)
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

@@ -28,7 +28,7 @@ import torch
 from ucrn.config import data_args
 from ucrn.data import SPLITS, MultData, Split, load_dataset
 from ucrn.errors import OneLineParser, UsageError, one_line, run_main
-from ucrn.fileio import atomic_write, check_output
+from ucrn.fileio import atomic_write, check_output, is_uri, local_copy, redact
 from ucrn.losses import task_loss
 from ucrn.metrics import IEMOCAP_EMOTIONS, TASK_METRICS, task_metrics
 from ucrn.model import UCRN, UCRNConfig
@@ -58,9 +58,27 @@ def parser() -> argparse.ArgumentParser:
 # ---- checkpoint ----------------------------------------------------------------------
 
 
-def load_bundle(path: Path, device: torch.device) -> dict[str, Any]:
-    """The checkpoint dict, checked for the keys a run writes; UsageError otherwise."""
-    bundle = load_checkpoint(path, map_location=device)
+def checkpoint_arg(text: str) -> Path | str:
+    """--checkpoint: a local file, or a URI (s3://...) where a search stored it."""
+    return text if is_uri(text) else Path(text)
+
+
+def load_bundle(path: Path | str, device: torch.device) -> dict[str, Any]:
+    """The checkpoint dict, checked for the keys a run writes; UsageError otherwise. A URI
+    is copied to a private temporary file first (the safe loader reads local files)."""
+    if isinstance(path, str):
+        tmp = None
+        try:
+            with local_copy(path, ".pt") as tmp:
+                bundle = load_checkpoint(tmp, map_location=device, what="")
+        except OSError as e:
+            raise UsageError(f"--checkpoint {redact(path)}: cannot read it "
+                             f"({' '.join(str(e).split())[:200]})") from None
+        except ValueError as e:  # the safe loader's line names the copy: name the URI
+            text = str(e).replace(str(tmp), redact(path)) if tmp else str(e)
+            raise UsageError(f"--checkpoint {text}") from None
+    else:
+        bundle = load_checkpoint(path, map_location=device)
     missing = [k for k in BUNDLE_KEYS if k not in bundle]
     if missing:
         raise UsageError(f"--checkpoint {path}: missing key(s) {missing}; expected a bundle "
@@ -204,7 +222,7 @@ def run(argv: list[str]) -> int:
         device = resolve_device(args.device)
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
-    ckpt = Path(args.checkpoint)
+    ckpt = checkpoint_arg(args.checkpoint)
     inputs = (ckpt, *([args.data_path] if args.data_path else []))
     out_path = check_output(args.out, "--out", inputs=inputs)
     bundle = load_bundle(ckpt, device)
@@ -217,8 +235,9 @@ def run(argv: list[str]) -> int:
     if not np.isfinite(out).all():
         warnings.warn(f"{int((~np.isfinite(out)).sum())} prediction(s) are NaN or infinite: "
                       f"no metric computed", RuntimeWarning, stacklevel=2)
+    target = (bundle.get("config") or {}).get("target", "M")
     meta = {"checkpoint": str(ckpt), "epoch": bundle.get("epoch"), "dataset": dataset,
-            "source": data.source, "split": args.split, "metrics": metrics}
+            "source": data.source, "split": args.split, "target": target, "metrics": metrics}
     write_parquet(prediction_table(out, split, data.task), out_path, meta)
     print(f"{args.split} ({len(split)} segments of {data.source}), checkpoint epoch "
           f"{bundle.get('epoch', '?')}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -49,7 +49,14 @@ from ucrn.errors import OneLineParser, UsageError, run_main
 from ucrn.fileio import atomic_write, check_output
 from ucrn.metrics import metric_mode, task_metrics
 from ucrn.model import MODALITY_KEYS, UCRN
-from ucrn.predict import build_model, bundle_data, check_shapes, load_bundle, split_metrics
+from ucrn.predict import (
+    build_model,
+    bundle_data,
+    check_shapes,
+    checkpoint_arg,
+    load_bundle,
+    split_metrics,
+)
 from ucrn.train import DeviceSplit, resolve_device
 
 CONDITIONS: tuple[str, ...] = ("clean", "missing", "noise", "time_drop")
@@ -443,7 +450,7 @@ def run(argv: list[str]) -> int:
         device = resolve_device(args.device)
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
-    ckpt = Path(args.checkpoint)
+    ckpt = checkpoint_arg(args.checkpoint)
     inputs = (ckpt, *([args.data_path] if args.data_path else []))
     out_path = check_output(args.out, "--out", inputs=inputs)
     bundle = load_bundle(ckpt, device)
