@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search.flags import Flags
+from search.objstore import join
 from search.settings import TrialSettings
 from ucrn.errors import UsageError
 
@@ -146,7 +147,7 @@ def trial_settings(fl: Flags, uri: str, base: dict[str, Any], save_models: bool,
     return TrialSettings(
         base=dict(base), workers=workers, cpus_per_worker=fl.cpus_per_trial - driver_cpu / workers,
         gpus_per_worker=fl.gpus_per_trial, extra_resources=fl.extra_resources,
-        max_failures=fl.max_failures, train_storage=f"{uri.rstrip('/')}/train_runs",
+        max_failures=fl.max_failures, train_storage=join(uri, "train_runs"),
         results_uri=uri, save_models=save_models, retrain_of=retrain_of,
         robustness_repeats=robustness_repeats,
         fail_if={str(k): str(v) for k, v in (fail_if or {}).items()})

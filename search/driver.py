@@ -32,6 +32,7 @@ from search.flags import (
     resolve_metric,
 )
 from search.lock import ResultsLock
+from search.objstore import join, ray_storage
 from search.progress import fmt, make_recorder, storage_failure
 from search.results import METRICS, ResultsStore, TrialBook
 from search.settings import TrialSettings
@@ -122,14 +123,14 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
             raise UsageError(f"--resume: no search named {fl.name!r} under {storage} "
                              "(search.json not found)")
         if not isinstance(saved, dict) or "flags" not in saved:
-            raise UsageError(f"--resume: {store.path('search.json')} is damaged (expected an "
+            raise UsageError(f"--resume: {store.show('search.json')} is damaged (expected an "
                              f"object with 'flags')")
-        fl = fl.resumed_from(saved["flags"], store.path("search.json"),
+        fl = fl.resumed_from(saved["flags"], store.show("search.json"),
                              given - {"resume", "address", "storage", "name"})
         check_flags(fl)
         saved_space = saved.get("space")  # the space it ran with, not the file as it is now
         if not isinstance(saved_space, dict) or not saved_space:
-            raise UsageError(f"--resume: {store.path('search.json')} is damaged ('space' is "
+            raise UsageError(f"--resume: {store.show('search.json')} is damaged ('space' is "
                              f"not a mapping of parameters)")
         restore = _tune_state_exists(store)
         if restore:
@@ -144,7 +145,7 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
     try:
         if saved_space is not None:
             spec = saved_space
-            validate_space(spec, store.path("search.json"), base_probe)
+            validate_space(spec, store.show("search.json"), base_probe)
         else:
             spec = load_space(fl.space, base=base_probe)
     except SpaceError as e:
@@ -220,7 +221,7 @@ def _tune_state_exists(store: ResultsStore) -> bool:
     from ray import tune
 
     try:
-        if not tune.Tuner.can_restore(store.uri):
+        if not tune.Tuner.can_restore(**ray_storage(store.location, "path")):
             return False
     except Exception:  # noqa: BLE001 - unreadable storage: plan's own checks report it
         return False
@@ -230,9 +231,9 @@ def _tune_state_exists(store: ResultsStore) -> bool:
         try:
             store.read_json(states[-1], missing_ok=False)
         except ValueError:
-            raise UsageError(f"--resume: Tune's saved state {store.path(states[-1])} is damaged "
+            raise UsageError(f"--resume: Tune's saved state {store.show(states[-1])} is damaged "
                              f"(written when the storage failed?); the finished trials are in "
-                             f"{store.path('trials.parquet')}; start a new search under "
+                             f"{store.show('trials.parquet')}; start a new search under "
                              f"another --name") from None
     return True
 
@@ -254,7 +255,7 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
                given: set[str] = frozenset()) -> int:
     check_flags(fl)
     storage = check_storage(fl.storage)
-    store = ResultsStore(f"{storage.rstrip('/')}/{fl.name}")
+    store = ResultsStore(join(storage, fl.name))
     with ResultsLock(store, "search") as lock:
         plan = plan_search(fl, store, storage, fail_if, given)
         fl = plan.flags
@@ -328,12 +329,13 @@ def _tuner(plan: SearchPlan, data: MultData):
                                  plan.settings.base, fl.num_samples)
         return _new_tuner(plan, trainable, param_space, recorder)
     try:
-        return tune.Tuner.restore(store.uri, trainable=trainable, resume_unfinished=True,
+        return tune.Tuner.restore(**ray_storage(store.location, "path"), trainable=trainable,
+                                  resume_unfinished=True,
                                   resume_errored=True, param_space=param_space)
     except Exception as e:  # noqa: BLE001 - Tune's own files, damaged or from another version
         raise UsageError(f"--resume: Tune's saved state in {store.uri} cannot be restored "
                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); the "
-                         f"finished trials are in {store.path('trials.parquet')}; start a new "
+                         f"finished trials are in {store.show('trials.parquet')}; start a new "
                          f"search under another --name") from None
 
 
@@ -371,7 +373,7 @@ def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], re
             max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl),
             search_alg=search_algorithm(plan), scheduler=scheduler),
         run_config=tune.RunConfig(
-            name=fl.name, storage_path=plan.storage, callbacks=[recorder], verbose=0,
+            name=fl.name, **ray_storage(plan.storage), callbacks=[recorder], verbose=0,
             stop=EpochBudget(fl.epoch_budget) if fl.epoch_budget else None,
             failure_config=tune.FailureConfig(max_failures=fl.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -411,8 +413,8 @@ def summarise(plan: SearchPlan) -> int:
     print(f"best trial {best['trial_id']} ({best['status']}, best epoch {best['best_epoch']}): "
           + "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items()))
     print("config: " + ", ".join(f"{k}={fmt(best[k])}" for k in searched(plan.space)))
-    print(f"results: {store.path('trials.parquet')}, {store.path('epochs.parquet')}, "
-          f"{store.path('best_config.json')}\nanalyse: python analyze.py {store.uri}")
+    print(f"results: {store.show('trials.parquet')}, {store.show('epochs.parquet')}, "
+          f"{store.show('best_config.json')}\nanalyse: python analyze.py {store.uri}")
     return 0
 
 

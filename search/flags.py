@@ -19,7 +19,7 @@ from typing import Any
 from ucrn.config import DATASETS
 from ucrn.data import DATASET_ALIASES, FORMATS, TARGETS
 from ucrn.errors import OneLineParser, UsageError
-from ucrn.fileio import check_name
+from ucrn.fileio import check_name, is_uri
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("train", "tune")
@@ -247,8 +247,12 @@ def parse_resources(text: str | None) -> dict[str, float]:
 
 
 def check_storage(storage: str) -> str:
-    """An absolute local path (created, writable) or a URI; returns what Ray should get."""
-    if "://" in storage and not storage.startswith("file://"):
+    """An absolute local path (created, writable) or a URI (probed: written to, in bounded
+    time); returns what Ray should get."""
+    if is_uri(storage):
+        from search.objstore import check_remote
+
+        check_remote(storage)
         return storage
     path = Path(storage.removeprefix("file://")).expanduser().resolve()
     if path.exists() and not path.is_dir():

@@ -4,9 +4,13 @@ search, a `--resume`, a `--retrain`) is refused with one line naming the holder.
 Local folders: an exclusive `flock` on STORAGE/NAME/.lock, held for the driver's life; the
 kernel drops it when the process dies, so a killed driver's lock never blocks `--resume`.
 URIs (s3://...): a lease object STORAGE/NAME/.lease.json that the holder rewrites every
-HEARTBEAT_S seconds; one older than LEASE_S is stale and taken over. Object stores have
-no compare-and-swap through pyarrow, so two drivers starting within the same second can
-both win; docs/reliability.md says so.
+HEARTBEAT_S seconds; one older than LEASE_S, or whose holder is a process of this host
+that is gone (killed), is stale and taken over. On S3 and the stores that do conditional
+writes, creating and taking over the lease are compare-and-swaps (`If-None-Match: *`,
+`If-Match: ETAG`, search/objstore.py): of two drivers starting at once exactly one wins.
+Elsewhere (no boto3, or a store that refuses conditional requests) it falls back to
+write, wait, read back, where two drivers starting within the same half second can both
+win; it says so when it starts, and docs/reliability.md too.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import time
 import uuid
 from typing import Any
 
+from search.objstore import ConditionalObject, Unsupported
 from ucrn.errors import UsageError
+from ucrn.fileio import child_uri
 
 LOCK_FILE, LEASE_FILE = ".lock", ".lease.json"
 # Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
@@ -46,6 +52,8 @@ class ResultsLock:
         self.store, self.purpose = store, purpose
         self._fd: int | None = None
         self._lease: dict[str, Any] | None = None
+        self._cond: ConditionalObject | None = None
+        self._etag: str | None = None
         self._stop = threading.Event()
         self._made_folder = False
 
@@ -102,12 +110,39 @@ class ResultsLock:
             os.close(fd)
         raise UsageError(f"{self.store.uri}: could not take the lock {path} (it keeps changing)")
 
-    def _acquire_lease(self) -> None:
-        current = self.store.read_json(LEASE_FILE, missing_ok=True)
-        if isinstance(current, dict) and time.time() - float(current.get("heartbeat", 0)) < LEASE_S:
+    def _refuse_if_held(self, current: Any) -> None:
+        if isinstance(current, dict) and not _stale(current):
             raise UsageError(f"{self.store.uri} is in use by another driver: "
                              f"{_describe(current)}; its lease expires {LEASE_S:.0f} s after "
                              f"its last heartbeat")
+
+    def _acquire_lease(self) -> None:
+        try:
+            self._cond = ConditionalObject(child_uri(self.store.uri, LEASE_FILE))
+            self._acquire_conditional()
+        except Unsupported as e:
+            self._cond = None
+            print(f"note: {self.store.uri}: no conditional writes ({e}); the one-driver lease "
+                  f"falls back to write and read back", flush=True)
+            self._acquire_read_back()
+        threading.Thread(target=self._heartbeat, name="results-lease", daemon=True).start()
+
+    def _acquire_conditional(self) -> None:
+        assert self._cond is not None
+        current, etag = self._cond.read()
+        self._refuse_if_held(current)
+        lease = _holder(self.purpose)
+        new = (self._cond.put(lease, if_absent=True) if etag is None
+               else self._cond.put(lease, if_etag=etag))
+        if new is None:  # someone else created or took it over since we read it
+            now, _ = self._cond.read()
+            raise UsageError(f"{self.store.uri}: another driver took it at the same moment: "
+                             f"{_describe(now or {})}")
+        self._lease, self._etag = lease, new
+
+    def _acquire_read_back(self) -> None:
+        current = self.store.read_json(LEASE_FILE, missing_ok=True)
+        self._refuse_if_held(current)
         self._lease = _holder(self.purpose)
         self.store.write_json(LEASE_FILE, self._lease)
         time.sleep(0.5)  # a rival writing at the same moment: the last writer wins, the other sees it
@@ -116,13 +151,21 @@ class ResultsLock:
             self._lease = None
             raise UsageError(f"{self.store.uri}: another driver took it at the same moment: "
                              f"{_describe(now if isinstance(now, dict) else {})}")
-        threading.Thread(target=self._heartbeat, name="results-lease", daemon=True).start()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self._lease = {**(self._lease or {}), "heartbeat": time.time()}
-                self.store.write_json(LEASE_FILE, self._lease)
+                if self._cond is None:
+                    self.store.write_json(LEASE_FILE, self._lease)
+                    continue
+                etag = self._cond.put(self._lease, if_etag=self._etag)
+                if etag is None:  # taken over while this driver could not renew it
+                    print(f"warning: {self.store.uri}: another driver took over this "
+                          f"driver's lease (no heartbeat for {LEASE_S:.0f} s?)", flush=True)
+                    self._lease = self._etag = None
+                    return
+                self._etag = etag
             except Exception:  # noqa: BLE001 - the search's own writes will report the store
                 pass
 
@@ -140,10 +183,13 @@ class ResultsLock:
             self._cleanup_folder()
         if self._lease is not None:
             try:
-                self.store.delete(LEASE_FILE)
+                if self._cond is not None and self._etag is not None:
+                    self._cond.delete(self._etag)  # only our own, never a successor's
+                else:
+                    self.store.delete(LEASE_FILE)
             except Exception:  # noqa: BLE001 - an expired lease is taken over anyway
                 pass
-            self._lease = None
+            self._lease = self._etag = None
 
     def _cleanup_folder(self) -> None:
         """A folder made only to hold the lock is removed again: a refused or failed run
@@ -154,6 +200,23 @@ class ResultsLock:
             except OSError:
                 pass
             self._made_folder = False
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """No heartbeat for LEASE_S, or a holder on this host whose process is gone."""
+    try:
+        if time.time() - float(holder.get("heartbeat", 0)) >= LEASE_S:
+            return True
+    except (TypeError, ValueError):
+        return True
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+    return False
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from search.schema import (
 )
 from search.schema import column_type as _schema_type
 from ucrn.config import TrainConfig
-from ucrn.fileio import atomic_write, json_bytes
+from ucrn.fileio import atomic_write, child_uri, is_uri, json_bytes, open_uri
 
 __all__ = ["CONFIG_KEYS", "CONFIG_TYPES", "EPOCHS", "METRICS", "RETRAIN", "ROBUSTNESS",
            "STATUSES", "TRIALS",
@@ -85,8 +85,8 @@ class ResultsStore:
 
     def __init__(self, uri: str | os.PathLike):
         uri = str(uri)
-        if "://" in uri and not uri.startswith("file://"):
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        if is_uri(uri):
+            self.fs, self.root = open_uri(uri)  # credentials in the URI: refused
         else:
             self.fs = pafs.LocalFileSystem()
             self.root = str(Path(uri.removeprefix("file://")).expanduser().resolve())
@@ -103,6 +103,10 @@ class ResultsStore:
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
+
+    def show(self, *parts: str) -> str:
+        """A file's name for the user: its local path, or its URI."""
+        return self.path(*parts) if self.is_local else child_uri(self.uri, *parts)
 
     def _write(self, name: str, write: Any) -> None:
         atomic_write(self.path(name), write, fs=None if self.is_local else self.fs)
@@ -171,7 +175,7 @@ class ResultsStore:
 
     def write_bytes(self, name: str, data: bytes) -> str:
         self._write(name, data)
-        return self.path(name) if self.is_local else f"{self.uri.rstrip('/')}/{name}"
+        return self.show(name)
 
 
 def _safe(key: str) -> str:
@@ -206,10 +210,10 @@ class TrialBook:
         for rows in self.store.read_rows(self.trials_dir, bad_trials).values():
             for row in rows:
                 self.trials[row["trial_id"]] = _conform(row)
-        notes = [f"{self.store.path(self.epochs_dir, k + '.parquet')} is unreadable: that "
+        notes = [f"{self.store.show(self.epochs_dir, k + '.parquet')} is unreadable: that "
                  f"trial's per-epoch rows are lost" for k in bad_epochs]
         for key in bad_trials:
-            path = self.store.path(self.trials_dir, key + ".parquet")
+            path = self.store.show(self.trials_dir, key + ".parquet")
             tid = next((t for t in self.epochs if _safe(t) == key), None)
             if tid is None or tid in self.trials:
                 notes.append(f"{path} is unreadable and trial {key} has no epoch rows: it is "

@@ -29,6 +29,7 @@ from search.cluster import (
 from search.driver import load_data
 from search.flags import Flags, check_address, check_flags
 from search.lock import ResultsLock
+from search.objstore import check_remote, join, ray_storage
 from search.progress import make_recorder
 from search.results import METRICS, RETRAIN, ResultsStore, TrialBook
 from search.settings import TrialSettings
@@ -36,6 +37,7 @@ from search.trial import retrain_key
 from ucrn.cli import parse_seeds
 from ucrn.config import TrainConfig, defaulted_fields, missing_fields, normalize_keys
 from ucrn.errors import UsageError
+from ucrn.fileio import is_uri
 from ucrn.metrics import ROBUST_METRICS, mean_std, metric_mode
 
 
@@ -61,8 +63,10 @@ def run_retrain(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
     if fl.workers_per_trial > 1:  # DDP runs on Ray Train
         fl = replace(fl, executor="train")
     check_flags(fl)
+    if is_uri(fl.retrain):
+        check_remote(fl.retrain, "--retrain")
     store = ResultsStore(fl.retrain)
-    if store.is_local and not store.exists("trials.parquet") and not store.exists(
+    if not store.exists("trials.parquet") and not store.exists(
             "best_config.json"):
         raise UsageError(f"--retrain {fl.retrain}: not a search folder (no trials.parquet or "
                          f"best_config.json there)")
@@ -101,7 +105,7 @@ def plan_retrain(fl: Flags, store: ResultsStore, fail_if: dict[str, Any] | None
 
 
 def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str]:
-    where = store.path("best_config.json")
+    where = store.show("best_config.json")
     if fl.trial:
         book = TrialBook(store, "", "MAE", "min", "")
         for note in book.load():
@@ -109,7 +113,7 @@ def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str
         row = book.trials.get(fl.trial)
         if row is None:
             raise UsageError(f"--trial {fl.trial}: no such trial in "
-                             f"{store.path('trials.parquet')}")
+                             f"{store.show('trials.parquet')}")
         raw = {k: row[k] for k in TrainConfig.__dataclass_fields__ if k in row}
         where, trial_id = f"trial {fl.trial}", fl.trial
     else:
@@ -144,7 +148,7 @@ def _done_seeds(store: ResultsStore, trial_id: str) -> dict[int, dict[str, Any]]
     bad: list[str] = []
     rows = [r for rs in store.read_rows(RETRAIN, bad).values() for r in rs]
     for key in bad:
-        print(f"warning: {store.path(RETRAIN, key + '.parquet')} is unreadable: that seed "
+        print(f"warning: {store.show(RETRAIN, key + '.parquet')} is unreadable: that seed "
               f"counts as not re-trained", file=sys.stderr)
     return {int(r["seed"]): r for r in rows
             if r.get("trial_id") == trial_id and r.get("seed") is not None}
@@ -178,7 +182,7 @@ def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
         try:
             check_cluster(fl)
             trainable = make_trainable(fl, data, plan.settings)
-            name = f"{store.uri.rstrip('/').rsplit('/', 1)[-1]}-retrain"
+            name = f"{store.root.rstrip('/').rsplit('/', 1)[-1]}-retrain"
             recorder = make_recorder(store.location, name, plan.metric, metric_mode(plan.metric),
                                      fl.executor, plan.settings.base, len(plan.todo),
                                      on_final=write_row)
@@ -190,7 +194,7 @@ def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
                     max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl)),
                 run_config=tune.RunConfig(
                     name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
-                    storage_path=f"{store.location.rstrip('/')}/retrain_runs", callbacks=[recorder],
+                    **ray_storage(join(store.location, "retrain_runs")), callbacks=[recorder],
                     verbose=0, failure_config=tune.FailureConfig(max_failures=fl.max_failures)),
             )
             stop.tune_started()
@@ -218,5 +222,5 @@ def summarise(plan: RetrainPlan) -> int:
             mean, std = mean_std([r[k] if r[k] is not None else math.nan for r in rows])
             parts.append(f"{k.removeprefix('test_')} {mean:.4f}±{std:.4f}")
         print(f"  {split}: " + "  ".join(parts))
-    print(f"results: {plan.store.path(RETRAIN)}")
+    print(f"results: {plan.store.show(RETRAIN)}")
     return 0 if not missing else 1

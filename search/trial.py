@@ -26,6 +26,7 @@ from typing import Any
 import ray
 import torch
 
+from search.objstore import ray_storage
 from search.settings import TrialSettings
 from ucrn.config import TrainConfig
 from ucrn.train import fit
@@ -188,7 +189,7 @@ def train_trial(config: dict[str, Any], data_box: list, settings: TrialSettings)
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # stable: a retried or restored trial resumes its own run
-            storage_path=settings.train_storage,
+            **ray_storage(settings.train_storage),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),

@@ -26,6 +26,15 @@ atexit.register(shutil.rmtree, _TOKEN_DIR, ignore_errors=True)
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(_TOKEN)
 
+# The object-storage tests' S3 endpoint (moto's server, started on first use by the s3
+# fixture), set before Ray's head starts so that its workers reach it too. The secret is
+# distinctive: tests grep everything a search writes for it.
+S3_PORT = free_port()
+S3_SECRET = f"ucrn-test-secret-{secrets.token_hex(8)}"
+os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+                   "AWS_ACCESS_KEY_ID": "ucrn-test-key", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+
 
 @pytest.fixture(scope="session")
 def ray_env(tmp_path_factory) -> dict[str, str]:
@@ -52,3 +61,25 @@ def ray_head(tmp_path_factory, ray_env):
         yield address
     finally:
         node.stop(address)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1:S3_PORT for the whole session; yields the port."""
+    from tests.s3server import moto
+
+    server = moto(S3_PORT, tmp_path_factory.mktemp("s3") / "moto.log")
+    try:
+        yield S3_PORT
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3):
+    """A fresh, empty bucket for one test; yields its name."""
+    import boto3
+
+    name = f"b{secrets.token_hex(6)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

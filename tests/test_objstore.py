@@ -1,0 +1,277 @@
+"""Results on object storage, against a real S3 API on loopback (moto's server, started
+by the test session and stopped by its pid; tests/s3server.py): whole-object writes, the
+one-driver lease as a compare-and-swap, one-line errors, no credential ever recorded, and
+whole searches (both executors, kill -9 and --resume, the store going down mid-search)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+import analyze
+import run_search
+from search import objstore
+from search.lock import LEASE_FILE, ResultsLock
+from search.results import ResultsStore
+from tests.raynodes import free_port
+from tests.s3server import moto, proxy
+from ucrn import cli
+from ucrn.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+S3_SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]  # set by conftest.py, distinctive
+SPACE = "lr: {loguniform: [1.0e-4, 1.0e-2]}\nd_model: 8\nheads: 2\nlayers: 1\n"
+
+
+def _objects(bucket: str, prefix: str = "") -> dict[str, bytes]:
+    s3 = boto3.client("s3")
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def _table(uri: str):
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return pq.read_table(path, filesystem=fs).to_pandas()
+
+
+def _one_line(capsys, rc: int, code: int = 2) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == code and len(err) == 1 and err[0].startswith("error: "), (rc, err)
+    return err[0]
+
+
+# ---- writes and the lease (no Ray) -----------------------------------------------------
+
+def test_writes_are_whole_objects_at_their_final_key(bucket):
+    store = ResultsStore(f"s3://{bucket}/w")
+    store.write_json("a.json", {"x": 1})
+
+    def half(f):
+        f.write(b'{"x": 2, "half')
+        raise RuntimeError("the writer failed midway")
+
+    with pytest.raises(RuntimeError):
+        store._write("a.json", half)
+    with pytest.raises(RuntimeError):
+        store._write("b.json", half)
+    assert store.read_json("a.json") == {"x": 1}  # the old object, whole
+    assert not store.exists("b.json")
+    assert set(_objects(bucket)) == {"w/a.json"}  # no temporary or folder-marker objects
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lease_is_a_compare_and_swap(bucket, capsys):
+    uri = f"s3://{bucket}/l"
+    store = ResultsStore(uri)
+    with ResultsLock(store, "search"):
+        with pytest.raises(UsageError, match=f"in use by another driver: pid {os.getpid()}"):
+            ResultsLock(ResultsStore(uri), "search").acquire()
+    assert not store.exists(LEASE_FILE)
+    # a lease left by a killed driver of this host is taken over at once
+    store.write_json(LEASE_FILE, {"host": socket.gethostname(), "pid": _dead_pid(),
+                                  "heartbeat": time.time(), "token": "x"})
+    with ResultsLock(store, "search"):
+        pass
+    # four drivers at the same moment: exactly one wins
+    barrier, won, lost = threading.Barrier(4), [], []
+
+    def take() -> None:
+        lock = ResultsLock(ResultsStore(uri), "search")
+        barrier.wait()
+        try:
+            lock.acquire()
+            won.append(lock)
+        except UsageError as e:
+            lost.append(str(e))
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 3, lost
+    won[0].release()
+    assert not store.exists(LEASE_FILE)
+    assert "falls back" not in capsys.readouterr().out  # moto does conditional writes
+
+
+# ---- one-line errors -------------------------------------------------------------------
+
+def test_storage_problems_are_one_line_in_bounded_time(bucket, tmp_path, capsys, monkeypatch):
+    def search(storage: str) -> str:
+        t = time.time()
+        rc = run_search.main(["--storage", storage, "--executor", "tune", "--num-samples", "1"])
+        line = _one_line(capsys, rc)
+        assert time.time() - t < 30, line
+        return line
+
+    assert "the bucket does not exist" in search("s3://no-such-bucket-here/x")
+    closed = free_port()
+    assert f"(127.0.0.1:{closed}) is not answering" in search(
+        f"s3://{bucket}/x?endpoint_override=127.0.0.1:{closed}&scheme=http")
+    # a server that accepts the connection and never answers
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    monkeypatch.setattr(objstore, "PROBE_S", 2.0)
+    try:
+        assert "did not answer within 2 s" in search(
+            f"s3://{bucket}/x?endpoint_override=127.0.0.1:{hole.getsockname()[1]}&scheme=http")
+    finally:
+        hole.close()
+    # credentials refused by the store
+    port = free_port()
+    strict = moto(port, tmp_path / "strict.log", strict=True)
+    try:
+        assert "access denied" in search(
+            f"s3://{bucket}/x?endpoint_override=127.0.0.1:{port}&scheme=http")
+    finally:
+        strict.stop()
+    # credentials in the URI: refused, and never printed
+    line = search(f"s3://AKIAXX:{S3_SECRET}@{bucket}/x")
+    assert "credentials in the URI are refused" in line and S3_SECRET not in line
+
+
+def test_a_prefix_that_holds_no_search_is_one_line(bucket, tmp_path, capsys):
+    boto3.client("s3").put_object(Bucket=bucket, Key="other/readme.txt", Body=b"hello")
+    uri = f"s3://{bucket}/other"
+    assert "expected a search folder" in _one_line(capsys, analyze.main([uri, "--no-report"]))
+    assert "not a search folder" in _one_line(capsys, run_search.main(["--retrain", uri]))
+    assert "no search named 'other'" in _one_line(capsys, run_search.main(
+        ["--storage", f"s3://{bucket}", "--name", "other", "--resume"]))
+    assert _objects(bucket) == {"other/readme.txt": b"hello"}  # nothing written, nothing lost
+
+
+# ---- whole searches (Ray) --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_searches_retrain_analyze_and_predict_on_s3(bucket, ray_head, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = f"s3://{bucket}/ucrn"
+    for name, executor in (("tune", "tune"), ("train", "train")):
+        rc = run_search.main(["--address", ray_head, "--storage", storage, "--name", name,
+                              "--executor", executor, "--space", str(space), "--num-samples",
+                              "2", "--max-epochs", "2", "--max-concurrent", "2"])
+        out = capsys.readouterr()
+        assert rc == 0, out.out[-3000:] + out.err[-2000:]
+        assert S3_SECRET not in out.out + out.err
+        trials = _table(f"{storage}/{name}/trials.parquet")
+        epochs = _table(f"{storage}/{name}/epochs.parquet")
+        assert len(trials) == 2 and trials.trial_id.is_unique
+        assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert any(k.startswith("ucrn/train/train_runs/") for k in _objects(bucket, "ucrn/train/"))
+    # analysis, re-training and a prediction from the checkpoint stored there
+    assert analyze.main([f"{storage}/tune", "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").is_file()
+    rc = run_search.main(["--retrain", f"{storage}/tune", "--seeds", "5", "--address",
+                          ray_head, "--robustness-repeats", "0"])
+    out = capsys.readouterr()
+    assert rc == 0, out.out[-3000:]
+    rows = _table(f"{storage}/tune/retrain.parquet")
+    ckpt = rows.checkpoint.iloc[0]
+    assert ckpt.startswith(f"s3://{bucket}/ucrn/tune/")
+    assert cli.main(["predict", "--checkpoint", ckpt, "--out", str(tmp_path / "p.parquet")]) == 0
+    assert len(pq.read_table(tmp_path / "p.parquet")) == 128
+    # no credential in anything the searches wrote
+    leaked = [k for k, v in _objects(bucket).items() if S3_SECRET.encode() in v]
+    assert not leaked, leaked
+
+
+def _driver(ray_head: str, storage: str, name: str, env: dict, log: Path, *extra: str):
+    return subprocess.Popen([sys.executable, str(ROOT / "run_search.py"), "--address",
+                             ray_head, "--storage", storage, "--name", name, *extra],
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def _wait_objects(bucket: str, prefix: str, n: int, proc, timeout: float = 240) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, "the driver ended early"
+        if len(_objects(bucket, prefix)) >= n:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(prefix)
+
+
+def _resume_finishes_each_trial_once(ray_head, storage, name, ray_env, n: int) -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address", ray_head,
+                          "--storage", storage, "--name", name, "--resume"], env=ray_env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    base = storage.split("?")[0]
+    trials = _table(f"{base}/{name}/trials.parquet")
+    epochs = _table(f"{base}/{name}/epochs.parquet")
+    assert len(trials) == n and trials.trial_id.is_unique
+    assert set(trials.status) <= {"completed", "stopped"}
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_driver_then_resume_on_s3(bucket, ray_head, ray_env, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = f"s3://{bucket}/k"
+    proc = _driver(ray_head, storage, "k", ray_env, tmp_path / "k.log", "--executor", "tune",
+                   "--space", str(space), "--num-samples", "4", "--max-epochs", "3",
+                   "--max-concurrent", "1")
+    try:
+        _wait_objects(bucket, "k/k/epochs.parquet/", 2, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _objects(bucket, "k/k/.lease.json")  # the killed driver's lease is still there
+    _resume_finishes_each_trial_once(ray_head, storage, "k", ray_env, 4)
+
+
+@pytest.mark.slow
+def test_the_store_going_down_mid_search_then_resume(bucket, ray_head, ray_env, tmp_path, s3):
+    """A TCP proxy in front of moto is killed while trials write (the store down: uploads
+    fail midway), then started again on the same port."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    port = free_port()
+    front = proxy(port, s3, tmp_path / "proxy.log")
+    storage = f"s3://{bucket}/d?endpoint_override=127.0.0.1:{port}&scheme=http"
+    proc = _driver(ray_head, storage, "d", ray_env, tmp_path / "d.log", "--executor", "tune",
+                   "--space", str(space), "--num-samples", "6", "--max-epochs", "3",
+                   "--max-concurrent", "1")
+    try:
+        _wait_objects(bucket, "d/d/epochs.parquet/", 2, proc)
+        front.stop()
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        front.stop()
+    log = (tmp_path / "d.log").read_text()
+    errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
+    assert rc == 1 and len(errors) == 1 and "results storage" in errors[0], log[-3000:]
+    assert "--resume" in errors[0]
+    before = _table(f"s3://{bucket}/d/d/epochs.parquet")  # what is there is readable
+    assert len(before) >= 2 and not before.duplicated(["trial_id", "epoch"]).any()
+    front = proxy(port, s3, tmp_path / "proxy.log")
+    try:
+        _resume_finishes_each_trial_once(ray_head, storage, "d", ray_env, 6)
+    finally:
+        front.stop()
