@@ -97,3 +97,43 @@ class RayHead:
                 pointer.unlink()
         except OSError:
             pass
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+class Server:
+    """A server process in its own session, listening on `port`; stop() ends exactly that
+    session."""
+
+    def __init__(self, argv: list[str], log: Path, port: int, env: dict | None = None):
+        self.port = port
+        self.proc = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env)
+        try:
+            wait_port(port)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        kill_session(self.proc.pid)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def moto(port: int, log: Path, strict: bool = False) -> Server:
+    """moto's standalone S3 server on 127.0.0.1:`port` (a real S3 REST API, in memory);
+    `strict` checks credentials and knows none, so every request is refused."""
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"} if strict else None
+    return Server([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
+                   "-p", str(port)], log, port, env=env)

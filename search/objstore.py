@@ -65,16 +65,22 @@ def check_remote(uri: str, flag: str = "--storage", timeout: float | None = None
     outcome: dict[str, Any] = {}
 
     def probe() -> None:
+        name = f".write-probe-{uuid.uuid4().hex}"
         try:
-            import pyarrow.fs as pafs
-
-            bucket = root.split("/", 1)[0]
-            if fs.type_name == "s3" and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
-                raise OSError("NO_SUCH_BUCKET")
-            key = f"{root.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
-            with fs.open_output_stream(key) as f:
-                f.write(b"ok")
-            fs.delete_file(key)
+            if fs.type_name == "s3":  # boto3: pyarrow's delete leaves a folder marker behind
+                obj = ConditionalObject(child_uri(uri, name))
+                try:
+                    obj.client.head_bucket(Bucket=obj.bucket)
+                except Exception as e:
+                    if obj._code(e) in ("404", "NoSuchBucket", "NotFound"):
+                        raise OSError("NO_SUCH_BUCKET") from None
+                    raise
+                obj.put({"probe": True})
+                obj.client.delete_object(Bucket=obj.bucket, Key=obj.key)
+            else:
+                with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as f:
+                    f.write(b"ok")
+                fs.delete_file(f"{root.rstrip('/')}/{name}")
         except Exception as e:  # noqa: BLE001 - classified below, in one line
             outcome["error"] = e
         finally:

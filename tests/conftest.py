@@ -66,7 +66,7 @@ def ray_head(tmp_path_factory, ray_env):
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """moto's S3 server on 127.0.0.1:S3_PORT for the whole session; yields the port."""
-    from tests.s3server import moto
+    from benchmarks.processes import moto
 
     server = moto(S3_PORT, tmp_path_factory.mktemp("s3") / "moto.log")
     try:

@@ -1,62 +1,19 @@
-"""A real S3 API on loopback for the object-storage tests: moto's standalone server, and a
-TCP proxy in front of it that a test can kill (the store "going down" mid-write) and start
-again while moto keeps its objects. Both run in their own sessions, stopped by pid."""
+"""A TCP proxy in front of moto's S3 server that a test can kill (the store "going down"
+mid-write) and start again on the same port while moto keeps its objects. moto itself and
+the process helpers are in benchmarks/processes.py (the storage benchmark uses them too)."""
 
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-MOTO = str(Path(sys.executable).with_name("moto_server"))
 
+def proxy(port: int, target: int, log: Path):
+    """The proxy as a Server (benchmarks/processes.py), listening on `port`."""
+    from benchmarks.processes import Server  # not at the top: this file also runs alone
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-
-
-class Server:
-    """A process in its own session; stop() ends exactly that session."""
-
-    def __init__(self, argv: list[str], log: Path, port: int, env: dict | None = None):
-        self.port = port
-        self.proc = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=env)
-        try:
-            wait_port(port)
-        except TimeoutError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        from benchmarks.processes import kill_session
-
-        kill_session(self.proc.pid)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def moto(port: int, log: Path, strict: bool = False) -> Server:
-    """moto's S3 server; `strict` checks credentials (and knows none: every request is
-    refused, as a store refuses a wrong key)."""
-    import os
-
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"} if strict else None
-    return Server([MOTO, "-H", "127.0.0.1", "-p", str(port)], log, port, env=env)
-
-
-def proxy(port: int, target: int, log: Path) -> Server:
     return Server([sys.executable, __file__, str(port), str(target)], log, port)
 
 

@@ -21,11 +21,12 @@ import pytest
 
 import analyze
 import run_search
+from benchmarks.processes import moto
 from search import objstore
 from search.lock import LEASE_FILE, ResultsLock
 from search.results import ResultsStore
 from tests.raynodes import free_port
-from tests.s3server import moto, proxy
+from tests.s3server import proxy
 from ucrn import cli
 from ucrn.errors import UsageError
 
