@@ -26,6 +26,7 @@ from search.flags import (
     Flags,
     check_address,
     check_flags,
+    check_given,
     check_metric_task,
     check_storage,
     parse_flags,
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None, fail_if: dict[str, Any] | None = None) -
 
 def _main(argv: list[str], fail_if: dict[str, Any] | None) -> int:
     fl, given = parse_flags(argv)
+    check_given(fl, given)
     if fl.retrain:
         from search.retrain import run_retrain
 
@@ -274,6 +276,10 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
                                                      plan.data_id))
             except ValueError as e:
                 raise UsageError(str(e)) from None
+            if fl.search_alg == "random" and plan.warm.rewards is not None:
+                raise UsageError("--warm-start with --search-alg random on the same data: a "
+                                 "random search learns nothing from earlier results; use "
+                                 "--search-alg tpe")
             for note in plan.warm.notes:
                 print(f"note: warm start: {note}", flush=True)
         code = run(plan, data, lock)
@@ -346,10 +352,11 @@ def search_algorithm(plan: SearchPlan):
     from ray.tune.search.optuna import OptunaSearch
 
     fl, warm = plan.flags, plan.warm
+    seed = warm.sampler_seed(fl.seed)
     if fl.search_alg == "random":
-        sampler = optuna.samplers.RandomSampler(seed=fl.seed)
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=fl.seed, constant_liar=fl.constant_liar)
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=fl.constant_liar)
     return OptunaSearch(sampler=sampler, points_to_evaluate=list(warm.points) or None,
                         evaluated_rewards=list(warm.rewards) if warm.rewards else None)
 

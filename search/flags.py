@@ -157,6 +157,26 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+# flags that shape a search, meaningless for --retrain (which runs one config on seeds)
+SEARCH_ONLY = ("space", "num_samples", "grace_period", "reduction_factor", "search_alg",
+               "scheduler", "constant_liar", "epoch_budget", "warm_start", "metric")
+ASHA_ONLY = ("grace_period", "reduction_factor")
+
+
+def check_given(fl: Flags, given: set[str]) -> None:
+    """Flags given that would do nothing are one line, never silently ignored."""
+    if fl.retrain:
+        idle = [k for k in SEARCH_ONLY if k in given]
+        if idle:
+            raise UsageError(f"--{idle[0].replace('_', '-')}: a search flag; --retrain runs the "
+                             f"chosen configuration on seeds (its flags: --seeds, --trial, "
+                             f"--robustness-repeats and the resources)")
+    elif fl.scheduler != "asha" and given & set(ASHA_ONLY):
+        name = next(k for k in ASHA_ONLY if k in given).replace("_", "-")
+        raise UsageError(f"--{name}: an ASHA setting, with --scheduler {fl.scheduler} (which "
+                         f"stops no trial); leave it out or use --scheduler asha")
+
+
 def parse_flags(argv: list[str] | None) -> tuple[Flags, set[str]]:
     """The flags, and the names of those given on the command line (not defaulted)."""
     ns = build_parser().parse_args(argv)

@@ -190,9 +190,10 @@ class TrialBook:
     """
 
     def __init__(self, store: ResultsStore, search: str, metric: str, mode: str,
-                 executor: str, prefix: str = ""):
+                 executor: str, prefix: str = "", read_only: bool = False):
         self.store, self.search, self.metric, self.mode = store, search, metric, mode
         self.executor = executor
+        self.read_only = read_only  # another search's book (a warm start): never written
         # re-training runs keep their own rows (prefix "retrain/"), apart from the search's
         self.trials_dir, self.epochs_dir = prefix + TRIALS, prefix + EPOCHS
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -200,8 +201,9 @@ class TrialBook:
 
     def load(self) -> list[str]:
         """Read the files back (a resumed search, the summary). A trial file that cannot be
-        read (damaged since) is rebuilt from the trial's epoch rows and rewritten; the
-        returned notes say which files were damaged and what became of them."""
+        read (damaged since) is rebuilt from the trial's epoch rows and rewritten (only in
+        memory when read_only); the returned notes say which files were damaged and what
+        became of them."""
         bad_epochs: list[str] = []
         bad_trials: list[str] = []
         for rows in self.store.read_rows(self.epochs_dir, bad_epochs).values():
@@ -285,7 +287,8 @@ class TrialBook:
         })
         summary.update({k: config.get(k) for k in CONFIG_KEYS if k in config})
         self.trials[trial_id] = summary
-        self.store.write_rows(self.trials_dir, trial_id, [summary])
+        if not self.read_only:
+            self.store.write_rows(self.trials_dir, trial_id, [summary])
         return summary
 
     def _best_row(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -13,15 +13,22 @@ Configurations that do not fit are skipped, each with a note saying why.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from search.results import ResultsStore, TrialBook
+from ucrn.config import TrainConfig
 
 RERUN_BEST = 3  # trials re-run first when the data differ
-# settings besides the space that make it another model: compared with this search's flags
-# (the data may differ: MOSEI after MOSI; then the best trials are re-run, not trusted)
-COMPARED = ("modalities",)
+# Settings that do not make a trial another experiment: where and how it ran, and the data
+# (other data are handled as such: the best trials are re-run, their values not trusted).
+# Every other setting the new space does not search must be equal for a trial to fit.
+NOT_COMPARED = {"seed", "device", "threads", "dataset", "data_path", "data_format", "aligned",
+                "preset", "data_seed", "target", "select_metric", "eval_batch_size",
+                "cuda_graphs", "compile", "amp", "robust_metrics"}
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,17 @@ class WarmStart:
 
     def record(self) -> dict[str, Any]:
         """What search.json keeps of it."""
-        return {"from": list(self.sources), "mode": "evaluated" if self.rewards else "rerun",
+        return {"from": list(self.sources),
+                "mode": "evaluated" if self.rewards is not None else "rerun",
                 "points": len(self.points), "notes": list(self.notes)}
+
+    def sampler_seed(self, seed: int) -> int:
+        """The sampler's seed: the search's, moved by the sources' names, so that a search
+        warm-started from one with the same --seed does not draw that search's own random
+        start-up proposals again (which it has already evaluated)."""
+        if not self.sources:
+            return seed
+        return (seed + zlib.crc32("\n".join(self.sources).encode())) % 2**32
 
 
 def _fits(row: dict[str, Any], spec: dict[str, Any], base: dict[str, Any]) -> str | None:
@@ -53,9 +69,14 @@ def _fits(row: dict[str, Any], spec: dict[str, Any], base: dict[str, Any]) -> st
                 return f"{name}={value!r} is not one of {args}"
         elif not args[0] <= value <= args[1] or (kind == "int" and value != int(value)):
             return f"{name}={value!r} is outside {kind} [{args[0]}, {args[1]}]"
-    for name in COMPARED:
-        if name in base and name in row and row[name] != base[name]:
-            return f"{name}={row[name]!r}, {base[name]!r} here"
+    here = {**{f.name: f.default for f in fields(TrainConfig)}, **base}
+    for name, value in here.items():
+        if name in spec or name in NOT_COMPARED or name not in row:
+            continue
+        theirs = _plain(row[name])
+        if theirs != value and not (isinstance(theirs, float) and isinstance(value, float)
+                                    and math.isclose(theirs, value, rel_tol=1e-9)):
+            return f"{name}={theirs!r}, {value!r} here"
     return None
 
 
@@ -63,26 +84,38 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
                mode: str, data_id: dict[str, Any] | None) -> WarmStart:
     if not sources:
         return WarmStart()
-    names = tuple(s.strip() for s in sources.split(",") if s.strip())
+    names = tuple(dict.fromkeys(s.strip() for s in sources.split(",") if s.strip()))
+    if not names:
+        raise ValueError(f"--warm-start {sources!r}: expected earlier searches, "
+                         f"STORAGE/NAME[,STORAGE/NAME...]")
     searched = [k for k, v in spec.items() if isinstance(v, dict)]
     found: list[tuple[float, dict[str, Any]]] = []
     notes: list[str] = []
     same_data = True
     for src in names:
-        store = ResultsStore(src)
-        meta = store.read_json("search.json", missing_ok=True)
-        if not isinstance(meta, dict) or not store.exists("trials.parquet"):
+        try:
+            store = ResultsStore(src)
+            meta = store.read_json("search.json", missing_ok=True)
+            is_dir = (store.fs.get_file_info(store.path("trials.parquet")).type
+                      == pafs.FileType.Directory)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--warm-start {src}: {' '.join(str(e).split())[:300]}") from None
+        if not isinstance(meta, dict) or not is_dir:
             raise ValueError(f"--warm-start {src}: not a search folder (no search.json or "
-                             f"trials.parquet)")
+                             f"trials.parquet/)")
         if meta.get("data") != data_id:
             same_data = False
             notes.append(f"{src}: other data (or none recorded): its best trials are re-run")
-        book = TrialBook(store, "", metric, mode, "")
+        book = TrialBook(store, "", metric, mode, "", read_only=True)  # never writes there
         notes += book.load()
+        usable = len(found)
         for tid, row in sorted(book.trials.items()):
-            value = row.get(metric)
             if row.get("status") not in ("completed", "stopped"):
                 continue
+            if tid in book.epochs:  # this search's metric at its own best epoch
+                best = book._best_row(book._epoch_rows(tid))
+                row = {**row, metric: (best or {}).get(metric, row.get(metric))}
+            value = row.get(metric)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 notes.append(f"{src} trial {tid}: no {metric} recorded: skipped")
                 continue
@@ -91,6 +124,8 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
                 notes.append(f"{src} trial {tid} does not fit this space ({why}): skipped")
                 continue
             found.append((float(value), {k: _plain(row[k]) for k in searched}))
+        if len(found) == usable:
+            notes.append(f"{src}: no finished trial fits this search: nothing taken from it")
     found.sort(key=lambda p: p[0] if mode == "min" else -p[0])
     unique: dict[str, tuple[float, dict[str, Any]]] = {}
     for value, point in found:  # one entry per configuration, its best value

@@ -11,7 +11,7 @@ import pytest
 
 import run_search
 from search.results import ResultsStore, TrialBook
-from search.warm import RERUN_BEST, warm_start
+from search.warm import RERUN_BEST, WarmStart, warm_start
 from ucrn.config import TrainConfig
 
 SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "layers": {"choice": [1, 2]}, "d_model": 8,
@@ -39,7 +39,7 @@ def test_warm_start_same_data_gives_evaluated_points_and_skips_what_does_not_fit
         (0.9, {"lr": 1e-3, "layers": 3}),  # layers not a choice here
         (0.8, {"lr": 1e-3, "layers": 1, "modalities": "la"}),  # another model
     ], data)
-    base = {"modalities": "lav"}
+    base = {"modalities": "lav", "num_epochs": 1}
     warm = warm_start(str(src), SPACE, base, "MAE", "min", data)
     assert warm.rewards == (0.5, 0.7)  # best first, one entry per configuration
     assert warm.points == ({"lr": 2e-3, "layers": 2}, {"lr": 1e-3, "layers": 1})
@@ -53,10 +53,56 @@ def test_warm_start_same_data_gives_evaluated_points_and_skips_what_does_not_fit
 def test_warm_start_other_data_reruns_the_best_few(tmp_path):
     src = _fake_search(tmp_path / "a", [(0.1 * (i + 1), {"lr": 1e-3 * (i + 1), "layers": 1})
                                         for i in range(5)], {"labels_sha256": "mosi"})
-    warm = warm_start(str(src), SPACE, {}, "MAE", "min", {"labels_sha256": "mosei"})
+    warm = warm_start(str(src), SPACE, {"num_epochs": 1}, "MAE", "min",
+                      {"labels_sha256": "mosei"})
     assert warm.rewards is None and len(warm.points) == RERUN_BEST
     assert [p["lr"] for p in warm.points] == pytest.approx([1e-3, 2e-3, 3e-3])
     assert any("other data" in n for n in warm.notes)
+
+
+def test_warm_start_compares_every_fixed_setting_and_never_writes_to_its_source(tmp_path):
+    data = {"labels_sha256": "x"}
+    src = _fake_search(tmp_path / "a", [(0.7, {"lr": 1e-3, "layers": 1}),
+                                        (0.6, {"lr": 2e-3, "layers": 1, "jsd_weight": 0.5})],
+                       data)
+    # another number of epochs: none of its values are this search's
+    warm = warm_start(str(src), SPACE, {"num_epochs": 3}, "MAE", "min", data)
+    assert warm.points == () and warm.rewards == ()
+    notes = "\n".join(warm.notes)
+    assert "num_epochs=1, 3 here" in notes and "no finished trial fits this search" in notes
+    assert warm.record()["mode"] == "evaluated"
+    warm = warm_start(str(src), SPACE, {"num_epochs": 1}, "MAE", "min", data)
+    assert "jsd_weight=0.5, 1.0 here" in "\n".join(warm.notes) and len(warm.points) == 1
+    # a damaged trial file of the source is rebuilt in memory only
+    damaged = next((src / "trials.parquet").glob("*.parquet"))
+    damaged.write_bytes(b"garbage")
+    warm_start(str(src), SPACE, {"num_epochs": 1}, "MAE", "min", data)
+    assert damaged.read_bytes() == b"garbage"
+    # its own random start-up proposals are not drawn again
+    assert warm.sampler_seed(1234) != 1234 and WarmStart().sampler_seed(1234) == 1234
+    with pytest.raises(ValueError, match="--warm-start ',': expected earlier searches"):
+        warm_start(",", SPACE, {}, "MAE", "min", data)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "search.json").write_text("{}")
+    (tmp_path / "f" / "trials.parquet").write_text("a file")
+    with pytest.raises(ValueError, match="--warm-start .*f: not a search folder"):
+        warm_start(str(tmp_path / "f"), SPACE, {}, "MAE", "min", data)
+
+
+def test_flags_that_would_do_nothing_are_one_line(tmp_path, capsys):
+    from ucrn.data import load_dataset
+
+    same = load_dataset("synthetic", None).identity()
+    src = _fake_search(tmp_path / "a", [(0.7, {"lr": 1e-3, "layers": 1})], same)
+    for args, needle in (
+            (["--scheduler", "fifo", "--grace-period", "2"], "--grace-period: an ASHA setting"),
+            (["--retrain", str(src), "--warm-start", str(src)], "--warm-start: a search flag"),
+            (["--retrain", str(src), "--epoch-budget", "5"], "--epoch-budget: a search flag"),
+            (["--search-alg", "random", "--warm-start", str(src), "--max-epochs", "1"],
+             "--warm-start with --search-alg random on the same data")):
+        rc = run_search.main(["--storage", str(tmp_path / "st"), "--name", "n", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], (args, err)
 
 
 def test_warm_start_from_something_else_is_one_line(tmp_path, capsys):
