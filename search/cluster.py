@@ -18,6 +18,24 @@ from search.objstore import join
 from search.settings import TrialSettings
 from ucrn.errors import UsageError
 
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                   "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_out_of_ray_logs() -> None:
+    """Ray Tune copies AWS credentials from the driver's environment into every trial's
+    runtime environment, and Ray's runtime-env agent logs that environment in plain text
+    (/tmp/ray/session_*/logs/runtime_env_agent.log). The trials do not need the copy: on
+    the driver's machine they inherit the environment Ray started with; on a cluster every
+    node has its own (instance profile, or its environment: docs/cluster.md)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, set):
+        propagated.difference_update(CREDENTIAL_VARS)
+
 
 def start_ray(address: str | None, threads: int, log_file: Path | None) -> None:
     """Start a local Ray or connect to `address`, with the job's environment set.
@@ -36,6 +54,7 @@ def start_ray(address: str | None, threads: int, log_file: Path | None) -> None:
     from search.trial import trial_env
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    keep_credentials_out_of_ray_logs()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Tune's tables
     env_vars = trial_env(threads)
     main = threading.current_thread() is threading.main_thread()

@@ -141,6 +141,11 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
     elif store.exists("search.json"):
         raise UsageError(f"--name {fl.name}: a search already exists at {store.uri}; "
                          "use --resume to continue it or another --name")
+    else:
+        foreign = sorted(n for n in store.list() if not n.startswith("."))
+        if foreign:  # a search's files among them would be unreadable, or theirs lost
+            raise UsageError(f"--name {fl.name}: {store.uri} already holds other things "
+                             f"({', '.join(foreign[:5])}) and no search; use another --name")
     fl = with_data_path(fl)
     fl = replace(fl, metric=resolve_metric(fl))
     base_probe = base_config(fl, {})
@@ -381,6 +386,9 @@ def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], re
             search_alg=search_algorithm(plan), scheduler=scheduler),
         run_config=tune.RunConfig(
             name=fl.name, **ray_storage(plan.storage), callbacks=[recorder], verbose=0,
+            # on a remote store Tune keeps its state locally and uploads it every
+            # sync_period: a driver killed in between resumes from an old state
+            sync_config=tune.SyncConfig(sync_period=SYNC_S, sync_timeout=SYNC_TIMEOUT_S),
             stop=EpochBudget(fl.epoch_budget) if fl.epoch_budget else None,
             failure_config=tune.FailureConfig(max_failures=fl.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -396,11 +404,23 @@ def _log_file(store: ResultsStore):
 
 # ---- summarise ---------------------------------------------------------------------------
 
+LOST = "lost with its driver (not in Tune's saved state)"
+SYNC_S = 5  # how often Tune's state reaches a remote store (Ray's default: 300 s)
+SYNC_TIMEOUT_S = 30  # and how long one upload may take (Ray: 30 min; a dead store hung the driver)
+
+
 def summarise(plan: SearchPlan) -> int:
     fl, store = plan.flags, plan.store
     book = TrialBook(store, fl.name, fl.metric, plan.mode, fl.executor)
     for note in book.load():
         print(f"warning: {note}", file=sys.stderr)
+    lost = [t for t in book.trials.values() if t["status"] == "running"]
+    for t in lost:  # Tune finished without them: started after its last saved state
+        book.finish(t["trial_id"], {k: t[k] for k in TrainConfig.__dataclass_fields__ if k in t},
+                    "stopped", LOST)
+    if lost:
+        print(f"note: {len(lost)} trial(s) started just before the driver died were not in "
+              f"Tune's saved state, so never resumed: recorded as stopped ({LOST})")
     counts: dict[str, int] = {}
     for t in book.trials.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1

@@ -16,7 +16,9 @@ win; it says so when it starts, and docs/reliability.md too.
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -25,7 +27,6 @@ from typing import Any
 
 from search.objstore import ConditionalObject, Unsupported
 from ucrn.errors import UsageError
-from ucrn.fileio import child_uri
 
 LOCK_FILE, LEASE_FILE = ".lock", ".lease.json"
 # Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
@@ -54,6 +55,7 @@ class ResultsLock:
         self._lease: dict[str, Any] | None = None
         self._cond: ConditionalObject | None = None
         self._etag: str | None = None
+        self._beat: threading.Thread | None = None
         self._stop = threading.Event()
         self._made_folder = False
 
@@ -78,7 +80,7 @@ class ResultsLock:
         try:
             if self.store.exists(INTERRUPTED):
                 self.store.delete(INTERRUPTED)
-        except OSError:
+        except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
             pass
 
     def _acquire_local(self) -> None:
@@ -118,14 +120,15 @@ class ResultsLock:
 
     def _acquire_lease(self) -> None:
         try:
-            self._cond = ConditionalObject(child_uri(self.store.uri, LEASE_FILE))
+            self._cond = ConditionalObject(self.store.uri, self.store.path(LEASE_FILE))
             self._acquire_conditional()
         except Unsupported as e:
             self._cond = None
             print(f"note: {self.store.uri}: no conditional writes ({e}); the one-driver lease "
                   f"falls back to write and read back", flush=True)
             self._acquire_read_back()
-        threading.Thread(target=self._heartbeat, name="results-lease", daemon=True).start()
+        self._beat = threading.Thread(target=self._heartbeat, name="results-lease", daemon=True)
+        self._beat.start()
 
     def _acquire_conditional(self) -> None:
         assert self._cond is not None
@@ -160,10 +163,19 @@ class ResultsLock:
                     self.store.write_json(LEASE_FILE, self._lease)
                     continue
                 etag = self._cond.put(self._lease, if_etag=self._etag)
-                if etag is None:  # taken over while this driver could not renew it
-                    print(f"warning: {self.store.uri}: another driver took over this "
-                          f"driver's lease (no heartbeat for {LEASE_S:.0f} s?)", flush=True)
+                if etag is None and self._stop.is_set():  # released meanwhile: ours, gone
+                    return
+                if etag is None:  # a retried PUT whose first try went through fails its
+                    current, now = self._cond.read()  # condition: still ours if our token
+                    if isinstance(current, dict) and current.get("token") == self._lease.get(
+                            "token"):
+                        etag = now
+                if etag is None:  # taken over (or deleted) behind this driver's back
+                    print(f"error: {self.store.uri}: this driver's lease was taken over or "
+                          f"deleted by someone else; stopping, so that two drivers never "
+                          f"write one folder (the other one's run goes on)", flush=True)
                     self._lease = self._etag = None
+                    os.kill(os.getpid(), signal.SIGTERM)  # the run's clean stop
                     return
                 self._etag = etag
             except Exception:  # noqa: BLE001 - the search's own writes will report the store
@@ -171,6 +183,8 @@ class ResultsLock:
 
     def release(self) -> None:
         self._stop.set()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join(timeout=60)  # a renewal in flight must not race the delete
         if self._fd is not None or self._lease is not None:
             self._clear_mark()
         if self._fd is not None:
@@ -203,16 +217,18 @@ class ResultsLock:
 
 
 def _stale(holder: dict[str, Any]) -> bool:
-    """No heartbeat for LEASE_S, or a holder on this host whose process is gone."""
+    """No heartbeat for LEASE_S (or one in the future, or none readable), or a holder on
+    this host whose process is gone."""
     try:
-        if time.time() - float(holder.get("heartbeat", 0)) >= LEASE_S:
-            return True
+        age = time.time() - float(holder.get("heartbeat", 0))
     except (TypeError, ValueError):
+        return True
+    if not math.isfinite(age) or age >= LEASE_S or age < -LEASE_S:
         return True
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         try:
             os.kill(holder["pid"], 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError, ValueError):
             return True
         except OSError:
             pass

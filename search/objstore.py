@@ -41,6 +41,8 @@ _CAUSES = (  # (what the AWS SDK says, what it means for the user)
 
 def endpoint(uri: str) -> str:
     """Where requests for `uri` go, for messages."""
+    if urlsplit(uri).scheme != "s3":
+        return f"the {urlsplit(uri).scheme}:// store"
     query = dict(parse_qsl(urlsplit(uri).query))
     return (query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3")
             or os.environ.get("AWS_ENDPOINT_URL") or "the provider's default endpoint")
@@ -68,7 +70,7 @@ def check_remote(uri: str, flag: str = "--storage", timeout: float | None = None
         name = f".write-probe-{uuid.uuid4().hex}"
         try:
             if fs.type_name == "s3":  # boto3: pyarrow's delete leaves a folder marker behind
-                obj = ConditionalObject(child_uri(uri, name))
+                obj = ConditionalObject(uri, f"{root.rstrip('/')}/{name}")
                 try:
                     obj.client.head_bucket(Bucket=obj.bucket)
                 except Exception as e:
@@ -109,7 +111,10 @@ class ConditionalObject:
     """One object on S3 read with its ETag and written only if it is as expected: the
     compare-and-swap that the one-driver lease needs."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, path: str | None = None):
+        """`uri` names the store (scheme, endpoint); `path` is the object's bucket/key as
+        pyarrow resolved it (default: read off the URI), so that the lease of a folder is
+        one key however the folder's URI was spelt."""
         try:
             import boto3
             from botocore.config import Config
@@ -122,7 +127,9 @@ class ConditionalObject:
         url = query.get("endpoint_override")
         if url and "://" not in url:
             url = f"{query.get('scheme', 'https')}://{url}"
-        self.bucket, self.key = parts.hostname or "", parts.path.lstrip("/")
+        if path is None:
+            path = f"{parts.hostname or ''}{parts.path}"
+        self.bucket, _, self.key = path.lstrip("/").partition("/")
         self.client = boto3.client(
             "s3", endpoint_url=url, region_name=query.get("region"),
             config=Config(connect_timeout=5, read_timeout=20,

@@ -53,8 +53,11 @@ class WarmStart:
         return (seed + zlib.crc32("\n".join(self.sources).encode())) % 2**32
 
 
-def _fits(row: dict[str, Any], spec: dict[str, Any], base: dict[str, Any]) -> str | None:
-    """None if the new search could have run this trial; else why not."""
+def _fits(row: dict[str, Any], spec: dict[str, Any], base: dict[str, Any],
+          compare_settings: bool) -> str | None:
+    """None if the new search could have run this trial; else why not. Its unsearched
+    settings matter only where its value is taken as this search's (`compare_settings`):
+    a re-run (other data) runs with this search's settings anyway."""
     for name, entry in spec.items():
         value = row.get(name)
         if not isinstance(entry, dict):
@@ -69,6 +72,8 @@ def _fits(row: dict[str, Any], spec: dict[str, Any], base: dict[str, Any]) -> st
                 return f"{name}={value!r} is not one of {args}"
         elif not args[0] <= value <= args[1] or (kind == "int" and value != int(value)):
             return f"{name}={value!r} is outside {kind} [{args[0]}, {args[1]}]"
+    if not compare_settings:
+        return None
     here = {**{f.name: f.default for f in fields(TrainConfig)}, **base}
     for name, value in here.items():
         if name in spec or name in NOT_COMPARED or name not in row:
@@ -103,7 +108,8 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
         if not isinstance(meta, dict) or not is_dir:
             raise ValueError(f"--warm-start {src}: not a search folder (no search.json or "
                              f"trials.parquet/)")
-        if meta.get("data") != data_id:
+        this_same = meta.get("data") == data_id
+        if not this_same:
             same_data = False
             notes.append(f"{src}: other data (or none recorded): its best trials are re-run")
         book = TrialBook(store, "", metric, mode, "", read_only=True)  # never writes there
@@ -119,7 +125,7 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 notes.append(f"{src} trial {tid}: no {metric} recorded: skipped")
                 continue
-            why = _fits(row, spec, base)
+            why = _fits(row, spec, base, compare_settings=this_same)
             if why is not None:
                 notes.append(f"{src} trial {tid} does not fit this space ({why}): skipped")
                 continue

@@ -278,21 +278,21 @@ def test_a_named_format_must_match_the_file(tmp_path, capsys):
 
 # ---- training, a search and a re-training on each new layout ---------------------------
 
-@pytest.mark.parametrize("layout", ["mmsa_sims", "npz"])
-def test_two_epoch_train(layout, tmp_path, capsys):
-    path = _mmsa(tmp_path, "sims") if layout == "mmsa_sims" else _npz(tmp_path / "own")
-    rc = cli.main(["train", "--data_path", str(path.parent.parent if layout == "mmsa_sims"
-                                                else path), *TRAIN, "--out", str(tmp_path / "r"),
+@pytest.mark.parametrize("dataset", ["mosi", "mosei_senti", "sims", "simsv2", "custom"])
+def test_two_epoch_train(dataset, tmp_path, capsys):
+    """Each dataset name, from its folder alone (MMSA's MOSI/..., or the .npz folder)."""
+    path = _npz(tmp_path / "own") if dataset == "custom" else _mmsa(tmp_path, dataset).parent.parent
+    rc = cli.main(["train", "--data_path", str(path), *TRAIN, "--out", str(tmp_path / "r"),
                    "--name", "x"])
     out = capsys.readouterr().out
     assert rc == 0, out
     final = json.loads((tmp_path / "r/x/final.json").read_text())
     config = json.loads((tmp_path / "r/x/config.json").read_text())
-    if layout == "mmsa_sims":
-        assert config["dataset"] == "sims" and config["data_format"] == "mmsa"
+    assert config["dataset"] == dataset
+    assert config["data_format"] == ("npz" if dataset == "custom" else "mmsa")
+    if dataset.startswith("sims"):
         assert {"Mult_acc_3", "F1_score"} <= set(final["test"]) and "Has0_acc_2" not in final["test"]
     else:
-        assert config["dataset"] == "custom" and config["data_format"] == "npz"
         assert "Has0_acc_2" in final["test"]
 
 

@@ -127,7 +127,7 @@ def test_iemocap_labels_of_the_wrong_shape(tmp_path, capsys):
     assert run_search.main(["--dataset", "iemocap", "--data-path", str(d), "--storage",
                             str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'labels'" in err and "(N,4,2) expected for iemocap" in err, err
+    assert "'labels'" in err and "(N,4,2) one-hot or (N,4) of 0/1 expected for iemocap" in err, err
     assert len(err.splitlines()) == 1
 
 

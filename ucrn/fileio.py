@@ -143,6 +143,11 @@ def open_uri(uri: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     parts = urlsplit(uri)
+    if not parts.hostname:
+        raise ValueError(f"{redact(uri)}: no bucket; expected {parts.scheme}://BUCKET/PREFIX")
+    if "//" in parts.path or "%" in parts.path or parts.fragment:
+        raise ValueError(f"{redact(uri)}: expected a plain path (no empty parts, %-escapes or "
+                         f"'#')")
     if parts.username or parts.password or any(
             k in SECRET_QUERY for k, _ in parse_qsl(parts.query)):
         raise ValueError(f"{redact(uri)}: credentials in the URI are refused (they would be "
@@ -156,10 +161,20 @@ def open_uri(uri: str) -> tuple[Any, str]:
 
 
 @contextmanager
-def local_copy(uri: str, suffix: str = "") -> Iterator[Path]:
+def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None) -> Iterator[Path]:
     """A file at a URI, copied to a private temporary file for as long as it is needed
-    (torch.load and the safe loaders read local regular files only)."""
+    (torch.load and the safe loaders read local regular files only); refused before any
+    byte is copied when it is not a file or is larger than `max_bytes`."""
+    import pyarrow.fs as pafs
+
     fs, path = open_uri(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        what = "a folder" if info.type == pafs.FileType.Directory else "not there"
+        raise OSError(errno.ENOENT, f"{what}; expected a file", redact(uri))
+    if max_bytes is not None and (info.size or 0) > max_bytes:
+        raise ValueError(f"{redact(uri)}: {info.size} bytes, more than the {max_bytes} a "
+                         f"checkpoint may have")
     fd, tmp = tempfile.mkstemp(suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
@@ -190,11 +205,13 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 def check_name(name: str, flag: str) -> str:
     """A run or search name becomes one folder: refuse what would escape or vanish."""
-    bad = (not name or name in (".", "..") or any(c in name for c in "/\\\0")
-           or not name.isprintable() or name != name.strip() or len(name) > 200)
+    bad = (not name or name in (".", "..") or any(c in name for c in "/\\\0%#?")
+           or not name.isprintable() or name != name.strip() or len(name) > 200
+           or not name.isascii())  # also a key in a URI: no escapes, fragments or queries
     if bad:
-        raise ValueError(f"{flag} {name!r}: expected a plain folder name (letters, digits, "
-                         f"'-', '_', '.'; no '/', not empty, not '.' or '..')")
+        raise ValueError(f"{flag} {name!r}: expected a plain folder name (ASCII letters, "
+                         f"digits, '-', '_', '.'; no '/', '%', '#', '?', not empty, not '.' "
+                         f"or '..')")
     return name
 
 

@@ -32,7 +32,7 @@ from ucrn.fileio import atomic_write, check_output, is_uri, local_copy, redact
 from ucrn.losses import task_loss
 from ucrn.metrics import IEMOCAP_EMOTIONS, TASK_METRICS, task_metrics
 from ucrn.model import UCRN, UCRNConfig
-from ucrn.safeload import load_checkpoint
+from ucrn.safeload import MAX_CHECKPOINT_BYTES, load_checkpoint
 from ucrn.train import resolve_device
 
 BUNDLE_KEYS = ("state_dict", "model_config")  # "config" and "epoch" are used when present
@@ -69,7 +69,7 @@ def load_bundle(path: Path | str, device: torch.device) -> dict[str, Any]:
     if isinstance(path, str):
         tmp = None
         try:
-            with local_copy(path, ".pt") as tmp:
+            with local_copy(path, ".pt", MAX_CHECKPOINT_BYTES) as tmp:
                 bundle = load_checkpoint(tmp, map_location=device, what="")
         except OSError as e:
             raise UsageError(f"--checkpoint {redact(path)}: cannot read it "
