@@ -338,7 +338,7 @@ d_model: 8
 def test_train_interrupted_keeps_the_best_weights(tmp_path, sig):
     """`ucrn train` stopped mid-run: the best weights so far, and final.json `interrupted`."""
     proc = subprocess.Popen([sys.executable, "-m", "ucrn", "train", "--d_model=8", "--heads=2",
-                             "--layers=1", "--threads=1", "--num_epochs=500", "--out",
+                             "--layers=1", "--threads=1", "--num_epochs=50000", "--out",
                              str(tmp_path), "--name", "i"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
