@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import Field, replace
 from pathlib import Path
 from typing import Any
@@ -188,19 +191,35 @@ def save_checkpoint(path: Path, state: dict, cfg: TrainConfig, data, epoch: int)
     atomic_write(path, lambda f: torch.save(bundle, f))
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait until the block is done (they are delivered right after)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def run_one(cfg: TrainConfig, run: Path, data) -> FitResult:
     """Train, printing progress, appending per-epoch metrics and keeping the best weights
     on disk as they improve, so that an interrupted run keeps them (final.json says
     `interrupted`; KeyboardInterrupt is re-raised)."""
     write_json(run / "config.json", cfg.to_dict())
     trainer: list[Trainer] = []
+    # what checkpoint.pt holds: an interrupt can land after the trainer found a new best
+    # and before it was saved, so final.json names the epoch on disk, not the trainer's
+    saved: dict[str, Any] = {"epoch": 0, "valid": {}}
 
     def on_epoch(epoch: int, rec: dict[str, float], tr: Trainer) -> None:
         trainer[:] = [tr]
         print(format_record(rec, cfg.num_epochs), flush=True)
         append_line(run / "epochs.jsonl", json.dumps(rec))
         if tr.best_epoch == epoch and tr.best_state is not None:
-            save_checkpoint(run / "checkpoint.pt", tr.best_state, cfg, data, epoch)
+            with signals_held():  # the file and `saved` change together
+                save_checkpoint(run / "checkpoint.pt", tr.best_state, cfg, data, epoch)
+                saved.update(epoch=epoch, valid=dict(tr.best_record))
 
     t0 = time.perf_counter()
     try:
@@ -210,18 +229,18 @@ def run_one(cfg: TrainConfig, run: Path, data) -> FitResult:
         tr = trainer[0] if trainer else None
         write_json(run / "final.json", {
             "status": "failed", "seed": cfg.seed, "error": one_line(e)[:500],
-            "best_epoch": tr.best_epoch if tr else 0, "epochs_run": len(tr.history) if tr else 0,
-            "checkpoint": "checkpoint.pt" if tr and tr.best_state is not None else None})
+            "best_epoch": saved["epoch"], "epochs_run": len(tr.history) if tr else 0,
+            "checkpoint": "checkpoint.pt" if saved["epoch"] else None})
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise RunFailed(f"training failed: {type(e).__name__}: {first} (traceback in "
                         f"{run / 'error.txt'})") from None
     except KeyboardInterrupt:
         tr = trainer[0] if trainer else None
         write_json(run / "final.json", {
-            "status": "interrupted", "seed": cfg.seed, "best_epoch": tr.best_epoch if tr else 0,
-            "valid": dict(tr.best_record) if tr else {}, "test": {},
+            "status": "interrupted", "seed": cfg.seed, "best_epoch": saved["epoch"],
+            "valid": saved["valid"], "test": {},
             "epochs_run": len(tr.history) if tr else 0, "seconds": time.perf_counter() - t0,
-            "checkpoint": "checkpoint.pt" if tr and tr.best_state is not None else None})
+            "checkpoint": "checkpoint.pt" if saved["epoch"] else None})
         raise
     if result.model_state is not None:
         save_checkpoint(run / "checkpoint.pt", result.model_state, cfg, data, result.best_epoch)
