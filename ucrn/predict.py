@@ -212,10 +212,10 @@ def write_parquet(table: pa.Table, out: Path, meta: dict[str, Any]) -> None:
 # ---- command line --------------------------------------------------------------------
 
 
-def run(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    if args.split not in SPLITS:
-        raise UsageError(f"--split {args.split!r}: expected one of {', '.join(SPLITS)}")
+def open_scoring(args: Any) -> tuple[Path | str, Path, torch.device, dict[str, Any], UCRN,
+                                     MultData, str]:
+    """What `predict` and `robustness` both start from, checked in this order: batch size,
+    device, --out, the checkpoint, its model, the data it is scored on, their shapes."""
     if args.batch_size < 1:
         raise UsageError(f"--batch_size {args.batch_size}: expected an integer >= 1")
     try:
@@ -229,6 +229,14 @@ def run(argv: list[str]) -> int:
     model = build_model(bundle, ckpt, device)
     data, dataset = bundle_data(bundle, args.dataset, args.data_path, args.aligned)
     check_shapes(data, model.cfg, ckpt)
+    return ckpt, out_path, device, bundle, model, data, dataset
+
+
+def run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.split not in SPLITS:
+        raise UsageError(f"--split {args.split!r}: expected one of {', '.join(SPLITS)}")
+    ckpt, out_path, device, bundle, model, data, dataset = open_scoring(args)
     split = data.splits[args.split]
     out = predict_split(model, split, device, args.batch_size)
     metrics = split_metrics(out, split, data.task)

@@ -46,18 +46,11 @@ from torch import Tensor
 from ucrn.config import SEED_MAX
 from ucrn.data import MODALITIES, SPLITS, MultData, Split
 from ucrn.errors import OneLineParser, UsageError, run_main
-from ucrn.fileio import atomic_write, check_output
+from ucrn.fileio import atomic_write
 from ucrn.metrics import metric_mode, task_metrics
 from ucrn.model import MODALITY_KEYS, UCRN
-from ucrn.predict import (
-    build_model,
-    bundle_data,
-    check_shapes,
-    checkpoint_arg,
-    load_bundle,
-    split_metrics,
-)
-from ucrn.train import DeviceSplit, resolve_device
+from ucrn.predict import open_scoring, split_metrics
+from ucrn.train import DeviceSplit
 
 CONDITIONS: tuple[str, ...] = ("clean", "missing", "noise", "time_drop")
 RANDOM_CONDITIONS: tuple[str, ...] = ("noise", "time_drop")
@@ -444,19 +437,7 @@ def run(argv: list[str]) -> int:
                          f"{MAX_REPEATS}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed {args.seed}: expected an integer in 0..{SEED_MAX}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch_size {args.batch_size}: expected an integer >= 1")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        raise UsageError(f"--device: {e}") from None
-    ckpt = checkpoint_arg(args.checkpoint)
-    inputs = (ckpt, *([args.data_path] if args.data_path else []))
-    out_path = check_output(args.out, "--out", inputs=inputs)
-    bundle = load_bundle(ckpt, device)
-    model = build_model(bundle, ckpt, device)
-    data, dataset = bundle_data(bundle, args.dataset, args.data_path, args.aligned)
-    check_shapes(data, model.cfg, ckpt)
+    ckpt, out_path, device, bundle, model, data, dataset = open_scoring(args)
     splits = SPLIT_CHOICES[args.split]
     rows = robustness_rows(model, data, splits, args.repeats, args.seed, device,
                            args.batch_size)
