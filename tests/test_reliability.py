@@ -23,6 +23,7 @@ import run_search
 from search.results import ResultsStore, TrialBook
 from ucrn.cli import main as ucrn_main
 from ucrn.data import load_dataset, make_synthetic, write_mult_pickle
+from ucrn.errors import signals_held, sigterm_as_interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "mosi_data_noalign.pkl"
@@ -331,6 +332,25 @@ heads: {choice: [1, 2]}
 layers: 1
 d_model: 8
 """
+
+
+def test_a_stop_inside_signals_held_waits_for_the_end_of_the_block():
+    """The save-and-record block defers SIGTERM without blocking it in the main thread: a
+    blocked signal went to another thread, whose CPython handler did not wake the main
+    thread, and `ucrn train` kept running after SIGTERM (once in CI)."""
+    before = signal.getsignal(signal.SIGTERM)
+    steps = []
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now, and only recorded it
+            steps.append("block finished")
+        steps.append("after the block")  # never reached: the stop comes first
+    assert steps == ["block finished"]
+    assert signal.getsignal(signal.SIGTERM) is before
+    with signals_held():  # nothing arrived: nothing raised afterwards
+        pass
 
 
 @pytest.mark.slow

@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import Field, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,14 @@ from ucrn.config import (
     parse_text,
 )
 from ucrn.data import load_dataset, resolve_dataset
-from ucrn.errors import OneLineParser, RunFailed, UsageError, one_line, run_main
+from ucrn.errors import (
+    OneLineParser,
+    RunFailed,
+    UsageError,
+    one_line,
+    run_main,
+    signals_held,
+)
 from ucrn.fileio import append_line, atomic_write, check_name, write_json
 from ucrn.metrics import mean_std
 from ucrn.train import FitResult, Trainer, fit, resolve_device
@@ -189,17 +193,6 @@ def save_checkpoint(path: Path, state: dict, cfg: TrainConfig, data, epoch: int)
     bundle = {"state_dict": state, "model_config": mcfg.to_dict(), "config": cfg.to_dict(),
               "epoch": epoch}
     atomic_write(path, lambda f: torch.save(bundle, f))
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM wait until the block is done (they are delivered right after)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def run_one(cfg: TrainConfig, run: Path, data) -> FitResult:

@@ -69,6 +69,29 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM that arrive inside the block are acted on right after it, so that
+    what the block writes and what it records change together.
+
+    Deferred by a Python handler, not by blocking the signals: a signal blocked in the main
+    thread goes to another thread, and CPython then sets its flag without waking the main
+    thread's evaluation loop, so the stop could wait indefinitely (seen in CI)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])  # now, with the handlers the caller had
+
+
 def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's main, turning the project's errors into one line and an exit code
     (and warnings into one `warning:` line each)."""
