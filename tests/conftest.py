@@ -6,6 +6,7 @@ import atexit
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,16 @@ S3_SECRET = f"ucrn-test-secret-{secrets.token_hex(8)}"
 os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
                    "AWS_ACCESS_KEY_ID": "ucrn-test-key", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# A test session stopped with SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C: the
+# session fixtures stop the Ray head and the S3 server they started (by pid) instead of
+# leaving them running.
+signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 @pytest.fixture(scope="session")
