@@ -176,7 +176,7 @@ def make_trainable(fl: Flags, data: Any, settings: TrialSettings):
     import ray
     from ray import tune
 
-    from search.trial import train_trial, tune_trial
+    from search.trial import restorable, train_trial, tune_trial
 
     box = [ray.put(data)]  # once per run; trials on a node share it from the object store
     if fl.executor == "train":
@@ -184,7 +184,9 @@ def make_trainable(fl: Flags, data: Any, settings: TrialSettings):
     else:
         fn, res = tune_trial, {"CPU": fl.cpus_per_trial, "GPU": fl.gpus_per_trial,  # 1 worker
                                **fl.extra_resources}
-    return tune.with_resources(tune.with_parameters(fn, data_box=box, settings=settings), res)
+    trainable = restorable(tune.with_parameters(fn, data_box=box, settings=settings),
+                           fn.__name__)
+    return tune.with_resources(trainable, res)
 
 
 def base_resources_threads(fl: Flags) -> int:

@@ -354,7 +354,8 @@ def search_algorithm(plan: SearchPlan):
     """Optuna's TPE (optionally with the constant liar) or its random sampler, seeded, with
     the warm start's points."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.searchers import ResumableOptuna
 
     fl, warm = plan.flags, plan.warm
     seed = warm.sampler_seed(fl.seed)
@@ -362,8 +363,8 @@ def search_algorithm(plan: SearchPlan):
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=fl.constant_liar)
-    return OptunaSearch(sampler=sampler, points_to_evaluate=list(warm.points) or None,
-                        evaluated_rewards=list(warm.rewards) if warm.rewards else None)
+    return ResumableOptuna(sampler=sampler, points_to_evaluate=list(warm.points) or None,
+                           evaluated_rewards=list(warm.rewards) if warm.rewards else None)
 
 
 def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], recorder: Any):
@@ -371,6 +372,7 @@ def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], re
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.budget import EpochBudget
+    from search.searchers import ResumableLimiter
 
     fl = plan.flags
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=fl.max_epochs,
@@ -382,8 +384,9 @@ def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], re
         tune_config=tune.TuneConfig(
             metric=fl.metric, mode=plan.mode, num_samples=fl.num_samples,
             reuse_actors=fl.executor == "tune",  # no new process per tiny trial
-            max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl),
-            search_alg=search_algorithm(plan), scheduler=scheduler),
+            search_alg=ResumableLimiter(search_algorithm(plan),
+                                        max_concurrent=fl.max_concurrent or auto_concurrency(fl)),
+            scheduler=scheduler),
         run_config=tune.RunConfig(
             name=fl.name, **ray_storage(plan.storage), callbacks=[recorder], verbose=0,
             # on a remote store Tune keeps its state locally and uploads it every

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ucrn.errors import UsageError
-from ucrn.fileio import child_uri, is_uri, open_uri, redact
+from ucrn.fileio import ANSWER_S, NoAnswer, answered, child_uri, is_uri, open_uri, redact
 
-PROBE_S = 20.0  # the longest a storage check may take before "not answering"
+PROBE_S = ANSWER_S  # the longest a storage check may take before "not answering"
 _CAUSES = (  # (what the AWS SDK says, what it means for the user)
     (("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist"), "the bucket does not exist"),
     (("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId",
@@ -60,47 +59,42 @@ def cause(exc: BaseException) -> str:
 def check_remote(uri: str, flag: str = "--storage", timeout: float | None = None) -> None:
     """Write and delete a probe object under `uri`, in bounded time; one line naming the
     cause (missing bucket, access denied, endpoint not answering) otherwise."""
+    timeout = PROBE_S if timeout is None else timeout
+    where = f"{flag} {redact(uri)}"
+    no_answer = f"{where}: the endpoint ({endpoint(uri)}) did not answer within {timeout:.0f} s"
     try:
         fs, root = open_uri(uri)
     except ValueError as e:
         raise UsageError(f"{flag} {e}") from None
-    outcome: dict[str, Any] = {}
+    except NoAnswer:
+        raise UsageError(no_answer) from None
 
     def probe() -> None:
         name = f".write-probe-{uuid.uuid4().hex}"
-        try:
-            if fs.type_name == "s3":  # boto3: pyarrow's delete leaves a folder marker behind
-                obj = ConditionalObject(uri, f"{root.rstrip('/')}/{name}")
-                try:
-                    obj.client.head_bucket(Bucket=obj.bucket)
-                except Exception as e:
-                    if obj._code(e) in ("404", "NoSuchBucket", "NotFound"):
-                        raise OSError("NO_SUCH_BUCKET") from None
-                    raise
-                obj.put({"probe": True})
-                obj.client.delete_object(Bucket=obj.bucket, Key=obj.key)
-            else:
-                with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as f:
-                    f.write(b"ok")
-                fs.delete_file(f"{root.rstrip('/')}/{name}")
-        except Exception as e:  # noqa: BLE001 - classified below, in one line
-            outcome["error"] = e
-        finally:
-            outcome["done"] = True
+        if fs.type_name == "s3":  # boto3: pyarrow's delete leaves a folder marker behind
+            obj = ConditionalObject(uri, f"{root.rstrip('/')}/{name}")
+            try:
+                obj.client.head_bucket(Bucket=obj.bucket)
+            except Exception as e:
+                if obj._code(e) in ("404", "NoSuchBucket", "NotFound"):
+                    raise OSError("NO_SUCH_BUCKET") from None
+                raise
+            obj.put({"probe": True})
+            obj.client.delete_object(Bucket=obj.bucket, Key=obj.key)
+        else:
+            with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as f:
+                f.write(b"ok")
+            fs.delete_file(f"{root.rstrip('/')}/{name}")
 
-    thread = threading.Thread(target=probe, name="storage-probe", daemon=True)
-    thread.start()
-    timeout = PROBE_S if timeout is None else timeout
-    thread.join(timeout)
-    where = f"{flag} {redact(uri)}"
-    if not outcome.get("done"):
-        raise UsageError(f"{where}: the endpoint ({endpoint(uri)}) did not answer within "
-                         f"{timeout:.0f} s")
-    if "error" in outcome:
-        why = cause(outcome["error"])
+    try:
+        answered(probe, timeout)
+    except NoAnswer:
+        raise UsageError(no_answer) from None
+    except Exception as e:  # noqa: BLE001 - classified here, in one line
+        why = cause(e)
         if why == "the endpoint is not answering":
             why = f"the endpoint ({endpoint(uri)}) is not answering"
-        raise UsageError(f"{where}: cannot write there: {why}")
+        raise UsageError(f"{where}: cannot write there: {why}") from None
 
 
 class Unsupported(Exception):

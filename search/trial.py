@@ -152,6 +152,55 @@ def _run_from(ckpt: Any, cfg: dict[str, Any], data: Any, report: Report, rank: i
         run_body(cfg, data, report, d, rank=rank, save_model=save_model, fault=fault)
 
 
+def newer_checkpoint(fs: Any, path: str) -> str | None:
+    """The trial's newest whole checkpoint folder after `path` when `path` is gone or not
+    whole (the one Tune meant to restore was superseded and deleted), else None. Whole: it
+    holds STATE_FILE (on an object store a folder can exist, as a marker, before its file
+    is uploaded or after it was deleted)."""
+    import pyarrow.fs as pafs
+
+    def whole(folder: str) -> bool:
+        return fs.get_file_info(f"{folder}/{STATE_FILE}").type == pafs.FileType.File
+
+    if whole(path.rstrip("/")):
+        return None
+    parent, _, name = path.rstrip("/").rpartition("/")
+    infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    later = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name > name),
+                   reverse=True)
+    return next((f"{parent}/{n}" for n in later if whole(f"{parent}/{n}")), None)
+
+
+def restorable(fn: Callable, name: str) -> type:
+    """`fn` as a Tune trainable that restores from the trial's newest checkpoint when the one
+    Tune's saved state names is gone.
+
+    Why: Tune deletes a trial's older checkpoint as soon as a newer one is registered, but
+    uploads its own state to a remote store only every few seconds; a driver killed in
+    between leaves a state that names a deleted checkpoint, and `--resume` then failed that
+    trial ("does not exist on storage anymore"). The newer checkpoint holds the trial's
+    history, which run_body reports again, so nothing is lost or counted twice."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class Restorable(wrap_function(fn, name=name)):
+        def restore(self, checkpoint_path: Any) -> Any:
+            result = checkpoint_path
+            ckpt = getattr(result, "checkpoint", result)
+            if isinstance(ckpt, Checkpoint):
+                later = newer_checkpoint(ckpt.filesystem, ckpt.path)
+                if later is not None:
+                    result = _TrainingResult(
+                        checkpoint=Checkpoint(later, filesystem=ckpt.filesystem),
+                        metrics=getattr(result, "metrics", {}))
+            return super().restore(result)
+
+    Restorable.__name__ = Restorable.__qualname__ = name
+    return Restorable
+
+
 # ---- executor "train": a Ray Train run per Tune trial ----------------------------------
 
 def train_worker(loop_config: dict[str, Any]) -> None:

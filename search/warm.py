@@ -15,12 +15,14 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from search.results import ResultsStore, TrialBook
 from ucrn.config import TrainConfig
+from ucrn.fileio import answered
 
 RERUN_BEST = 3  # trials re-run first when the data differ
 # Settings that do not make a trial another experiment: where and how it ran, and the data
@@ -100,9 +102,10 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
     for src in names:
         try:
             store = ResultsStore(src)
+            # bounded time: a store may never answer
+            info = answered(partial(store.fs.get_file_info, store.path("trials.parquet")))
+            is_dir = info.type == pafs.FileType.Directory
             meta = store.read_json("search.json", missing_ok=True)
-            is_dir = (store.fs.get_file_info(store.path("trials.parquet")).type
-                      == pafs.FileType.Directory)
         except (OSError, ValueError) as e:
             raise ValueError(f"--warm-start {src}: {' '.join(str(e).split())[:300]}") from None
         if not isinstance(meta, dict) or not is_dir:

@@ -176,6 +176,26 @@ def test_killed_driver_resumes_each_trial_once(ray_head, ray_env, tmp_path):
     assert set(trials.status) <= {"completed", "stopped"}
 
 
+def test_a_missing_checkpoint_is_replaced_by_a_later_one_only(tmp_path):
+    import pyarrow.fs as pafs
+
+    from search.trial import STATE_FILE, newer_checkpoint
+
+    for n in (1, 3, 4, 6):
+        (tmp_path / f"checkpoint_{n:06d}").mkdir()
+        if n != 4:  # 4: a folder whose file is not there (yet, or any more)
+            (tmp_path / f"checkpoint_{n:06d}" / STATE_FILE).write_bytes(b"x")
+    fs = pafs.LocalFileSystem()
+    assert newer_checkpoint(fs, str(tmp_path / "checkpoint_000002")) == \
+        str(tmp_path / "checkpoint_000006")
+    assert newer_checkpoint(fs, str(tmp_path / "checkpoint_000003")) is None  # it is whole
+    assert newer_checkpoint(fs, str(tmp_path / "checkpoint_000004")) == \
+        str(tmp_path / "checkpoint_000006")
+    (tmp_path / "checkpoint_000006" / STATE_FILE).unlink()
+    assert newer_checkpoint(fs, str(tmp_path / "checkpoint_000005")) is None  # none whole
+    assert newer_checkpoint(fs, str(tmp_path / "gone" / "checkpoint_000001")) is None
+
+
 def _train_worker_pids(address: str, env: dict) -> list[int]:
     res = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "actors",
                           "--address", f"http://{_dashboard(address, env)}", "--format", "json",

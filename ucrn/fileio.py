@@ -17,6 +17,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,6 +135,39 @@ def child_uri(uri: str, *names: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
+ANSWER_S = 20.0  # the longest a remote store may take to answer a first request
+
+
+class NoAnswer(TimeoutError):
+    """The store did not answer in time (not a timeout that the store itself reported)."""
+
+
+def answered(fn: Callable[[], Any], seconds: float | None = None) -> Any:
+    """fn() in bounded time: NoAnswer when it has not returned within `seconds` (default
+    ANSWER_S).
+
+    Why: on Linux pyarrow's S3 client ignores its request timeout, so a store that accepts
+    connections and never answers held a read for about 100 s before failing. The call is
+    left to finish in a daemon thread; the caller stops waiting for it."""
+    seconds = ANSWER_S if seconds is None else seconds
+    out: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            out["error"] = e
+
+    thread = threading.Thread(target=call, name="storage-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise NoAnswer(f"the store did not answer within {seconds:.0f} s")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
 def open_uri(uri: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path) of a storage URI such as
     s3://BUCKET/PREFIX?endpoint_override=http://host:9000 (or AWS_ENDPOINT_URL set).
@@ -153,8 +187,10 @@ def open_uri(uri: str) -> tuple[Any, str]:
         raise ValueError(f"{redact(uri)}: credentials in the URI are refused (they would be "
                          f"recorded with it); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                          f"(or AWS_PROFILE, or use an instance profile) instead")
-    try:
-        return pafs.FileSystem.from_uri(uri)
+    try:  # bounded: pyarrow waits here while another call to the same store hangs
+        return answered(lambda: pafs.FileSystem.from_uri(uri))
+    except NoAnswer:
+        raise
     except (pa.ArrowException, ValueError, OSError) as e:
         raise ValueError(f"{redact(uri)}: not a storage URI that pyarrow can open "
                          f"({' '.join(str(e).split())})") from None
@@ -168,7 +204,7 @@ def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None) -> Iter
     import pyarrow.fs as pafs
 
     fs, path = open_uri(uri)
-    info = fs.get_file_info(path)
+    info = answered(lambda: fs.get_file_info(path))
     if info.type != pafs.FileType.File:
         what = "a folder" if info.type == pafs.FileType.Directory else "not there"
         raise OSError(errno.ENOENT, f"{what}; expected a file", redact(uri))

@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ucrn.errors import UsageError, one_line
+from ucrn.fileio import answered, open_uri, redact
 from ucrn.safeload import load_json
 
 MAX_JSON_BYTES = 16 << 20
@@ -32,17 +33,20 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """Local paths and URIs pyarrow understands (s3://, gs://, ...), same code after."""
     if "://" in path:
         try:
-            return pafs.FileSystem.from_uri(path)
-        except Exception as e:  # noqa: BLE001 - any filesystem error is the user's to fix
-            raise AnalyzeError(f"{path}: cannot open: {one_line(e)}") from None
+            return open_uri(path)  # credentials in the URI: refused
+        except ValueError as e:
+            raise AnalyzeError(f"cannot open {e}") from None
+        except OSError as e:
+            raise AnalyzeError(f"{redact(path)}: cannot open: {one_line(e)}") from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
 def file_info(fs: pafs.FileSystem, path: str, shown: str) -> pafs.FileInfo:
+    """Bounded in time: a store that never answers is one line after ANSWER_S seconds."""
     try:
-        return fs.get_file_info(path)
+        return answered(lambda: fs.get_file_info(path))
     except Exception as e:  # noqa: BLE001
-        raise AnalyzeError(f"{shown}: cannot access: {one_line(e)}") from None
+        raise AnalyzeError(f"{redact(shown)}: cannot access: {one_line(e)}") from None
 
 
 def _concat(tables: list[pa.Table]) -> pd.DataFrame:
