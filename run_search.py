@@ -6,9 +6,21 @@
     python run_search.py --retrain ray_results/ucrn-search --seeds 1111,1112,1113
 """
 
-import sys
+from collections.abc import Callable
+from typing import Any
 
-from search.driver import main
+from ucrn.errors import program
+
+
+def _load() -> Callable[..., int]:
+    from search.driver import main as driver_main
+
+    return driver_main
+
+
+def main(argv: list[str] | None = None, **kw: Any) -> int:
+    return _load()(argv, **kw)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    program(_load)

@@ -32,6 +32,9 @@ LOCK_FILE, LEASE_FILE = ".lock", ".lease.json"
 # Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
 # Tune pickles and restores, so it cannot hold an in-process event) reads it there.
 INTERRUPTED = ".interrupted"
+# Set when this process's lease was taken over: from then on it records nothing more in the
+# folder (its run's callback and the interrupted mark check it), which is another's now.
+LEASE_LOST = threading.Event()
 HEARTBEAT_S, LEASE_S = 10.0, 60.0
 
 
@@ -74,6 +77,8 @@ class ResultsLock:
         self._clear_mark()
 
     def mark_interrupted(self) -> None:
+        if LEASE_LOST.is_set():  # the folder is another driver's now: write nothing there
+            return
         self.store.write_bytes(INTERRUPTED, b"")
 
     def _clear_mark(self) -> None:
@@ -171,6 +176,7 @@ class ResultsLock:
                             "token"):
                         etag = now
                 if etag is None:  # taken over (or deleted) behind this driver's back
+                    LEASE_LOST.set()
                     print(f"error: {self.store.uri}: this driver's lease was taken over or "
                           f"deleted by someone else; stopping, so that two drivers never "
                           f"write one folder (the other one's run goes on)", flush=True)

@@ -131,7 +131,7 @@ class ConditionalObject:
         self._errors = self.client.exceptions
 
     def _code(self, e: Exception) -> str:
-        return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+        return str((getattr(e, "response", None) or {}).get("Error", {}).get("Code", ""))
 
     def _call(self, fn: Any, **kw: Any) -> Any:
         try:

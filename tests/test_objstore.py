@@ -141,6 +141,30 @@ def test_storage_problems_are_one_line_in_bounded_time(bucket, tmp_path, capsys,
     # credentials in the URI: refused, and never printed
     line = search(f"s3://AKIAXX:{S3_SECRET}@{bucket}/x")
     assert "credentials in the URI are refused" in line and S3_SECRET not in line
+    # an endpoint that answers every request with junk (was "'NoneType' object has no
+    # attribute 'get'")
+    junk = socket.socket()
+    junk.bind(("127.0.0.1", 0))
+    junk.listen(16)
+
+    def answer_junk() -> None:
+        while True:
+            try:
+                conn, _ = junk.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close"
+                             b"\r\n\r\nhello")
+
+    threading.Thread(target=answer_junk, daemon=True).start()
+    try:
+        line = search(f"s3://{bucket}/x?endpoint_override=127.0.0.1:{junk.getsockname()[1]}"
+                      f"&scheme=http")
+        assert "cannot write there" in line and "NoneType" not in line, line
+    finally:
+        junk.close()
     # last: pyarrow calls to this store stay stuck (in daemon threads) for about 100 s,
     # and the next S3 client of this process waits for them
     # a server that accepts the connection and never answers
@@ -169,6 +193,36 @@ def test_storage_problems_are_one_line_in_bounded_time(bucket, tmp_path, capsys,
             if thread.name == "storage-call":
                 thread.join(120)
         print(f"stuck calls ended {time.time() - t:.1f} s after the store closed")
+
+
+@pytest.mark.parametrize("command", ["analyze", "predict", "warm-start"])
+def test_a_command_exits_soon_after_a_store_that_never_answers(command, bucket, tmp_path):
+    """Its line came after 20 s, but the process then waited minutes in pyarrow's exit hook
+    for the call it had given up on; it now exits at once (ucrn.errors.program)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    silent = f"s3://{bucket}/x?endpoint_override=127.0.0.1:{hole.getsockname()[1]}&scheme=http"
+    argv, load = {
+        "analyze": (["analyze.py", silent, "--no-report"], "analyze._load"),
+        "predict": (["ucrn", "predict", "--checkpoint", silent.replace("/x?", "/x/c.pt?"),
+                     "--out", str(tmp_path / "p.parquet")], "ucrn.__main__._load"),
+        "warm-start": (["run_search.py", "--warm-start", silent, "--storage",
+                        str(tmp_path / "w"), "--num-samples", "1"], "run_search._load"),
+    }[command]
+    module, _, fn = load.rpartition(".")
+    code = (f"import sys, importlib, ucrn.fileio\nucrn.fileio.ANSWER_S = 2.0\n"
+            f"sys.argv = {argv!r}\nfrom ucrn.errors import program\n"
+            f"program(getattr(importlib.import_module({module!r}), {fn!r}))\n")
+    t = time.time()
+    try:
+        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, timeout=90)
+    finally:
+        hole.close()
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and "did not answer within 2 s" in err[0], err
+    assert time.time() - t < 25, time.time() - t
 
 
 def test_a_prefix_that_holds_no_search_is_one_line(bucket, tmp_path, capsys):
@@ -405,11 +459,16 @@ def test_foreign_files_in_the_folder_and_odd_leases(bucket, capsys):
 
 def test_a_driver_whose_lease_is_taken_stops(bucket, ray_env, tmp_path):
     uri = f"s3://{bucket}/t"
-    code = ("import time, search.lock as L\n"
+    code = ("import os, signal, time, search.lock as L\n"
             "from search.results import ResultsStore\n"
             "L.HEARTBEAT_S = 0.2\n"
             f"lock = L.ResultsLock(ResultsStore({uri!r}), 'search')\n"
             "lock.acquire()\n"
+            "def stop(*_):\n"  # what the driver's clean stop does
+            "    lock.mark_interrupted()\n"
+            "    signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
             "print('holding', flush=True)\n"
             "time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=ray_env, cwd=ROOT,
@@ -424,6 +483,10 @@ def test_a_driver_whose_lease_is_taken_stops(bucket, ray_env, tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGTERM, out
     assert "lease was taken over or deleted by someone else; stopping" in out
+    # its stop wrote nothing into the folder that is the rival's now (an interrupted mark
+    # there would make the rival's run record nothing as finished)
+    assert set(_objects(bucket, "t/")) == {"t/.lease.json"}
+    assert b"rival" in _objects(bucket, "t/.lease.json")["t/.lease.json"]
 
 
 def test_checkpoints_are_checked_before_they_are_downloaded(bucket, tmp_path, capsys):

@@ -1,8 +1,19 @@
-"""`python -m ucrn ...`: see ucrn.cli."""
+"""`python -m ucrn ...` and the `ucrn` command: see ucrn.cli."""
 
-import sys
+from collections.abc import Callable
 
-from ucrn.cli import main
+from ucrn.errors import program
+
+
+def _load() -> Callable[[], int]:
+    from ucrn.cli import main as cli_main
+
+    return cli_main
+
+
+def main() -> None:
+    program(_load)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -229,19 +229,23 @@ def run_one(cfg: TrainConfig, run: Path, data) -> FitResult:
                         f"{run / 'error.txt'})") from None
     except KeyboardInterrupt:
         tr = trainer[0] if trainer else None
-        write_json(run / "final.json", {
-            "status": "interrupted", "seed": cfg.seed, "best_epoch": saved["epoch"],
-            "valid": saved["valid"], "test": {},
-            "epochs_run": len(tr.history) if tr else 0, "seconds": time.perf_counter() - t0,
-            "checkpoint": "checkpoint.pt" if saved["epoch"] else None})
+        with signals_held():  # one more signal must not cut this record short
+            write_json(run / "final.json", {
+                "status": "interrupted", "seed": cfg.seed, "best_epoch": saved["epoch"],
+                "valid": saved["valid"], "test": {},
+                "epochs_run": len(tr.history) if tr else 0,
+                "seconds": time.perf_counter() - t0,
+                "checkpoint": "checkpoint.pt" if saved["epoch"] else None})
         raise
-    if result.model_state is not None:
-        save_checkpoint(run / "checkpoint.pt", result.model_state, cfg, data, result.best_epoch)
-    write_json(run / "final.json", {
-        "status": result.status, "seed": cfg.seed, "best_epoch": result.best_epoch,
-        "valid": result.best, "test": result.test, "n_params": result.n_params,
-        "seconds": result.seconds, "epochs_run": len(result.history),
-        "checkpoint": "checkpoint.pt" if result.model_state is not None else None})
+    with signals_held():  # the weights and their record, both or (before) neither
+        if result.model_state is not None:
+            save_checkpoint(run / "checkpoint.pt", result.model_state, cfg, data,
+                            result.best_epoch)
+        write_json(run / "final.json", {
+            "status": result.status, "seed": cfg.seed, "best_epoch": result.best_epoch,
+            "valid": result.best, "test": result.test, "n_params": result.n_params,
+            "seconds": result.seconds, "epochs_run": len(result.history),
+            "checkpoint": "checkpoint.pt" if result.model_state is not None else None})
     return result
 
 
@@ -297,6 +301,7 @@ def train_main(argv: list[str]) -> int:
     print(f"run folder: {run}  (data: {data.source}, train/valid/test = "
           f"{'/'.join(str(len(data.splits[s])) for s in ('train', 'valid', 'test'))})", flush=True)
     results: list[tuple[int, FitResult]] = []
+    seed_run = run
     try:
         for seed in seeds:
             seed_cfg = TrainConfig.from_dict({**cfg.to_dict(), "seed": seed})
@@ -309,9 +314,16 @@ def train_main(argv: list[str]) -> int:
             print(_seed_line(seed, result), flush=True)
     except KeyboardInterrupt:
         if len(seeds) > 1:
-            write_json(run / "summary.json", {**summarize(results, seeds), "interrupted": True})
-        print(f"interrupted: the best weights so far and final.json (status interrupted) are "
-              f"in {run}", file=sys.stderr, flush=True)
+            with signals_held():
+                write_json(run / "summary.json",
+                           {**summarize(results, seeds), "interrupted": True})
+        if (seed_run / "final.json").exists():
+            status = json.loads((seed_run / "final.json").read_text()).get("status", "?")
+            print(f"interrupted: the best weights so far and final.json (status {status}) are "
+                  f"in {run}", file=sys.stderr, flush=True)
+        else:  # stopped before training began: nothing of this seed to keep
+            print(f"interrupted before training began; nothing kept in {seed_run}",
+                  file=sys.stderr, flush=True)
         return 130
     finished = sum(r.status in FINISHED for _, r in results)
     if len(seeds) > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import signal
 import sys
 import threading
@@ -120,6 +121,32 @@ def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def program(load: Callable[[], Callable[[], int]]) -> NoReturn:
+    """Run a command as a program: `load` imports it (seconds: torch, Ray, pandas) with
+    SIGINT/SIGTERM deferred, so a stop during the imports is the usual `interrupted` and
+    exit 130 rather than a traceback from inside an import; signals after the command has
+    ended change nothing (a burst of them once turned exit 130 into death by signal)."""
+    code = 130
+    try:
+        with sigterm_as_interrupt():
+            with signals_held():
+                main = load()
+            code = main()
+    except KeyboardInterrupt:  # during the imports, or one more while stopping
+        print("interrupted", file=sys.stderr)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+    from ucrn.fileio import calls_stuck
+
+    if calls_stuck():  # a store that never answered: exit without waiting for it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -138,8 +138,17 @@ def child_uri(uri: str, *names: str) -> str:
 ANSWER_S = 20.0  # the longest a remote store may take to answer a first request
 
 
+_STUCK: list[threading.Thread] = []  # calls given up on (answered), maybe still waiting
+
+
 class NoAnswer(TimeoutError):
     """The store did not answer in time (not a timeout that the store itself reported)."""
+
+
+def calls_stuck() -> bool:
+    """Whether a storage call this process gave up on is still waiting (pyarrow's exit hook
+    would wait for it, minutes: ucrn.errors.program then exits without the hooks)."""
+    return any(t.is_alive() for t in _STUCK)
 
 
 def answered(fn: Callable[[], Any], seconds: float | None = None) -> Any:
@@ -162,6 +171,7 @@ def answered(fn: Callable[[], Any], seconds: float | None = None) -> Any:
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
+        _STUCK.append(thread)
         raise NoAnswer(f"the store did not answer within {seconds:.0f} s")
     if "error" in out:
         raise out["error"]
