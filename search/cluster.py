@@ -143,9 +143,19 @@ def check_cluster(fl: Flags) -> None:
                              f"(the largest has {most:g} GPUs)")
 
 
+# Executor "train": a trial is a Tune trial (its driver) that starts Ray Train workers, and
+# Ray reserves the two separately (a zero-CPU driver is refused). The driver reserves
+# DRIVER_CPU; DRIVER_ROOM is taken off the trial's CPUs for its workers, so that a node
+# running a worker still fits ten drivers. With driver = room (0.1 + 0.9 on a 1-CPU node),
+# two drivers on one node left 0.8 CPU, no worker fitted there, and a search whose other
+# node was lost waited forever (seen in CI).
+DRIVER_CPU = 0.01
+DRIVER_ROOM = 0.1
+
+
 def auto_concurrency(fl: Flags) -> int:
     """Trials that fit the cluster now: more would only park trial drivers waiting for
-    workers (each holding a process and 0.1 CPU)."""
+    workers (each holding a process)."""
     import ray
 
     res = ray.cluster_resources()
@@ -162,9 +172,9 @@ def trial_settings(fl: Flags, uri: str, base: dict[str, Any], save_models: bool,
                    fail_if: dict[str, str] | None, retrain_of: str = "",
                    robustness_repeats: int = 0) -> TrialSettings:
     workers = fl.workers_per_trial
-    driver_cpu = 0.1 if fl.executor == "train" else 0.0
+    room = DRIVER_ROOM if fl.executor == "train" else 0.0
     return TrialSettings(
-        base=dict(base), workers=workers, cpus_per_worker=fl.cpus_per_trial - driver_cpu / workers,
+        base=dict(base), workers=workers, cpus_per_worker=fl.cpus_per_trial - room / workers,
         gpus_per_worker=fl.gpus_per_trial, extra_resources=fl.extra_resources,
         max_failures=fl.max_failures, train_storage=join(uri, "train_runs"),
         results_uri=uri, save_models=save_models, retrain_of=retrain_of,
@@ -180,7 +190,7 @@ def make_trainable(fl: Flags, data: Any, settings: TrialSettings):
 
     box = [ray.put(data)]  # once per run; trials on a node share it from the object store
     if fl.executor == "train":
-        fn, res = train_trial, {"CPU": 0.1}
+        fn, res = train_trial, {"CPU": DRIVER_CPU}
     else:
         fn, res = tune_trial, {"CPU": fl.cpus_per_trial, "GPU": fl.gpus_per_trial,  # 1 worker
                                **fl.extra_resources}

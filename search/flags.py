@@ -231,7 +231,7 @@ def check_flags(fl: Flags) -> None:
         raise UsageError("--workers-per-trial > 1 needs --executor train (DDP runs on Ray Train)")
     if fl.executor == "train" and fl.cpus_per_trial <= 0.1:
         raise UsageError(f"--cpus-per-trial {fl.cpus_per_trial}: --executor train needs > 0.1 "
-                         "(0.1 CPU goes to the trial's driver)")
+                         "(0.1 CPU is kept for the trial's driver)")
     if fl.gpus_per_trial > 1:
         raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: a worker trains on one device; "
                          f"use --gpus-per-trial 1 --workers-per-trial {math.ceil(fl.gpus_per_trial)}"

@@ -35,6 +35,11 @@ INTERRUPTED = ".interrupted"
 # Set when this process's lease was taken over: from then on it records nothing more in the
 # folder (its run's callback and the interrupted mark check it), which is another's now.
 LEASE_LOST = threading.Event()
+
+
+def lease_lost() -> bool:
+    """LEASE_LOST as a function: Tune pickles the run's callback, and an Event cannot be."""
+    return LEASE_LOST.is_set()
 HEARTBEAT_S, LEASE_S = 10.0, 60.0
 
 

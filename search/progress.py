@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from search.lock import INTERRUPTED, LEASE_LOST
+from search.lock import INTERRUPTED, lease_lost
 from search.results import ResultsStore, TrialBook
 from ucrn.config import TrainConfig
 
@@ -63,7 +63,7 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
             print(f"[{self._clock()}] start {trial.trial_id}: {shown}", flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if LEASE_LOST.is_set():  # another driver holds the folder now
+            if lease_lost():  # another driver holds the folder now
                 return
             with storage_guard(self.uri):
                 self._on_result(trials, trial, dict(result))
@@ -82,7 +82,7 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
                 self._table(trials)
 
         def interrupted(self) -> bool:
-            return LEASE_LOST.is_set() or self.book.store.exists(INTERRUPTED)
+            return lease_lost() or self.book.store.exists(INTERRUPTED)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.interrupted():  # Tune ends interrupted trials; they resume later
@@ -92,7 +92,7 @@ def make_recorder(uri: str, search: str, metric: str, mode: str, executor: str,
             self._line(row)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            if LEASE_LOST.is_set():
+            if lease_lost():
                 return
             with storage_guard(self.uri):
                 row = self.book.finish(trial.trial_id, self.config_of(trial), "errored",

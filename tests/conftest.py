@@ -41,10 +41,14 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-# A test session stopped with SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C: the
-# session fixtures stop the Ray head and the S3 server they started (by pid) instead of
-# leaving them running.
-signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+@pytest.fixture(autouse=True)
+def _sigterm_tears_down():
+    """A test session stopped with SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C:
+    the session fixtures stop the Ray head and the S3 server they started (by pid) instead
+    of leaving them running. Set before every test: ray.init in a test replaces it."""
+    if signal.getsignal(signal.SIGTERM) is not _sigterm_as_interrupt:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    yield
 
 
 @pytest.fixture(scope="session")

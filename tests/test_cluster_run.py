@@ -99,7 +99,8 @@ def test_lost_node_trial_retried_on_head(two_nodes, ray_env, tmp_path):
     resumes from its checkpoint on the head and the search completes."""
     import time
 
-    # 1 CPU per node, 2 trials of 0.1 (trial driver) + 0.9 (worker): one worker per node
+    # 1 CPU per node, 2 trials of 0.01 (trial driver) + 0.9 (worker): one worker per node;
+    # once the second node is gone both drivers may sit on the head beside one worker
     address, ids = two_nodes.address, two_nodes.ids
     storage = tmp_path / "shared"
     log = open(tmp_path / "driver.log", "w")
