@@ -321,8 +321,8 @@ def train_main(argv: list[str]) -> int:
             status = json.loads((seed_run / "final.json").read_text()).get("status", "?")
             print(f"interrupted: the best weights so far and final.json (status {status}) are "
                   f"in {run}", file=sys.stderr, flush=True)
-        else:  # stopped before training began: nothing of this seed to keep
-            print(f"interrupted before training began; nothing kept in {seed_run}",
+        else:  # stopped before training began: no weights, no record
+            print(f"interrupted before training began (no final.json in {seed_run})",
                   file=sys.stderr, flush=True)
         return 130
     finished = sum(r.status in FINISHED for _, r in results)

@@ -126,9 +126,16 @@ def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) 
 def program(load: Callable[[], Callable[[], int]]) -> NoReturn:
     """Run a command as a program: `load` imports it (seconds: torch, Ray, pandas) with
     SIGINT/SIGTERM deferred, so a stop during the imports is the usual `interrupted` and
-    exit 130 rather than a traceback from inside an import; signals after the command has
-    ended change nothing (a burst of them once turned exit 130 into death by signal)."""
+    exit 130 rather than a traceback from inside an import; a signal after the command has
+    ended exits at once with the command's code (a burst of them once turned exit 130 into
+    death by signal, with tracebacks from exit hooks)."""
     code = 130
+
+    def leave(signum: int = 0, frame: object = None) -> NoReturn:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
     try:
         with sigterm_as_interrupt():
             with signals_held():
@@ -139,13 +146,11 @@ def program(load: Callable[[], Callable[[], int]]) -> NoReturn:
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+                signal.signal(sig, leave)
     from ucrn.fileio import calls_stuck
 
     if calls_stuck():  # a store that never answered: exit without waiting for it
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        leave()
     sys.exit(code)
 
 
