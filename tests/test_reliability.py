@@ -334,6 +334,13 @@ d_model: 8
 """
 
 
+def _sigint_as_a_terminal_gives_it() -> None:
+    """A test session started in the background (`cmd &` from a script) ignores SIGINT, and
+    so would the command it starts (POSIX: Ctrl-C is not for background jobs; Python then
+    keeps it ignored): the child gets the default disposition a terminal gives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_stop_inside_signals_held_waits_for_the_end_of_the_block():
     """The save-and-record block defers SIGTERM without blocking it in the main thread: a
     blocked signal went to another thread, whose CPython handler did not wake the main
@@ -378,7 +385,8 @@ def test_train_interrupted_keeps_the_best_weights(tmp_path, sig):
                              "--layers=1", "--threads=1", "--num_epochs=50000", "--out",
                              str(tmp_path), "--name", "i"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=_sigint_as_a_terminal_gives_it)
     run = tmp_path / "i"
     try:
         deadline = time.time() + 120
