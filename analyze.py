@@ -11,20 +11,16 @@ is the entry point, which imports it with SIGINT/SIGTERM deferred (ucrn.errors.p
 Exit codes: 0 ok, 1 the report could not be written, 2 nothing usable / bad arguments.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ucrn.errors import program
 
 
-def _load() -> Callable[..., int]:
+def main(argv: Sequence[str] | None = None) -> int:
     from search.analysis.command import main as command_main
 
-    return command_main
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return _load()(argv)
+    return command_main(argv)
 
 
 if __name__ == "__main__":
-    program(_load)
+    program("search.analysis.command:main")

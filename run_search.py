@@ -6,21 +6,16 @@
     python run_search.py --retrain ray_results/ucrn-search --seeds 1111,1112,1113
 """
 
-from collections.abc import Callable
 from typing import Any
 
 from ucrn.errors import program
 
 
-def _load() -> Callable[..., int]:
+def main(argv: list[str] | None = None, **kw: Any) -> int:
     from search.driver import main as driver_main
 
-    return driver_main
-
-
-def main(argv: list[str] | None = None, **kw: Any) -> int:
-    return _load()(argv, **kw)
+    return driver_main(argv, **kw)
 
 
 if __name__ == "__main__":
-    program(_load)
+    program("search.driver:main")

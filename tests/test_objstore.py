@@ -36,13 +36,15 @@ S3_SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]  # set by conftest.py, distincti
 SPACE = "lr: {loguniform: [1.0e-4, 1.0e-2]}\nd_model: 8\nheads: 2\nlayers: 1\n"
 
 
+def _keys(bucket: str, prefix: str) -> list[str]:
+    s3 = boto3.client("s3")
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+
+
 def _objects(bucket: str, prefix: str = "") -> dict[str, bytes]:
     s3 = boto3.client("s3")
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    return out
+    return {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in _keys(bucket, prefix)}
 
 
 def _table(uri: str):
@@ -203,17 +205,16 @@ def test_a_command_exits_soon_after_a_store_that_never_answers(command, bucket, 
     hole.bind(("127.0.0.1", 0))
     hole.listen(8)
     silent = f"s3://{bucket}/x?endpoint_override=127.0.0.1:{hole.getsockname()[1]}&scheme=http"
-    argv, load = {
-        "analyze": (["analyze.py", silent, "--no-report"], "analyze._load"),
+    argv, target = {
+        "analyze": (["analyze.py", silent, "--no-report"], "search.analysis.command:main"),
         "predict": (["ucrn", "predict", "--checkpoint", silent.replace("/x?", "/x/c.pt?"),
-                     "--out", str(tmp_path / "p.parquet")], "ucrn.__main__._load"),
+                     "--out", str(tmp_path / "p.parquet")], "ucrn.cli:main"),
         "warm-start": (["run_search.py", "--warm-start", silent, "--storage",
-                        str(tmp_path / "w"), "--num-samples", "1"], "run_search._load"),
+                        str(tmp_path / "w"), "--num-samples", "1"], "search.driver:main"),
     }[command]
-    module, _, fn = load.rpartition(".")
-    code = (f"import sys, importlib, ucrn.fileio\nucrn.fileio.ANSWER_S = 2.0\n"
+    code = (f"import sys, ucrn.fileio\nucrn.fileio.ANSWER_S = 2.0\n"
             f"sys.argv = {argv!r}\nfrom ucrn.errors import program\n"
-            f"program(getattr(importlib.import_module({module!r}), {fn!r}))\n")
+            f"program({target!r})\n")
     t = time.time()
     try:
         res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -338,12 +339,6 @@ def test_kill_9_of_the_driver_then_resume_on_s3(bucket, ray_head, ray_env, tmp_p
     # the next number, as if the trial had gone on; the resume restores from that one.
     assert _supersede(bucket, _named_checkpoints(bucket, "k/k/"))
     _resume_finishes_each_trial_once(ray_head, storage, "k", ray_env, 4)
-
-
-def _keys(bucket: str, prefix: str) -> list[str]:
-    s3 = boto3.client("s3")
-    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
 
 
 def _named_checkpoints(bucket: str, prefix: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import signal
 import sys
@@ -123,9 +124,9 @@ def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) 
         return 130
 
 
-def program(load: Callable[[], Callable[[], int]]) -> NoReturn:
-    """Run a command as a program: `load` imports it (seconds: torch, Ray, pandas) with
-    SIGINT/SIGTERM deferred, so a stop during the imports is the usual `interrupted` and
+def program(target: str) -> NoReturn:
+    """Run the command `target` ("module:function") as a program: it is imported (seconds:
+    torch, Ray, pandas) with SIGINT/SIGTERM deferred, so a stop during the imports is the usual `interrupted` and
     exit 130 rather than a traceback from inside an import; a signal after the command has
     ended exits at once with the command's code (a burst of them once turned exit 130 into
     death by signal, with tracebacks from exit hooks)."""
@@ -139,7 +140,8 @@ def program(load: Callable[[], Callable[[], int]]) -> NoReturn:
     try:
         with sigterm_as_interrupt():
             with signals_held():
-                main = load()
+                module, _, name = target.partition(":")
+                main = getattr(importlib.import_module(module), name)
             code = main()
     except KeyboardInterrupt:  # during the imports, or one more while stopping
         print("interrupted", file=sys.stderr)
