@@ -232,6 +232,11 @@ def check_flags(fl: Flags) -> None:
     if fl.executor == "train" and fl.cpus_per_trial <= 0.1:
         raise UsageError(f"--cpus-per-trial {fl.cpus_per_trial}: --executor train needs > 0.1 "
                          "(0.1 CPU is kept for the trial's driver)")
+    if fl.workers_per_trial > 1 and 0 < fl.gpus_per_trial < 1:
+        raise UsageError(f"--workers-per-trial {fl.workers_per_trial} with --gpus-per-trial "
+                         f"{fl.gpus_per_trial:g}: DDP workers need a whole GPU each (nccl "
+                         "refuses two ranks on one device); use --gpus-per-trial 1, or "
+                         "--workers-per-trial 1 to share a GPU between trials")
     if fl.gpus_per_trial > 1:
         raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: a worker trains on one device; "
                          f"use --gpus-per-trial 1 --workers-per-trial {math.ceil(fl.gpus_per_trial)}"

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from search.schema import (
     EPOCHS,
     FILE_COLUMNS,
+    GPU_MEMORY,
     METRICS,
     RETRAIN,
     ROBUSTNESS,
@@ -240,7 +241,7 @@ class TrialBook:
             self.epochs.setdefault(trial_id, {})[epoch] = row
             self.store.write_rows(self.epochs_dir, trial_id, self._epoch_rows(trial_id))
         info = self.trials.get(trial_id, {})
-        extra = {k: result[k] for k in ("node", "node_id", "samples_per_s", "peak_gpu_mem_mb",
+        extra = {k: result[k] for k in ("node", "node_id", "samples_per_s", *GPU_MEMORY,
                                         "checkpoint") if result.get(k) is not None}
         if result.get("replay") and epoch == 1:  # a restarted run re-reports from its checkpoint
             extra["resumes"] = int(info.get("resumes") or 0) + 1
@@ -278,7 +279,7 @@ class TrialBook:
         summary.update({
             "wall_seconds": wall if wall is not None else math.nan,
             "samples_per_s": extra.get("samples_per_s", prev.get("samples_per_s", math.nan)),
-            "peak_gpu_mem_mb": extra.get("peak_gpu_mem_mb", prev.get("peak_gpu_mem_mb", math.nan)),
+            **{k: extra.get(k, prev.get(k, math.nan)) for k in GPU_MEMORY},
             "checkpoint": extra.get("checkpoint", prev.get("checkpoint")),
             "node": extra.get("node", prev.get("node")),
             "node_id": extra.get("node_id", prev.get("node_id")),

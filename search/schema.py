@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
+from ucrn.gpumem import KEYS as GPU_MEMORY
 from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS, ROBUST_METRICS, SIMS_METRICS
 
 TRIALS, EPOCHS, RETRAIN = "trials.parquet", "epochs.parquet", "retrain.parquet"
@@ -78,7 +79,15 @@ COLUMNS: dict[str, Column] = {
     "wall_seconds": Column(_F, "trial wall time so far"),
     "samples_per_s": Column(_F, "training samples per second of the training pass, without "
                                 "validation (median over epochs)"),
-    "peak_gpu_mem_mb": Column(_F, "peak GPU memory of the trial (NaN on CPU)"),
+    "peak_gpu_mem_mb": Column(_F, "peak GPU memory the trial's tensors took "
+                                  "(torch.cuda.max_memory_allocated since the trial started; "
+                                  "NaN on CPU)"),
+    "peak_gpu_reserved_mb": Column(_F, "peak GPU memory torch's caching allocator held for the "
+                                       "trial: its tensors, the cache and CUDA-graph pools "
+                                       "(max_memory_reserved; NaN on CPU)"),
+    "gpu_process_mb": Column(_F, "the trial process's whole GPU memory as the driver (NVML) "
+                                 "reports it, largest at an epoch's end: adds the CUDA context "
+                                 "and libraries; NaN on CPU or where NVML cannot say"),
     "checkpoint": Column(_S, "checkpoint location (retrain.parquet: the selected state_dict "
                          "file, loaded with torch.load(..., weights_only=True))"),
     "node": Column(_S, "hostname of the node that ran the trial"),
@@ -107,7 +116,7 @@ GROUPS: dict[str, str] = {
 # Per file: its declared columns (in writing order) and the groups of columns it holds.
 FILE_COLUMNS: dict[str, tuple[str, ...]] = {
     TRIALS: ("search", "trial_id", "status", "error", "best_epoch", "epochs_run",
-             "wall_seconds", "samples_per_s", "peak_gpu_mem_mb", "checkpoint", "node",
+             "wall_seconds", "samples_per_s", *GPU_MEMORY, "checkpoint", "node",
              "node_id", "resumes", "executor", "search_metric", "search_mode"),
     EPOCHS: ("search", "trial_id", "epoch", "train_loss", "mjs", "current_lr", "seconds",
              "ended_at", "node_id"),

@@ -46,12 +46,6 @@ def _node_info() -> dict[str, Any]:
     return {"node": socket.gethostname(), "node_id": node_id}
 
 
-def _peak_gpu_mb(device: torch.device) -> float:
-    if device.type != "cuda":
-        return math.nan
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
 SaveModel = Callable[[dict[str, Any], Any, Any], str]  # (bundle, trainer, data) -> location
 
 
@@ -78,11 +72,11 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
     speeds: list[float] = []
     last: dict[str, Any] = {}
 
-    def extras(rec: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    def extras(rec: dict[str, Any], trainer: Any) -> dict[str, Any]:
         speeds.append(n_train / max(rec.get("train_seconds", rec["seconds"]), 1e-9))
         return {**node, "diverged": 0.0, "replay": 0.0,
                 "samples_per_s": statistics.median(speeds),
-                "peak_gpu_mem_mb": _peak_gpu_mb(device),
+                **trainer.gpu_memory.read(),  # this trial's peaks (reset when it started)
                 "wall_seconds": time.perf_counter() - t0, "ended_at": time.time()}
 
     if fault:
@@ -94,7 +88,7 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
                     "replay": 1.0}, None)
 
     def on_epoch(epoch: int, rec: dict[str, Any], trainer) -> None:
-        metrics = {**rec, **extras(rec, trainer.device)}
+        metrics = {**rec, **extras(rec, trainer)}
         last.update(metrics)
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:

@@ -405,7 +405,7 @@ def test_predict_and_robustness_use_the_data_the_model_was_trained_on(tmp_path, 
 
 
 def test_constant_training_features_are_said_when_noise_is_scaled_by_them():
-    from ucrn.robustness import feature_std
+    from ucrn.conditions import feature_std
 
     data = load_dataset("synthetic", None, preset="tiny")
     split = data.splits["train"]

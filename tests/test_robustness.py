@@ -18,25 +18,21 @@ import torch
 
 from search.space import validate_space
 from ucrn import cli, train
+from ucrn.augment import TrainingAugment, modality_keep_mask, training_augment
+from ucrn.conditions import (
+    CHUNK,
+    Condition,
+    apply_condition,
+    conditions,
+    feature_std,
+    missing_one_mae,
+)
 from ucrn.config import TrainConfig
 from ucrn.data import MultData, Split, load_dataset
 from ucrn.losses import training_loss
 from ucrn.metrics import IEMOCAP_METRICS, REGRESSION_METRICS, metric_mode
 from ucrn.model import MODALITY_KEYS, UCRN
-from ucrn.robustness import (
-    CHUNK,
-    Condition,
-    TrainingAugment,
-    apply_condition,
-    conditions,
-    feature_std,
-    missing_one_mae,
-    modality_keep_mask,
-    robustness_rows,
-    rows_table,
-    summary_table,
-    training_augment,
-)
+from ucrn.robustness import robustness_rows, rows_table, summary_table
 from ucrn.train import Trainer, fit
 
 SMALL = dict(d_model=8, heads=2, layers=1, batch_size=32, threads=1, num_epochs=1)

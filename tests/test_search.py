@@ -105,7 +105,7 @@ def test_retrain_three_seeds(small_search, ray_head, capsys):
     assert all(Path(p).is_file() for p in rows.checkpoint)
     assert f"test: loss {rows.test_loss.mean():.4f}" in out and "[7, 8, 9]" in out
     # each seed's selected model, scored under missing and noisy inputs on the test split
-    from ucrn.robustness import conditions
+    from ucrn.conditions import conditions
 
     robust = pd.read_parquet(storage / name / "robustness.parquet")
     conds = conditions("lav")
@@ -244,6 +244,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path):
         (["--gpus-per-trial", "1"], "no GPU"),
         (["--executor", "spark"], "--executor spark"),
         (["--executor", "tune", "--workers-per-trial", "2"], "--workers-per-trial"),
+        (["--workers-per-trial", "2", "--gpus-per-trial", "0.5"], "a whole GPU each"),
         (["--metric", "R2"], "--metric R2"),
         (["--grace-period", "9", "--max-epochs", "4"], "--grace-period 9"),
         (["--dataset", "mosi", "--data-path", "/nonexistent"], "/nonexistent"),

@@ -8,7 +8,9 @@ the test split is evaluated once, for the selected weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import math
 import time
 import warnings
@@ -17,13 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ucrn.augment import training_augment
+from ucrn.batches import HostSplit, Inputs
+from ucrn.conditions import missing_one_mae
 from ucrn.config import ROBUST_REGRESSION_ONLY, TrainConfig
-from ucrn.data import MultData, Split
+from ucrn.data import MultData
+from ucrn.gpumem import GpuMemory
 from ucrn.losses import task_loss, training_loss
 from ucrn.metrics import task_metrics
 from ucrn.model import UCRN
@@ -45,29 +50,6 @@ class FitResult:
     # the trainer, its model holding the best weights (to score them further, e.g. under
     # missing inputs), also when a resumed run had no epoch left to train
     trainer: Any = field(default=None, repr=False)
-
-
-@dataclass
-class DeviceSplit:
-    """One split as tensors on the training device; batches are index selects."""
-
-    inputs: tuple[Tensor | None, Tensor | None, Tensor | None]
-    labels: Tensor
-    n: int
-
-    @classmethod
-    def from_split(cls, split: Split, modalities: str, task: str, device: torch.device):
-        def put(a: np.ndarray, key: str) -> Tensor | None:
-            return torch.as_tensor(a, device=device) if key in modalities else None
-
-        labels = torch.as_tensor(split.labels, device=device)
-        labels = labels.long() if task == "iemocap" else labels.float().view(-1, 1)
-        return cls((put(split.text, "l"), put(split.audio, "a"), put(split.vision, "v")),
-                   labels, len(split))
-
-    def batch(self, idx: Tensor) -> tuple[tuple[Tensor | None, ...], Tensor]:
-        return tuple(x.index_select(0, idx) if x is not None else None
-                     for x in self.inputs), self.labels.index_select(0, idx)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,12 +89,28 @@ class CudaStepGraph:
     """A training step recorded once as a CUDA graph; `replay` reruns all its kernels on
     the same buffers with one launch, removing the per-kernel launch cost that bounds this
     small model (docs/benchmarks.md: 53 -> 10.9 ms/step on an H200). Recording executes
-    nothing: the caller replays for the batch it captured with."""
+    nothing: the caller replays for the batch it captured with.
 
-    def __init__(self, step: Callable[[], None], opt: torch.optim.Optimizer | None = None):
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            step()
+    The capture is spelt out rather than `with torch.cuda.graph(...)`: when the step fails
+    inside a capture, that context manager's exit calls `capture_end`, which raises in turn,
+    before it leaves the capture stream, so the thread stayed on it and the error shown was
+    capture_end's. Here the capture is ended, the stream left, and the step's own error
+    raised. `cuda` stands in for torch.cuda (tests)."""
+
+    def __init__(self, step: Callable[[], None], opt: torch.optim.Optimizer | None = None,
+                 cuda: Any = None):
+        cuda = torch.cuda if cuda is None else cuda
+        self.graph = cuda.CUDAGraph()
+        cuda.synchronize()  # nothing of the eager steps may still run while capturing
+        with cuda.stream(cuda.Stream()):  # left on every path
+            self.graph.capture_begin()
+            try:
+                step()
+            except BaseException:
+                with contextlib.suppress(Exception):  # says less than the step's error
+                    self.graph.capture_end()
+                raise
+            self.graph.capture_end()
 
     def replay(self) -> None:
         self.graph.replay()
@@ -137,6 +135,24 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of DDP rank `rank` > 0 from `epoch` on: its own dropout masks and noise
+    (rank 0 keeps the config's stream, so one worker trains as before)."""
+    text = f"{seed}|rank {rank}|epoch {epoch}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def own_cuda_rng(saved: Any, index: int) -> Tensor | None:
+    """The CUDA generator state for device `index` from a checkpoint: one state (this
+    version saves only the trainer's own device), or a list with one per visible GPU
+    (earlier versions), which may hold fewer GPUs than this machine sees."""
+    if isinstance(saved, Tensor):
+        return saved if saved.numel() else None
+    if isinstance(saved, (list, tuple)) and len(saved) > index:
+        return saved[index]
+    return None
+
+
 # makes the step graph: (step, optimizer) -> object with replay(); CudaStepGraph on a GPU
 GraphFactory = Callable[[Callable[[], None], torch.optim.Optimizer], Any]
 
@@ -145,25 +161,33 @@ class Trainer:
     """Holds model, optimizer and scheduler for one trial; `fit` drives it.
 
     `graph_factory` replaces CudaStepGraph (tests use a stand-in that reruns the step, so
-    the capture/replay bookkeeping is checked on CPU); given, it is used on any device."""
+    the capture/replay bookkeeping is checked on CPU); given, it is used on any device.
+    `compile_backend` replaces torch.compile's inductor (tests count compilations with a
+    cheap one).
+
+    The data stays in host memory (ucrn/batches.py): each step moves its batch alone."""
 
     def __init__(self, cfg: TrainConfig, data: MultData,
-                 graph_factory: GraphFactory | None = None):
+                 graph_factory: GraphFactory | None = None, compile_backend: Any = None):
         self.cfg, self.task = cfg, data.task
         cfg.check_machine()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        self.gpu_memory = GpuMemory(self.device)  # this trial's peaks from here on
         self.rank, self.world = _distributed()
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # every rank: the same initial weights
         mcfg = cfg.model_config(data.input_dims, data.seq_lens, data.output_dim)
         self.model = UCRN(mcfg).to(self.device)
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile != "off":
-            self.net = torch.compile(self.net, mode=None if cfg.compile == "default" else cfg.compile)
+        self._reseed_rank(0)
+        self.compiled = cfg.compile != "off"
+        if self.compiled:
+            mode = None if cfg.compile == "default" or compile_backend else cfg.compile
+            self.net = torch.compile(self.net, mode=mode, backend=compile_backend or "inductor")
         self.uses_cuda_graphs = use_cuda_graphs(cfg, self.device, self.world)
         params = self.model.parameters()
         if cfg.optim == "SGD":
@@ -176,14 +200,12 @@ class Trainer:
                                capturable=self.uses_cuda_graphs)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", patience=cfg.when, factor=cfg.lr_factor)
-        self.splits = {name: DeviceSplit.from_split(s, mcfg.modalities, data.task, self.device)
+        self.splits = {name: HostSplit.from_split(s, mcfg.modalities, data.task, self.device)
                        for name, s in data.splits.items()}
-        # robustness options (ucrn/robustness.py, imported here: it imports this module).
-        # Off (the default), nothing is set up and no random number is drawn.
+        # robustness options (ucrn/augment.py). Off (the default), nothing is set up and no
+        # random number is drawn.
         self._augment: Callable[[tuple], tuple] | None = None
         if cfg.modality_dropout > 0 or cfg.input_noise > 0:
-            from ucrn.robustness import training_augment
-
             self._augment = training_augment(mcfg.modalities, cfg.modality_dropout,
                                              cfg.input_noise, data.splits["train"], self.device)
         self.robust_metrics = cfg.wants_robust_metrics()
@@ -204,8 +226,15 @@ class Trainer:
         self._graph_factory: GraphFactory | None = graph_factory
         self._graph: Any = None
         self._graph_key: list[dict[str, Any]] | None = None
-        self._graph_idx: Tensor | None = None
+        self._static: tuple[Inputs, Tensor] | None = None  # the graph's input buffers
         self._warm_steps = 0
+
+    def _reseed_rank(self, epoch: int) -> None:
+        """DDP ranks > 0 draw their own random numbers (dropout, augmentation); without this
+        every rank drew the same masks. Called at the start and after a restore (the
+        checkpoint holds rank 0's generator state)."""
+        if self.rank > 0:
+            torch.manual_seed(rank_seed(self.cfg.seed, self.rank, epoch))
 
     def _autocast(self, cache: bool = True):
         # no weight-cast cache in training: each weight is used once per step, and a cache
@@ -218,7 +247,7 @@ class Trainer:
         sync is at the end."""
         cfg, split = self.cfg, self.splits["train"]
         self.net.train()
-        perm = torch.randperm(split.n, generator=self.shuffle).to(self.device)
+        perm = torch.randperm(split.n, generator=self.shuffle)  # on the host, as the data
         per_rank = max(1, cfg.batch_size // self.world)
         # each rank takes its own slice of every global batch (DDP averages the gradients)
         self._acc.zero_()
@@ -241,12 +270,21 @@ class Trainer:
         return train_loss, train_mjs
 
     def _train_step(self, idx: Tensor) -> None:
-        """One optimisation step on training rows `idx`. No host sync and nothing that
-        depends on tensor values on the host, so the same code can be captured as a graph."""
+        """One eager optimisation step on training rows `idx` (host indices): the batch is
+        moved to the device, then `_step`."""
+        self._step(*self.splits["train"].batch(idx))
+
+    def _step(self, inputs: Inputs, labels: Tensor) -> None:
+        """One optimisation step on a batch already on the device. No host sync and nothing
+        that depends on tensor values on the host, so the same code can be captured as a
+        graph (tests/test_train.py scans it for syncs)."""
         cfg = self.cfg
-        inputs, labels = self.splits["train"].batch(idx)
         if self._augment is not None:  # modality_dropout / input_noise: device RNG, no sync
             inputs = self._augment(inputs)
+        if self.compiled:  # one compiled graph for every batch size: the last, partial batch
+            for x in inputs:  # of an epoch no longer recompiles
+                if x is not None:
+                    torch._dynamo.maybe_mark_dynamic(x, 0)
         with self._autocast(cache=False):
             out, reps = self.net(*inputs)
         total, loss, mjs = training_loss(out, labels, reps, self.task, cfg.jsd_weight,
@@ -256,7 +294,7 @@ class Trainer:
         if cfg.clip > 0:  # foreach norm and a clamped scale: no host sync
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.opt.step()
-        n = idx.numel()
+        n = labels.shape[0]
         self._acc += torch.stack([loss.detach() * n, mjs.detach() * n])
 
     def _hyper_key(self) -> list[dict[str, Any]]:
@@ -265,8 +303,9 @@ class Trainer:
 
     def _graphed_step(self, idx: Tensor) -> None:
         """A full batch through the captured step: eager warm-up steps first (they are real
-        steps), then capture once (and again after the LR scheduler changes the LR), then
-        copy the batch's indices into the graph's input buffer and replay."""
+        steps), then capture once (and again after the LR scheduler changes the LR) on input
+        buffers that hold the batch, then for each batch copy its rows into those buffers
+        (asynchronously, from pinned host memory) and replay."""
         key = self._hyper_key()
         if self._graph is not None and key != self._graph_key:
             self._graph = None
@@ -276,33 +315,31 @@ class Trainer:
                     self._train_step(idx)
                 self._warm_steps += 1
                 return
-            self._graph_idx = idx.clone()
-            static_idx = self._graph_idx
+            self._static = static = self.splits["train"].batch(idx)
             self.opt.zero_grad(set_to_none=True)  # gradients are allocated inside the graph
             try:
-                self._graph = self._graph_factory(lambda: self._train_step(static_idx), self.opt)
+                self._graph = self._graph_factory(lambda: self._step(*static), self.opt)
             except RuntimeError as e:  # a capture never executes the step: fall back to eager
                 if self.cfg.cuda_graphs == "on":
                     raise
-                warnings.warn(f"CUDA graph capture failed ({str(e).splitlines()[0]}); "
-                              "training this run eagerly", RuntimeWarning, stacklevel=2)
-                self._graph_factory, self._graph = None, None
-                self._train_step(idx)
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                warnings.warn(f"CUDA graph capture failed ({why}); training this run eagerly",
+                              RuntimeWarning, stacklevel=2)
+                self._graph_factory, self._graph, self._static = None, None, None
+                self._step(*static)
                 return
             self._graph_key = key
         else:
-            self._graph_idx.copy_(idx)
+            self.splits["train"].batch_into(idx, self._static)
         self._graph.replay()
 
     @torch.inference_mode()
-    def predict(self, split: DeviceSplit) -> Tensor:
+    def predict(self, split: HostSplit) -> Tensor:
         """Model outputs for a whole split, in order, as float32 on the host."""
         self.model.eval()
         outs = []
         for start in range(0, split.n, self.cfg.eval_batch_size):
-            idx = torch.arange(start, min(start + self.cfg.eval_batch_size, split.n),
-                               device=self.device)
-            inputs, _ = split.batch(idx)
+            inputs, _ = split.rows(start, start + self.cfg.eval_batch_size)
             with self._autocast():
                 out, _ = self.model(*inputs)
             outs.append(out.float())
@@ -311,13 +348,11 @@ class Trainer:
     def evaluate(self, name: str) -> dict[str, float]:
         split = self.splits[name]
         out = self.predict(split)
-        labels = split.labels.cpu()
+        labels = split.labels  # on the host
         loss = task_loss(out, labels, self.task).item()
         metrics = task_metrics(self.task, out.numpy(), labels.numpy())
         record = {"loss": loss, **metrics}
         if name == "valid" and self.robust_metrics:  # one more pass per modality: on request
-            from ucrn.robustness import missing_one_mae
-
             record["robust_MAE"] = missing_one_mae(self.model, split, self.cfg.eval_batch_size,
                                                    self.autocast_dtype, self.task)
         return record
@@ -330,7 +365,9 @@ class Trainer:
             "scheduler": self.sched.state_dict(),
             "epoch": self.epoch,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            # the trainer's own device only: a resume may see another number of GPUs
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+            else [],
             "shuffle_rng": self.shuffle.get_state(),
             "best_epoch": self.best_epoch,
             "best_record": self.best_record,
@@ -346,8 +383,11 @@ class Trainer:
         self.sched.load_state_dict(ckpt["scheduler"])
         self.epoch = int(ckpt["epoch"])
         torch.set_rng_state(ckpt["torch_rng"])
-        if self.device.type == "cuda" and ckpt.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        if self.device.type == "cuda":
+            state = own_cuda_rng(ckpt.get("cuda_rng"), self.device.index or 0)
+            if state is not None:
+                torch.cuda.set_rng_state(state, self.device)
+        self._reseed_rank(self.epoch)
         self.shuffle.set_state(ckpt["shuffle_rng"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.best_record = dict(ckpt["best_record"])
