@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
 # The one command a lent GPU session runs, from the repo root, on a bare machine:
 #
-#     bash benchmarks/gpu_session.sh
+#     bash benchmarks/gpu_session.sh                                          # first call
+#     GPU_SESSION_LIMIT_S=240 GPU_CHECK_ARGS="--only correctness,packing" \
+#         bash benchmarks/gpu_session.sh                                      # a rerun
 #
-# It installs torch and the project and runs `python -m benchmarks.gpu_check --out
-# "$OUT/gpu"` within a 600 s command limit, keeping a minute of slack: the install's time is
-# measured and the check gets what is left, at most 7 minutes. Results: $OUT/gpu/
-# (gpu_check.json, summary.md, ...) and $OUT/gpu_session.log; without $OUT, /tmp/ucrn-gpu-out/.
+# A lent machine gives about 15 minutes of device time in all, its own start (minutes)
+# included, starts bare and reaches no network: so the first call (install + the whole
+# check) is held to 7 minutes and a rerun of the failed steps to 4. It installs the wheels
+# carried in .whl/ (Ray, Optuna and what the image lacks) with pip, offline, into a
+# folder on PYTHONPATH (no venv: one made from the image's python would not see its torch,
+# and making one costs time), prints how long that took, and runs `python3 -m
+# benchmarks.gpu_check --out "$OUT/gpu"` with what is left of the limit less the slack.
+# Results: $OUT/gpu/ (gpu_check.json, summary.md, ...) and $OUT/gpu_session.log; without
+# $OUT, /tmp/ucrn-gpu-out/. Exit code: the check's.
 #
-# Where a package index answers: a new venv, `pip install torch==2.13.0` (on Linux x86-64
-# that wheel is the CUDA build) and `pip install -e '.[test]'`. Where none does (this
-# workplace's lent machines reach no network): the image's python with its own CUDA torch,
-# the wheels carried in .whl/ installed into it (see `--wheels`), the project run from the
-# checkout; what is still missing (Ray, Optuna) makes the steps that need it skip, saying so.
+# Why pip and not uv: measured on the CPU machine (docs/benchmarks.md), pip installs the
+# LZMA-recompressed wheelhouse in 8-10 s; uv cannot read LZMA wheels at all, and its own
+# wheel (17 MiB) would not fit beside them in what one call may carry.
 #
 #     bash benchmarks/gpu_session.sh --wheels   # on a machine WITH network: fill .whl/ with
 #                                               # what the lent machines' image lacks
 #
-# Environment: GPU_SESSION_LIMIT_S (default 600), GPU_SESSION_SLACK_S (default 60),
-# GPU_CHECK_ARGS (more gpu_check flags, e.g. "--quick" or "--only speed,packing").
+# Environment: GPU_SESSION_LIMIT_S (default 420: the whole call), GPU_SESSION_SLACK_S
+# (default 45: the check's overrun at its deadline, stopping searches and Ray),
+# GPU_CHECK_ARGS (more gpu_check flags, e.g. "--quick" or "--only correctness,packing"),
+# GPU_SESSION_PYTHON (default python3), GPU_SESSION_WHEELS (default .whl),
+# GPU_SESSION_SITE (where the wheels go, default /tmp/ucrn-site), GPU_SESSION_DRY_RUN
+# (`plan`: print the plan and exit, installing nothing; `install`: install and check the
+# imports, then exit without running the check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-start=$(date +%s)
-elapsed() { echo $(($(date +%s) - start)); }
+start_ms=$(date +%s%3N)
+elapsed() { echo $((($(date +%s%3N) - start_ms) / 1000)); }
 say() { echo "[gpu_session $(elapsed) s] $*"; }
 
 if [[ "${1:-}" == "--wheels" ]]; then
@@ -64,9 +74,12 @@ torch-geometric torchmetrics torchvision tqdm transformers treescope triton type
 typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray
 xxhash yarl zipp
 """.split())
+# and what only Ray's pip/uv runtime environments (virtualenv and its own dependencies) and
+# the dashboard's stack sampling (py-spy) use: 8 MiB that the check never needs
+unused = {"virtualenv", "distlib", "python-discovery", "platformdirs", "py-spy"}
 for whl in pathlib.Path(".whl").glob("*.whl"):
     name = re.sub(r"[-_.]+", "-", whl.name.split("-")[0]).lower()
-    if name in have or name.startswith("nvidia-"):
+    if name in have or name in unused or name.startswith("nvidia-"):
         whl.unlink()
 # LZMA instead of deflate: a third smaller for Ray's binaries (pip unpacks any zip the
 # zipfile module reads); Ray's Java jar goes, and with it its line in RECORD
@@ -90,63 +103,100 @@ for whl in sorted(pathlib.Path(".whl").glob("*.whl")):
     print(f"{whl.stat().st_size / 2**20:7.1f} MiB  {whl.name}")
 PYEOF
     du -sh .whl
-    echo "next: echo /.whl/ >> .git/info/exclude, then carry .whl (under ~60 MiB with the tree)"
+    # untracked and ignored (never committed), so it travels only when a call carries it
+    exclude=$(git rev-parse --git-path info/exclude 2>/dev/null) && {
+        mkdir -p "$(dirname "$exclude")"
+        grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
+    }
+    echo "next: the device call names .whl in carry (under ~60 MiB with the tree)"
     exit 0
 fi
 
 OUTROOT="${OUT:-/tmp/ucrn-gpu-out}"
+LIMIT="${GPU_SESSION_LIMIT_S:-420}"
+SLACK="${GPU_SESSION_SLACK_S:-45}"
+PY="${GPU_SESSION_PYTHON:-python3}"
+WHEELS="${GPU_SESSION_WHEELS:-.whl}"
+SITE="${GPU_SESSION_SITE:-${TMPDIR:-/tmp}/ucrn-site}"
+DRY="${GPU_SESSION_DRY_RUN:-}"
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
+    PIP_ROOT_USER_ACTION=ignore
+shopt -s nullglob
+wheels=("$WHEELS"/*.whl)
+shopt -u nullglob
+INSTALL=("$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE")
+
+plan() {
+    local pyver tags mib
+    pyver=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])' 2>/dev/null || echo "none")
+    say "plan: python $PY ($pyver), limit ${LIMIT} s, slack ${SLACK} s, out $OUTROOT"
+    if ((${#wheels[@]})); then
+        mib=$(du -cm "${wheels[@]}" | tail -1 | cut -f1)
+        # the ABI tags of the compiled wheels (abi3 ones run on any later CPython)
+        tags=$(printf '%s\n' "${wheels[@]##*/}" | grep -oE -- '-cp3[0-9]+-cp3[0-9]+-' \
+            | cut -d- -f3 | sort -u | paste -sd' ')
+        say "plan: ${#wheels[@]} wheels in $WHEELS (${mib} MiB; compiled for: ${tags:-any})"
+        if [[ -n "$tags" && "$tags" != "$pyver" ]]; then
+            say "plan: WARNING: wheels compiled for $tags, this python is $pyver: pip will refuse them"
+        fi
+        say "plan: installer: ${INSTALL[*]} $WHEELS/*.whl (pip, offline, no deps, no bytecode)"
+    else
+        say "plan: no wheels in $WHEELS: nothing to install; without Ray the search tests and steps 4-5 skip"
+    fi
+    say "plan: then $PY -m benchmarks.gpu_check --out $OUTROOT/gpu --budget-s (limit - slack - install) ${GPU_CHECK_ARGS:-}"
+}
+
+if [[ "$DRY" == "plan" ]]; then
+    plan
+    exit 0
+fi
 mkdir -p "$OUTROOT/gpu"
 exec > >(tee -a "$OUTROOT/gpu_session.log") 2>&1
-LIMIT="${GPU_SESSION_LIMIT_S:-600}"
-SLACK="${GPU_SESSION_SLACK_S:-60}"
-export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-say "start: $(uname -m), $(nproc) CPUs, limit ${LIMIT} s with ${SLACK} s slack"
+say "start: $(uname -m), $(nproc) CPUs"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+plan
 
-PY=""
-# does the configured index have torch 2.13.0? (asks the index only, downloads nothing)
-if PIP_DEFAULT_TIMEOUT=5 PIP_RETRIES=0 timeout 30 python3 -m pip index versions torch \
-        2>/dev/null | grep -Eq '[ ,]2\.13\.0(,|$)'; then
-    say "package index has torch 2.13.0: a venv with it and the project"
-    venv="${TMPDIR:-/tmp}/ucrn-gpu-venv"  # outside the checkout: nothing untracked left there
-    if python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q torch==2.13.0 \
-            && "$venv/bin/python" -m pip install -q -e '.[test]'; then
-        PY="$venv/bin/python"
+if ((${#wheels[@]})); then
+    stamp=$(ls -l "${wheels[@]}" | md5sum | cut -d' ' -f1)
+    t0=$(date +%s%3N)
+    if [[ -f "$SITE/.ucrn-wheels" && "$(cat "$SITE/.ucrn-wheels")" == "$stamp" ]]; then
+        say "the same wheels are already installed in $SITE (a warm machine)"
     else
-        say "install failed; going on with this machine's python"
+        rm -rf "$SITE"
+        if "${INSTALL[@]}" "${wheels[@]}"; then
+            echo "$stamp" >"$SITE/.ucrn-wheels"
+            say "installed ${#wheels[@]} wheels in $(awk -v t="$t0" -v n="$(date +%s%3N)" \
+                'BEGIN { printf "%.1f", (n - t) / 1000 }') s"
+        else
+            say "installing the carried wheels failed: going on without them"
+        fi
     fi
-fi
-if [[ -z "$PY" ]]; then
-    # A venv made from the image's python (itself a venv) would not see the image's
-    # packages: its python is used as it is, the carried wheels go into it (the machine is
-    # thrown away afterwards), and the project runs from the checkout.
-    say "no install from an index: this machine's python3 and torch, wheels from .whl/ if any"
-    PY=python3
-    if compgen -G ".whl/*.whl" >/dev/null; then
-        $PY -m pip install -q --no-index --find-links .whl 'ray[default,tune,train]==2.60.0' \
-            optuna || $PY -m pip install -q --no-index --no-deps .whl/*.whl \
-            || say "installing the carried wheels failed"
-    fi
+    export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-$PY - <<'PYEOF' || { say "no usable torch here"; exit 1; }
+"$PY" - <<'PYEOF' || { say "no usable torch here"; exit 1; }
 import importlib.util
 import torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available "
       f"{torch.cuda.is_available()}, {torch.cuda.device_count()} GPU(s)")
 for mod in ("ray", "optuna", "pandas", "pyarrow", "pytest", "yaml"):
-    print(f"  {mod}: {'ok' if importlib.util.find_spec(mod) else 'MISSING'}")
+    spec = importlib.util.find_spec(mod)
+    print(f"  {mod}: {spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else 'ok' if spec else 'MISSING'}")
 PYEOF
 installed=$(elapsed)
-budget=$((LIMIT - SLACK - installed - 15))
-((budget > 420)) && budget=420
-say "install took ${installed} s; the check gets ${budget} s"
+budget=$((LIMIT - SLACK - installed))
+say "install and import check took ${installed} s; the check gets ${budget} s"
+if [[ "$DRY" == "install" ]]; then
+    say "dry run (install): not running the check"
+    exit 0
+fi
 if ((budget < 90)); then
-    say "too little time left for the check"
+    say "too little time left for the check (${budget} s < 90 s)"
     exit 1
 fi
 # shellcheck disable=SC2086
-$PY -m benchmarks.gpu_check --out "$OUTROOT/gpu" --budget-s "$budget" ${GPU_CHECK_ARGS:-}
+"$PY" -m benchmarks.gpu_check --out "$OUTROOT/gpu" --budget-s "$budget" ${GPU_CHECK_ARGS:-}
 rc=$?
 say "gpu_check exit code $rc; total $(elapsed) s; results in $OUTROOT/gpu"
 exit $rc

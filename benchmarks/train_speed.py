@@ -412,21 +412,61 @@ def _self_device_us(evt) -> float:
     return 0.0
 
 
-def top_ops(prof, steps: int, on_gpu: bool, top: int) -> dict:
-    """The profile's ops and kernels by self time on the device (GPU) or the CPU, per step."""
+def _device_type(evt) -> str:
+    dtype = getattr(evt, "device_type", None)
+    return getattr(dtype, "name", str(dtype).rsplit(".", 1)[-1])
+
+
+# DeviceType names of events that run on an accelerator (kernels, memcpy, memset)
+DEVICE_EVENT_TYPES = frozenset({"CUDA", "PrivateUse1", "MTIA", "XPU"})
+
+
+def is_device_event(evt) -> bool:
+    """Whether `evt` is device-side work, counted as torch's own "Self CUDA time total"
+    counts it (torch/autograd/profiler_util.py, `_build_table`): a kineto event of a device
+    type, not a user annotation, or a legacy-profiler CPU event (which held its kernels'
+    time). A CPU op's self device time is its kernels' time again: adding both would count
+    every kernel twice."""
+    name = _device_type(evt)
+    if name == "CPU":
+        return bool(getattr(evt, "is_legacy", False))
+    return name in DEVICE_EVENT_TYPES and not getattr(evt, "is_user_annotation", False)
+
+
+def top_ops(prof, steps: int, on_gpu: bool, top: int,
+            wall_ms_per_step: float | None = None) -> dict:
+    """Per step: device time (kernels, memcpy, memset: each once), CPU time, and the top
+    rows: on a GPU the kernels by device time (`top`) and the CPU ops by self CPU time
+    (`top_cpu`); on a CPU the ops by self CPU time. With `wall_ms_per_step` on a GPU, the
+    GPU's busy share of the wall time (summed kernel time: above 100 % only where kernels
+    of several streams overlap)."""
     events = list(prof.key_averages())
-    total_dev = sum(_self_device_us(e) for e in events)
+    device = [e for e in events if is_device_event(e)]
+    host = [e for e in events if _device_type(e) == "CPU"]  # not the GPU-side annotations
+    total_dev = sum(_self_device_us(e) for e in device)
     total_cpu = sum(float(e.self_cpu_time_total) for e in events)
-    key = _self_device_us if on_gpu else (lambda e: float(e.self_cpu_time_total))
-    rows = []
-    for e in sorted(events, key=key, reverse=True)[:top]:
-        dev = _self_device_us(e)
-        rows.append({"name": e.key[:90], "calls_per_step": e.count / steps,
-                     "self_device_ms_per_step": dev / 1000 / steps,
-                     "self_cpu_ms_per_step": float(e.self_cpu_time_total) / 1000 / steps,
-                     "device_pct": 100 * dev / total_dev if total_dev else 0.0})
-    return {"device_ms_per_step": total_dev / 1000 / steps,
-            "cpu_ms_per_step": total_cpu / 1000 / steps, "top": rows}
+
+    def rows(evts: list, key: Callable) -> list[dict]:
+        out = []
+        for e in sorted(evts, key=key, reverse=True)[:top]:
+            dev = _self_device_us(e) if is_device_event(e) else 0.0
+            out.append({"name": e.key[:90], "calls_per_step": e.count / steps,
+                        "self_device_ms_per_step": dev / 1000 / steps,
+                        "self_cpu_ms_per_step": float(e.self_cpu_time_total) / 1000 / steps,
+                        "device_pct": 100 * dev / total_dev if total_dev else 0.0})
+        return out
+
+    def cpu_key(e) -> float:
+        return float(e.self_cpu_time_total)
+
+    rec = {"device_ms_per_step": total_dev / 1000 / steps,
+           "cpu_ms_per_step": total_cpu / 1000 / steps,
+           "top": rows(device, _self_device_us) if on_gpu else rows(host, cpu_key)}
+    if on_gpu:
+        rec["top_cpu"] = rows(host, cpu_key)
+        if wall_ms_per_step:
+            rec["gpu_busy_pct"] = 100 * rec["device_ms_per_step"] / wall_ms_per_step
+    return rec
 
 
 def profile_steps(shape: str, batch_size: int, data: MultData, device: torch.device, *,
@@ -455,10 +495,9 @@ def profile_steps(shape: str, batch_size: int, data: MultData, device: torch.dev
             _sync(device)
             with profile(activities=acts) as prof:
                 wall = timed(tr.train_epoch, device)
-            rec = top_ops(prof, steps, device.type == "cuda", top)
+            rec = top_ops(prof, steps, device.type == "cuda", top,
+                          wall_ms_per_step=wall * 1000 / steps)
             rec.update(wall_ms_per_step=wall * 1000 / steps, **trainer_path(tr))
-            if device.type == "cuda" and rec["wall_ms_per_step"] > 0:
-                rec["gpu_busy_pct"] = 100 * rec["device_ms_per_step"] / rec["wall_ms_per_step"]
             result["variants"][name] = rec
             if out_dir is not None:
                 path = Path(tmp) / f"{name}.json"
@@ -479,32 +518,37 @@ def profile_steps(shape: str, batch_size: int, data: MultData, device: torch.dev
     return result
 
 
-def profile_text(prof: dict) -> str:
-    """Markdown: per form, time per step and the top ops/kernels (device columns only
-    where the profile saw a device)."""
-    on_gpu = any("gpu_busy_pct" in rec for rec in prof["variants"].values())
+def profile_text(prof: dict, cpu_rows: int = 8) -> str:
+    """Markdown: per form, time per step; on a GPU the top kernels by device time, then
+    the top CPU ops (what launches them); on a CPU the top ops."""
     lines = [f"Profile of {prof['steps']} training steps, {prof['setting']} "
              "(torch.profiler; times per step, inflated by the profiler):", ""]
     for name, rec in prof["variants"].items():
-        where = (f"device {rec['device_ms_per_step']:.2f} ms/step, GPU busy "
-                 f"{rec['gpu_busy_pct']:.0f} % of the wall time, " if on_gpu else "")
+        on_gpu = "top_cpu" in rec
+        busy = rec.get("gpu_busy_pct")
+        where = (f"device {rec['device_ms_per_step']:.2f} ms/step (kernels, memcpy, memset), "
+                 f"GPU busy {'-' if busy is None else f'{busy:.0f}'} % of the wall time, "
+                 if on_gpu else "")
         lines += [f"**{VARIANT_LABELS.get(name, name)}** ({name}: graph "
                   f"{'replaying' if rec['graph_replaying'] else 'no'}, amp {rec['amp']}): "
                   f"wall {rec['wall_ms_per_step']:.2f} ms/step, {where}CPU "
                   f"{rec['cpu_ms_per_step']:.2f} ms/step", ""]
         if on_gpu:
-            lines += ["| op / kernel | calls/step | self device ms/step | device % | "
-                      "self CPU ms/step |", "|---|---|---|---|---|"]
-        else:
-            lines += ["| op | calls/step | self CPU ms/step |", "|---|---|---|"]
-        for r in rec["top"]:
-            name_md = r["name"].replace("|", "\\|")
-            dev = (f"{r['self_device_ms_per_step']:.3f} | {r['device_pct']:.1f} | "
-                   if on_gpu else "")
-            lines.append(f"| `{name_md}` | {r['calls_per_step']:.1f} | {dev}"
-                         f"{r['self_cpu_ms_per_step']:.3f} |")
+            lines += ["| kernel | calls/step | device ms/step | device % |", "|---|---|---|---|"]
+            lines += [f"| `{_md(r['name'])}` | {r['calls_per_step']:.1f} | "
+                      f"{r['self_device_ms_per_step']:.3f} | {r['device_pct']:.1f} |"
+                      for r in rec["top"]]
+            lines.append("")
+        cpu = rec["top_cpu"][:cpu_rows] if on_gpu else rec["top"]
+        lines += ["| CPU op | calls/step | self CPU ms/step |", "|---|---|---|"]
+        lines += [f"| `{_md(r['name'])}` | {r['calls_per_step']:.1f} | "
+                  f"{r['self_cpu_ms_per_step']:.3f} |" for r in cpu]
         lines.append("")
     return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 # --------------------------------------------------------------------------------------
