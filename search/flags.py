@@ -22,7 +22,7 @@ from ucrn.errors import OneLineParser, UsageError
 from ucrn.fileio import check_name, is_uri
 from ucrn.metrics import metric_mode
 
-EXECUTORS = ("train", "tune")
+EXECUTORS = ("auto", "train", "tune")
 SEARCH_ALGS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
 # how trials run, which a resumed search may change (a smaller machine, another cluster)
@@ -65,7 +65,9 @@ class Flags:
                                   "this many times the CPUs and GPUs above")
     trial_resources: str | None = flag(None, 'extra Ray resources per trial, e.g. \'{"gpu_node"'
                                        ': 1}\' to pin trials to a node type', metavar="JSON")
-    executor: str = flag("train", "train (Ray Train per trial) | tune (plain Tune function)")
+    executor: str = flag("auto", "auto (tune for one worker, train for DDP) | train (Ray "
+                         "Train per trial) | tune (the trial runs in its Tune process, reused "
+                         "by the next trial)")
     max_failures: int = flag(2, "retries of a failed trial, from its checkpoint")
     storage: str = flag("ray_results", "results folder or URI (s3://..., shared on clusters)")
     name: str = flag("ucrn-search", "search name: results go to STORAGE/NAME")
@@ -93,6 +95,15 @@ class Flags:
     robust_metrics: bool = flag(False, "record robust_MAE (validation MAE with each modality "
                                 "missing in turn) for every trial (implied by --metric "
                                 "robust_MAE)", action="store_true")
+
+    def __post_init__(self) -> None:
+        # auto: a one-worker trial runs in its Tune process (start-up 0.1 s in a reused one,
+        # about 5 s in a new one, against about 20 s for Ray Train's controller and worker
+        # group: docs/benchmarks.md); DDP needs Ray Train. Resolved here, so that
+        # search.json, trials.parquet and every check see the executor that runs.
+        if self.executor == "auto":
+            object.__setattr__(self, "executor",
+                               "train" if self.workers_per_trial > 1 else "tune")
 
     @property
     def extra_resources(self) -> dict[str, float]:
@@ -202,7 +213,7 @@ def check_flags(fl: Flags) -> None:
          "--gpus-per-trial", fl.gpus_per_trial, "0 or a number >= 0.01"),
         (fl.workers_per_trial >= 1, "--workers-per-trial", fl.workers_per_trial,
          "an integer >= 1"),
-        (fl.executor in EXECUTORS, "--executor", fl.executor, "train or tune"),
+        (fl.executor in EXECUTORS, "--executor", fl.executor, "auto, train or tune"),
         (fl.max_failures >= 0, "--max-failures", fl.max_failures, ">= 0"),
         (0 <= fl.seed < 2**63, "--seed", fl.seed, "an integer in 0..2**63-1"),
         (0 <= fl.robustness_repeats <= 100, "--robustness-repeats", fl.robustness_repeats,

@@ -196,13 +196,13 @@ def test_a_missing_checkpoint_is_replaced_by_a_later_one_only(tmp_path):
     assert newer_checkpoint(fs, str(tmp_path / "gone" / "checkpoint_000001")) is None
 
 
-def _train_worker_pids(address: str, env: dict) -> list[int]:
+def _actor_pids(address: str, env: dict, class_name: str) -> list[int]:
     res = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "actors",
                           "--address", f"http://{_dashboard(address, env)}", "--format", "json",
                           "--filter", "state=ALIVE", "--limit", "1000"],
                          capture_output=True, text=True, env=env, timeout=60)
     actors = json.loads(res.stdout or "[]")
-    return [int(a["pid"]) for a in actors if a.get("class_name") == "RayTrainWorker"]
+    return [int(a["pid"]) for a in actors if a.get("class_name") == class_name]
 
 
 def _dashboard(address: str, env: dict) -> str:
@@ -216,13 +216,17 @@ def _dashboard(address: str, env: dict) -> str:
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path):
+@pytest.mark.parametrize("executor, process", [("auto", "tune_trial"),
+                                               ("train", "RayTrainWorker")])
+def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, executor, process):
+    """The process that trains (the default executor: the Tune trial's own; Ray Train's
+    worker) killed mid-trial: the trial restarts from its checkpoint and ends complete."""
     proc = _start_driver(ray_head, tmp_path, "w", ray_env, "--num-samples", "1",
-                         "--max-epochs", "6")
+                         "--max-epochs", "6", "--executor", executor)
     try:
         _wait_epochs(tmp_path, "w", 2, proc)
-        pids = _train_worker_pids(ray_head, ray_env)
-        assert pids, "no RayTrainWorker found"
+        pids = _actor_pids(ray_head, ray_env, process)
+        assert pids, f"no {process} actor found"
         os.kill(pids[0], signal.SIGKILL)
         assert proc.wait(timeout=600) == 0, (tmp_path / "w.log").read_text()[-3000:]
     finally:

@@ -34,6 +34,9 @@ from ucrn.metrics import task_metrics
 from ucrn.model import UCRN
 
 GRAPH_WARMUP_STEPS = 3  # eager steps before capture: lazy state (Adam moments, cuBLAS) must exist
+# torch's CPU threads when this process started: threads=0 means these, also in a process
+# that an earlier trial (Tune's reused actors) set to another number
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 @dataclass
@@ -171,8 +174,9 @@ class Trainer:
                  graph_factory: GraphFactory | None = None, compile_backend: Any = None):
         self.cfg, self.task = cfg, data.task
         cfg.check_machine()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        # everything a trial sets in its process, set anew: a process may run trial after
+        # trial (Tune's reused actors), and none may inherit the last one's settings
+        torch.set_num_threads(cfg.threads or DEFAULT_THREADS)
         self.device = resolve_device(cfg.device)
         self.gpu_memory = GpuMemory(self.device)  # this trial's peaks from here on
         self.rank, self.world = _distributed()
@@ -185,7 +189,8 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self._reseed_rank(0)
         self.compiled = cfg.compile != "off"
-        if self.compiled:
+        if self.compiled:  # earlier trials' compiled code would count towards dynamo's
+            torch._dynamo.reset()  # recompile limit (8), past which it stops compiling
             mode = None if cfg.compile == "default" or compile_backend else cfg.compile
             self.net = torch.compile(self.net, mode=mode, backend=compile_backend or "inductor")
         self.uses_cuda_graphs = use_cuda_graphs(cfg, self.device, self.world)
