@@ -1,8 +1,5 @@
-"""The data a search or a re-training runs on: what a given --data-path means, and the
-dataset loaded once on the driver (a data problem is one usage-error line).
-
-Both run_search.py's search (search/driver.py) and its --retrain (search/retrain.py) use it.
-"""
+"""The data a search (search/driver.py) or a re-training (search/retrain.py) runs on: what a
+given --data-path means, and the dataset loaded once on the driver (a problem is one line)."""
 
 from __future__ import annotations
 
