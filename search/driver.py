@@ -22,6 +22,7 @@ from search.cluster import (
     start_ray,
     trial_settings,
 )
+from search.dataload import load_data, with_data_path
 from search.flags import (
     Flags,
     check_address,
@@ -39,8 +40,8 @@ from search.results import METRICS, ResultsStore, TrialBook
 from search.settings import TrialSettings
 from search.space import SpaceError, first_value, load_space, searched, validate_space
 from search.warm import WarmStart, warm_start
-from ucrn.config import TrainConfig, data_args
-from ucrn.data import MultData, load_dataset, resolve_dataset
+from ucrn.config import TrainConfig
+from ucrn.data import MultData
 from ucrn.errors import UsageError, run_main
 from ucrn.metrics import metric_mode
 
@@ -98,21 +99,6 @@ def base_config(fl: Flags, spec: dict[str, Any]) -> dict[str, Any]:
     except ValueError as e:
         raise UsageError(str(e)) from None
     return base
-
-
-def with_data_path(fl: Flags) -> Flags:
-    """A given --data-path is never ignored: without --dataset, the dataset is read off the
-    file names there (and said)."""
-    if fl.data_path is None:
-        return fl
-    try:
-        r = resolve_dataset(fl.dataset, fl.data_path, fl.aligned, fl.data_format)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if r.note:
-        print(r.note, flush=True)
-    return replace(fl, dataset=r.dataset, aligned=r.aligned, data_path=str(r.path),
-                   data_format=r.format)
 
 
 def plan_search(fl: Flags, store: ResultsStore, storage: str,
@@ -243,17 +229,6 @@ def _tune_state_exists(store: ResultsStore) -> bool:
                              f"{store.show('trials.parquet')}; start a new search under "
                              f"another --name") from None
     return True
-
-
-def load_data(config: dict[str, Any]) -> MultData:
-    """The dataset of a trial config, once, on the driver; a data problem is a usage
-    error (one line)."""
-    try:
-        data = load_dataset(**data_args(config))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    print(f"data: {data.summary()}", flush=True)
-    return data
 
 
 # ---- run ---------------------------------------------------------------------------------

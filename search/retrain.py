@@ -26,7 +26,7 @@ from search.cluster import (
     start_ray,
     trial_settings,
 )
-from search.driver import load_data
+from search.dataload import load_data
 from search.flags import Flags, check_address, check_flags
 from search.lock import ResultsLock
 from search.objstore import check_remote, join, ray_storage

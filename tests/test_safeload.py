@@ -548,7 +548,7 @@ def _fuzz_run(work: str, seed: int, per_base: int) -> None:
                     counts["loaded_invalid"] += 1
                     if "\n" in str(exc):
                         failures.append(f"{base_name} #{i} {what}: multi-line DataError")
-                except ValueError as exc:  # the validator's business (ucrn/data.py): reported
+                except ValueError as exc:  # the validator's business (ucrn/data/layout.py): reported
                     counts["validator_valueerror"] += 1
                     notes.append(f"{base_name} #{i} {what}: from_raw: {str(exc)[:120]}")
             except SafeLoadError as exc:
@@ -575,7 +575,7 @@ def test_fuzz_pickle_mutations(tmp_path: Path) -> None:
     """Hundreds of seeded mutations of small valid files (protocols 0, 2, 4, 4 framed, 5): each
     loads or is a one-line refusal; no crash, hang or memory blow-up (the child is capped at
     2 GB and its loop is timed). What loads goes on to from_raw, which must answer with a
-    DataError or at least a ValueError (the latter is reported, not failed: ucrn/data.py's
+    DataError or at least a ValueError (the latter is reported, not failed: ucrn/data/layout.py's
     validator is not this module's)."""
     code = ("import sys\n"
             f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
