@@ -409,6 +409,7 @@ class GpuCheck:
         self.cuda = torch.cuda.is_available()
         self.fake_gpu = ns.fake_gpu and not self.cuda
         self.unusable_gpu: str | None = None  # set by the environment step
+        self.head: RayHead | None = None  # steps 4 and 5 share one while nothing breaks
         self.mosi_b32_samples_s: float | None = None  # from the speed step, for planning
         token = self.work / "auth_token"
         token.write_text(secrets.token_hex(32))
@@ -470,6 +471,7 @@ class GpuCheck:
                 self.log(f"== {res.name}: {res.status.upper()} in {res.seconds:.1f} s"
                          + (f": {line}" if line else ""))
         finally:
+            self._stop_head()
             failed = any(r.status == "failed" for r in self.steps)
             self.exit_code = 1 if failed else 0
             self.finished = True
@@ -656,6 +658,18 @@ class GpuCheck:
         if importlib.util.find_spec("ray") is None:
             raise Skip("needs Ray, which is not installed here")
 
+    def _ray_head(self) -> RayHead:
+        """The local Ray head of steps 4 and 5, started on first use (seconds of device
+        time each start and stop)."""
+        if self.head is None:
+            self.head = RayHead(self.env, self._gpus(), self._cpus(), self.work)
+        return self.head
+
+    def _stop_head(self) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            head.stop()
+
     def _gpus(self) -> int:
         import torch
 
@@ -692,7 +706,7 @@ class GpuCheck:
         if self.fake_gpu:
             res.notes.append("--fake-gpu: a Ray head that advertises 1 GPU, trials train on "
                              "the CPU: checks the machinery, measures nothing")
-        head = RayHead(self.env, self._gpus(), self._cpus(), self.work)
+        head = self._ray_head()
         t_step = time.perf_counter()
         try:
             for i, (executor, frac) in enumerate(order):
@@ -712,10 +726,10 @@ class GpuCheck:
                 d["runs"].append(run)
                 self.log(f"  {executor} {frac:g} GPU/trial: " + _run_line(run))
                 self.write()
-            mps = self._mps(head, d, space, preset, n_train, budget - (time.perf_counter()
-                                                                        - t_step))
-        finally:
-            head.stop()
+            mps = self._mps(d, space, preset, n_train, budget - (time.perf_counter() - t_step))
+        except BaseException:
+            self._stop_head()  # the next step starts a clean one
+            raise
         d["mps"] = mps
         d["summary"] = packing_summary(d["runs"])
         best = d["summary"].get("best_per_gpu_samples_s")
@@ -731,6 +745,7 @@ class GpuCheck:
             res.notes.append("not run (budget): " + ", ".join(d["skipped"]))
         broken = [r for r in d["runs"] if r["problem"]]
         if broken:
+            self._stop_head()  # a search that broke may have left it in a bad state
             raise CheckFailed("; ".join(f"{r['executor']} {r['gpus_per_trial']:g}: "
                                         f"{r['problem']}" for r in broken))
         if not d["runs"]:
@@ -763,7 +778,7 @@ class GpuCheck:
         run["problem"] = "; ".join(problems) or None
         return run
 
-    def _mps(self, head: RayHead, d: dict[str, Any], space: Path, preset: str, n_train: int,
+    def _mps(self, d: dict[str, Any], space: Path, preset: str, n_train: int,
              left: float) -> dict[str, Any]:
         """Processes that share a GPU time-slice unless NVIDIA MPS runs their kernels
         concurrently: with the control daemon available, rerun the most packed `tune`
@@ -795,7 +810,7 @@ class GpuCheck:
         try:
             if started.returncode != 0:
                 return info
-            head.stop()  # Ray's workers must start as MPS clients: a head with MPS's env
+            self._stop_head()  # Ray's workers must start as MPS clients: a head with MPS's env
             mps_head = RayHead(env, self._gpus(), self._cpus(), self.work)
             run = self._packing_run(mps_head, "tune", base["gpus_per_trial"], base["trials"],
                                     base["epochs"], space, preset, n_train,
@@ -830,7 +845,7 @@ class GpuCheck:
         timeout = self.remaining() - 10
         if timeout < 30:
             raise Skip(f"time budget spent ({self.remaining():.0f} s left)")
-        head = RayHead(self.env, self._gpus(), self._cpus(), self.work)
+        head = self._ray_head()
         storage = self.work / "storage"
         cmd = [sys.executable, str(ROOT / "run_search.py"), "--address", head.address,
                "--storage", str(storage), "--name", "asha16", "--preset", preset,
@@ -841,7 +856,7 @@ class GpuCheck:
         try:
             ran = run_process(cmd, self.env, timeout, self.logs, "asha16")
         finally:
-            head.stop()
+            self._stop_head()
         d = res.details
         d.update({"preset": preset, "max_epochs": epochs, "executor": executor,
                   "rc": ran.rc, "wall_s": round(ran.seconds, 1)})
@@ -947,7 +962,8 @@ class GpuCheck:
         if not runs:
             return []
         lines = ["| executor | GPU/trial | MPS | trials x epochs | samples/s per GPU | sum of "
-                 "trials' rates | concurrency | with start-up | vs 1 trial | peak MiB/trial | "
+                 "trials' rates | concurrency | with start-up | vs 1 trial | MiB/trial (allocated / "
+                 "reserved / process) | "
                  "start-up s (share) | problem |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             share = r.get("startup_share")
@@ -956,7 +972,8 @@ class GpuCheck:
                 f"{r['trials']} x {r['epochs']} | **{_fmt(r.get('per_gpu_samples_s'))}** | "
                 f"{_fmt(r.get('per_gpu_samples_s_sum'))} | {_fmt(r.get('concurrency'), 2)} | "
                 f"{_fmt(r.get('per_gpu_samples_s_search'))} | "
-                f"{_fmt(r.get('speedup_vs_one'), 2)} | {_fmt(r.get('peak_gpu_mem_mb_max'))} | "
+                f"{_fmt(r.get('speedup_vs_one'), 2)} | {_fmt(r.get('peak_gpu_mem_mb_max'))} / "
+                f"{_fmt(r.get('peak_gpu_reserved_mb_max'))} / {_fmt(r.get('gpu_process_mb_max'))} | "
                 f"{_fmt(r.get('startup_s'), 1)} "
                 f"({_fmt(100 * share if share is not None else None)} %) | "
                 f"{r['problem'] or ''} |")
@@ -1133,6 +1150,9 @@ def search_metrics(uri: Path, n_train: int, wall_s: float, gpus: int) -> dict[st
         "concurrency": sum(e - s for s, e in spans) / span if ok else None,
         "peak_gpu_mem_mb": [float(x) for x in trials["peak_gpu_mem_mb"]],
         "peak_gpu_mem_mb_max": float(trials["peak_gpu_mem_mb"].max()),
+        # what packing must fit: the allocator's cache and graph pools, the CUDA context
+        **{f"{c}_max": float(trials[c].max()) for c in ("peak_gpu_reserved_mb", "gpu_process_mb")
+           if c in trials.columns},
         "trial_compute_s": [round(float(x), 2) for x in compute],
         "trial_body_overhead_s": statistics.median(
             float(w) - float(compute.get(t, 0.0))
