@@ -317,6 +317,7 @@ def sdpa_record(device: str | None, batch: int = SDPA_BATCH) -> dict[str, Any]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    t0 = time.perf_counter()
     priority = _sdpa_priority()
     checks = {"flash": getattr(torch.backends.cuda, "can_use_flash_attention", None),
               "efficient": getattr(torch.backends.cuda, "can_use_efficient_attention", None),
@@ -382,7 +383,8 @@ def sdpa_record(device: str | None, batch: int = SDPA_BATCH) -> dict[str, Any]:
             del q, k, v, params
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return {"applicable": True, "device": device, "priority": priority, "cases": rows}
+    return {"applicable": True, "device": device, "priority": priority, "cases": rows,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------------------
@@ -923,7 +925,8 @@ class GpuCheck:
         if not sdpa.get("cases"):
             return ["", f"SDPA backends: {sdpa.get('note') or sdpa.get('error')}"]
         lines = ["", f"SDPA backends (priority {', '.join(sdpa['priority'])}; batch "
-                 f"{sdpa['cases'][0]['batch']}, no attn_mask):", "",
+                 f"{sdpa['cases'][0]['batch']}, no attn_mask; recorded in "
+                 f"{sdpa.get('seconds', 0):.1f} s):", "",
                  "| case | dtype | head dim | T | picked | dispatcher | can use | runs when "
                  "forced | math B*h*T*T MiB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sdpa["cases"]:
