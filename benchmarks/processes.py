@@ -33,6 +33,42 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def tree_pids(root: int) -> list[int]:
+    """`root` and every live process descended from it (a search's driver: the Ray it
+    started, and Ray's workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))  # [1] = parent
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size of the processes together (shared pages split between the
+    processes that map them, so a sum over processes counts each page once)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+    return total
+
+
 def kill_session(sid: int, grace: float = 8.0) -> None:
     """SIGTERM the session's processes, then SIGKILL what is left after `grace` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):

@@ -24,10 +24,22 @@ epoch 1).
                whole `search.driver.main` call, Ray start (or connect) and shutdown included
 
 A trial whose Tune actor is reused (`reuse_actors`, a process that ran an earlier trial)
-starts in milliseconds: the table counts them ("reused").
+starts in milliseconds: the table counts them ("reused") and gives their median start-up
+beside that of the trials in a new process. `train` was the default executor until
+2026-12; the default (`auto`) now runs one-worker trials as `tune`.
+
+Memory: the proportional set size (PSS) of this process and every process descended from
+it (the Ray it started, Ray's workers), sampled every 0.5 s; the peak, and the peak over
+the concurrent trials. With `--address` the head's processes are not this search's and
+only the driver is counted (the table says so).
+
+`--default-search` also runs the default search (`python run_search.py`: 20 trials of the
+default space, ASHA, 4 epochs) once per executor in the same call, and prints its wall
+times and their ratio.
 
     python -m benchmarks.search_overhead                     # 6 trials x 2 epochs, each executor
     python -m benchmarks.search_overhead --small             # 2 trials x 1 epoch (CI)
+    python -m benchmarks.search_overhead --default-search --json out.json
     python -m benchmarks.search_overhead --executor tune --address 127.0.0.1:6379 --json out.json
 """
 
@@ -57,6 +69,7 @@ if __package__ in (None, ""):  # `python benchmarks/search_overhead.py` from a c
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 EXECUTORS = ("train", "tune")
+LABELS = {"train": "train (old default)", "tune": "tune (default)"}
 # every trial the same small model; `lr` is "searched" over one value (a space needs one)
 SPACE = """\
 lr: {choice: [0.001]}
@@ -118,9 +131,45 @@ class Run:
     startup_s: list[float]
     parts_median_s: dict[str, float]
     overhead: float
-    reused: int  # trials that ran in an earlier trial's process (Tune's reuse_actors)
+    reused: int  # trials that ran in an earlier trial's process (Tune's reused actors)
     fresh_startup_median_s: float  # median start-up of the trials in a new process
+    reused_startup_median_s: float  # and of those in a reused process (NaN: none)
+    pss_peak_gib: float  # the search's processes together, at the peak
+    pss_processes: int  # how many processes that peak counted
+    pss_scope: str  # "driver and the Ray it started", or "driver only" (--address)
     timings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def pss_per_trial_gib(self) -> float:
+        return self.pss_peak_gib / self.slots
+
+
+class PssSampler:
+    """Samples the PSS of this process and its descendants every `every` seconds in a
+    thread; `peak` is the largest total seen, with its process count."""
+
+    def __init__(self, every: float = 0.5):
+        self.every, self.peak, self.processes = every, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from benchmarks.processes import pss_bytes, tree_pids
+
+        while not self._stop.is_set():
+            pids = tree_pids(os.getpid())
+            total = pss_bytes(pids)
+            if total > self.peak:
+                self.peak, self.processes = total, len(pids)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -208,7 +257,7 @@ def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
     # the driver stops the search cleanly on SIGTERM (and exits 130): a hung search ends
     watchdog = threading.Timer(ns.timeout, os.kill, (os.getpid(), signal.SIGTERM))
     watchdog.daemon = True
-    with instrumented(log, loop), contextlib.redirect_stdout(out):
+    with instrumented(log, loop), contextlib.redirect_stdout(out), PssSampler() as pss:
         t0 = time.time()
         watchdog.start()
         try:
@@ -232,10 +281,11 @@ def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
     slots = min(ns.max_concurrent, ns.trials)
     seen: set[int] = set()
     fresh: list[float] = []  # start-up of trials in a new process
+    reused: list[float] = []  # and in a process an earlier trial used
     for t in sorted(log.values(), key=lambda t: t.requested or math.inf):
         p = t.parts()
-        if p is not None and t.pid not in seen:
-            fresh.append(p["startup"])
+        if p is not None:
+            (fresh if t.pid not in seen else reused).append(p["startup"])
         if t.pid is not None:
             seen.add(t.pid)
     return Run(
@@ -243,23 +293,68 @@ def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
         loop_s=loop.get("end", math.nan) - loop.get("start", math.nan), compute_s=compute,
         epochs_run=len(epochs), startup_s=[p["startup"] for p in parts],
         parts_median_s={k: statistics.median(p[k] for p in parts) for k in parts[0]},
-        overhead=1 - compute / (wall * slots), reused=len(parts) - len(fresh),
+        overhead=1 - compute / (wall * slots), reused=len(reused),
         fresh_startup_median_s=statistics.median(fresh) if fresh else math.nan,
+        reused_startup_median_s=statistics.median(reused) if reused else math.nan,
+        pss_peak_gib=pss.peak / 2**30, pss_processes=pss.processes,
+        pss_scope="driver only (--address)" if ns.address else "driver and the Ray it started",
         timings=[{**asdict(t), **(t.parts() or {})} for t in log.values()])
+
+
+def default_search(executor: str, ns: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """`python run_search.py` as it comes (20 trials, default space, ASHA, 4 epochs) with
+    `--executor executor`: wall time, trials by status, PSS peak."""
+    import pandas as pd
+
+    import search.driver as drv
+
+    name = f"default-{executor}"
+    argv = ["--executor", executor, "--storage", str(work / "storage"), "--name", name]
+    if ns.address:
+        argv += ["--address", ns.address]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), PssSampler() as pss:
+        t0 = time.time()
+        try:
+            rc = drv.main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        wall = time.time() - t0
+    if rc != 0:
+        raise RuntimeError(f"the default search with --executor {executor} exited {rc}:\n"
+                           + out.getvalue()[-3000:])
+    trials = pd.read_parquet(work / "storage" / name / "trials.parquet")
+    return {"executor": executor, "wall_s": wall, "trials": len(trials),
+            "statuses": {str(k): int(v) for k, v in trials["status"].value_counts().items()},
+            "epochs_run": int(trials["epochs_run"].sum()), "pss_peak_gib": pss.peak / 2**30}
+
+
+def default_table(runs: list[dict[str, Any]]) -> str:
+    lines = ["default search (python run_search.py):"]
+    for r in runs:
+        lines.append(f"  {LABELS.get(r['executor'], r['executor']):<20} wall {r['wall_s']:6.1f} s, "
+                     f"{r['trials']} trials {r['statuses']}, {r['epochs_run']} epochs, "
+                     f"PSS peak {r['pss_peak_gib']:.2f} GiB")
+    by = {r["executor"]: r for r in runs}
+    if "train" in by and "tune" in by:
+        lines.append(f"  old default / new default: wall {by['train']['wall_s'] / by['tune']['wall_s']:.2f}x")
+    return "\n".join(lines)
 
 
 def table(runs: list[Run]) -> str:
     """The result table and, with both executors, the train/tune ratios."""
     head = ("executor", "trials", "reused", "slots", "wall s", "loop s", "start-up s median", "max",
-            "new process", "actor", "ray", "body", "compute s", "overhead")
+            "new process", "reused process", "actor", "ray", "body", "compute s", "PSS GiB",
+            "per trial", "overhead")
     rows = [head]
     for r in runs:
         m = r.parts_median_s
         rows.append((r.executor, str(r.trials), str(r.reused), str(r.slots), f"{r.wall_s:.1f}", f"{r.loop_s:.1f}",
                      f"{statistics.median(r.startup_s):.2f}", f"{max(r.startup_s):.2f}",
-                     f"{r.fresh_startup_median_s:.2f}",
+                     f"{r.fresh_startup_median_s:.2f}", f"{r.reused_startup_median_s:.2f}",
                      f"{m['actor']:.2f}", f"{m['ray']:.2f}", f"{m['body']:.2f}",
-                     f"{r.compute_s:.2f}", f"{100 * r.overhead:.1f}%"))
+                     f"{r.compute_s:.2f}", f"{r.pss_peak_gib:.2f}", f"{r.pss_per_trial_gib:.2f}",
+                     f"{100 * r.overhead:.1f}%"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(row, widths))) for row in rows]
@@ -268,8 +363,10 @@ def table(runs: list[Run]) -> str:
     if "train" in by and "tune" in by:
         rt = ratios(by["train"], by["tune"])
         lines.append("train/tune: " + ", ".join(f"{k} {v:.2f}x" for k, v in rt.items()))
-    lines.append("(reused: trials run in an earlier trial's process; new process: median start-up "
-                 "of the others; actor, ray, body: medians of the start-up's parts; see --help)")
+    lines.append("(" + ", ".join(f"{k}: {v}" for k, v in LABELS.items()) + "; reused: trials "
+                 "run in an earlier trial's process; new/reused process: median start-up of "
+                 "each kind; actor, ray, body: medians of the start-up's parts; PSS: peak of "
+                 f"{runs[0].pss_scope}, and over the concurrent trials; see --help)")
     return "\n".join(lines)
 
 
@@ -311,6 +408,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900,
                    help="seconds before a search is stopped as hung (default 900)")
     p.add_argument("--json", metavar="OUT", help="write environment, definitions and runs as JSON")
+    p.add_argument("--default-search", action="store_true",
+                   help="also run the default search (20 trials) once per executor and print "
+                        "the wall times' ratio (minutes: the old default takes about 3)")
     ns = p.parse_args(argv)
     ns.trials = ns.trials if ns.trials is not None else (2 if ns.small else 6)
     ns.epochs = ns.epochs if ns.epochs is not None else (1 if ns.small else 2)
@@ -330,10 +430,15 @@ def main(argv: list[str] | None = None) -> int:
           " (other work on the machine inflates every number)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="search-overhead-"))
     runs: list[Run] = []
+    defaults: list[dict[str, Any]] = []
     try:
         for ex in executors:
             print(f"running --executor {ex} ...", flush=True)
             runs.append(run_one(ex, ns, work / ex))
+        if ns.default_search:
+            for ex in executors:
+                print(f"running the default search with --executor {ex} ...", flush=True)
+                defaults.append(default_search(ex, ns, work / f"default-{ex}"))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -341,14 +446,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     env["load_avg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
     print(table(runs))
+    if defaults:
+        print(default_table(defaults))
     if ns.json:
         by = {r.executor: r for r in runs}
         doc = {"environment": env, "settings": {k: v for k, v in vars(ns).items() if k != "json"},
                "command": "python -m benchmarks.search_overhead " + " ".join(
                    argv if argv is not None else sys.argv[1:]),
-               "space": SPACE, "definitions": DEFINITIONS, "runs": [asdict(r) for r in runs],
+               "space": SPACE, "definitions": DEFINITIONS, "runs": [{**asdict(r), "pss_per_trial_gib": r.pss_per_trial_gib} for r in runs],
                "ratios_train_over_tune": ratios(by["train"], by["tune"])
-               if len(by) == 2 else None}
+               if len(by) == 2 else None,
+               "default_search": defaults}
         Path(ns.json).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {ns.json}")
     return 0

@@ -202,7 +202,9 @@ def _actor_pids(address: str, env: dict, class_name: str) -> list[int]:
                           "--filter", "state=ALIVE", "--limit", "1000"],
                          capture_output=True, text=True, env=env, timeout=60)
     actors = json.loads(res.stdout or "[]")
-    return [int(a["pid"]) for a in actors if a.get("class_name") == class_name]
+    pids = [int(a["pid"]) for a in actors if a.get("class_name") == class_name]
+    assert pids, f"no {class_name} actor among {sorted({a.get('class_name') for a in actors})}"
+    return pids
 
 
 def _dashboard(address: str, env: dict) -> str:
@@ -216,17 +218,17 @@ def _dashboard(address: str, env: dict) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor, process", [("auto", "tune_trial"),
+@pytest.mark.parametrize("executor, process", [("auto", "with_resources.<locals>.ResourceTrainable"),
                                                ("train", "RayTrainWorker")])
 def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, executor, process):
     """The process that trains (the default executor: the Tune trial's own; Ray Train's
-    worker) killed mid-trial: the trial restarts from its checkpoint and ends complete."""
+    worker) killed mid-trial: the trial restarts from its checkpoint and ends complete.
+    (Tune names the trial actor after its resource wrapper, ResourceTrainable.)"""
     proc = _start_driver(ray_head, tmp_path, "w", ray_env, "--num-samples", "1",
                          "--max-epochs", "6", "--executor", executor)
     try:
         _wait_epochs(tmp_path, "w", 2, proc)
         pids = _actor_pids(ray_head, ray_env, process)
-        assert pids, f"no {process} actor found"
         os.kill(pids[0], signal.SIGKILL)
         assert proc.wait(timeout=600) == 0, (tmp_path / "w.log").read_text()[-3000:]
     finally:
