@@ -35,6 +35,7 @@ lent machine returns eight. Exit code 0 when every step that ran passed, 1 other
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import importlib.metadata
@@ -190,6 +191,26 @@ def run_process(cmd: list[str], env: dict[str, str], timeout: float, log: Path,
 # --------------------------------------------------------------------------------------
 
 
+def run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """`cmd`'s output as text (undecodable bytes replaced), in bounded time: it runs in its
+    own process group, killed whole at `timeout` (subprocess.run would kill only `cmd`,
+    leaving what it started running), then TimeoutExpired."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(errors="replace"),
+                                       err.decode(errors="replace"))
+
+
 def nvidia_smi(timeout: float = 15.0) -> dict[str, Any]:
     """What the driver says, independently of torch: the GPUs `nvidia-smi -L` lists, the
     `--query-gpu` line and the driver version; `error` when nvidia-smi is there but fails."""
@@ -198,11 +219,10 @@ def nvidia_smi(timeout: float = 15.0) -> dict[str, Any]:
     if info["path"] is None:
         return info
     try:
-        listed = subprocess.run([info["path"], "-L"], capture_output=True, text=True,
-                                timeout=timeout)
-        query = subprocess.run(
+        listed = run_bounded([info["path"], "-L"], timeout)
+        query = run_bounded(
             [info["path"], "--query-gpu=name,memory.total,driver_version,compute_mode",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=timeout)
+             "--format=csv,noheader"], timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         info["error"] = f"{type(e).__name__}: {e}"[:300]
         return info
@@ -584,8 +604,9 @@ class GpuCheck:
         timeout = self._cap(200 if self.cuda else 150, keep=120 if self.cuda else 20)
         self.log(f"$ {' '.join(cmd)}  (timeout {timeout:.0f} s)")
         ran = run_process(cmd, self.env, timeout, self.logs, "pytest -m gpu")
-        tests = (mark_xpasses(parse_junit(xml), ran.text) if xml.exists()
-                 else parse_progress(ran.text))
+        # the junit XML; pytest's progress lines where it is missing or cut off
+        tests = (mark_xpasses(parse_junit(xml), ran.text) if xml.exists() else []) or \
+            parse_progress(ran.text)
         outcomes = [t["outcome"] for t in tests]
         res.details.update({"pytest_rc": ran.rc, "tests": tests,
                             "counts": {o: outcomes.count(o) for o in sorted(set(outcomes))}})
@@ -1033,7 +1054,11 @@ def parse_junit(path: Path) -> list[dict[str, Any]]:
     """pytest's junit XML -> one dict per test: name, outcome (passed, failed, error,
     skipped, xfailed), seconds, message, system_out."""
     tests = []
-    for case in ET.parse(path).getroot().iter("testcase"):
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError:  # pytest killed while writing it: the caller's progress lines
+        return []
+    for case in root.iter("testcase"):
         outcome, message = "passed", ""
         for child in case:
             if child.tag in ("failure", "error"):
@@ -1230,12 +1255,19 @@ def check_complete(uri: Path, n_trials: int, max_epochs: int, d: dict[str, Any],
 # --------------------------------------------------------------------------------------
 
 
+def _out_folder(text: str) -> Path:
+    if not text.strip():  # Path("") is ".": the results would land in the current folder
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a folder for the results")
+    return Path(text)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m benchmarks.gpu_check",
                       description=__doc__.splitlines()[0],
                       formatter_class=argparse.RawDescriptionHelpFormatter,
                       epilog=__doc__.split("\n", 1)[1])
-    p.add_argument("--out", type=Path, required=True, help="folder for the results (created)")
+    p.add_argument("--out", type=_out_folder, required=True,
+                   help="folder for the results (created)")
     p.add_argument("--quick", action="store_true",
                    help="fewer settings and epochs: batch 32 only, packing at 1 and 1/4 GPU")
     p.add_argument("--budget-s", type=float, default=None,
@@ -1280,8 +1312,14 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     ns = parse_args(argv)
 
+    interrupted = []
+
     def on_term(signum: int, frame: Any) -> None:
-        raise Interrupted()
+        # once: a second SIGTERM while the first one's cleanup runs (stopping the search's
+        # processes and the Ray head, writing the results) would cut that cleanup short
+        if not interrupted:
+            interrupted.append(signum)
+            raise Interrupted()
 
     signal.signal(signal.SIGTERM, on_term)
     check = GpuCheck(ns)

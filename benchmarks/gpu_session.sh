@@ -119,6 +119,21 @@ PY="${GPU_SESSION_PYTHON:-python3}"
 WHEELS="${GPU_SESSION_WHEELS:-.whl}"
 SITE="${GPU_SESSION_SITE:-${TMPDIR:-/tmp}/ucrn-site}"
 DRY="${GPU_SESSION_DRY_RUN:-}"
+# checked before any arithmetic: bash evaluates a non-number there as an expression, which
+# runs the command substitutions in a subscript (GPU_SESSION_LIMIT_S='x[$(cmd)]') and
+# prints the value of a variable it names in its error line
+for var in GPU_SESSION_LIMIT_S GPU_SESSION_SLACK_S; do
+    val="${!var:-}"
+    if [[ -n "$val" && ! "$val" =~ ^[0-9]{1,6}$ ]]; then
+        echo "gpu_session: $var=${val:0:40}: expected a whole number of seconds (0 to 999999)" >&2
+        exit 2
+    fi
+done
+case "$DRY" in
+    "" | plan | install) ;;
+    *)  echo "gpu_session: GPU_SESSION_DRY_RUN=${DRY:0:40}: expected plan, install or unset" >&2
+        exit 2 ;;
+esac
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
     PIP_ROOT_USER_ACTION=ignore
 shopt -s nullglob
@@ -150,7 +165,10 @@ if [[ "$DRY" == "plan" ]]; then
     plan
     exit 0
 fi
-mkdir -p "$OUTROOT/gpu"
+if ! mkdir -p "$OUTROOT/gpu" 2>/dev/null || ! [[ -w "$OUTROOT/gpu" ]]; then
+    echo "gpu_session: OUT=$OUTROOT: cannot write the results folder $OUTROOT/gpu" >&2
+    exit 1
+fi
 exec > >(tee -a "$OUTROOT/gpu_session.log") 2>&1
 say "start: $(uname -m), $(nproc) CPUs"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -161,8 +179,14 @@ if ((${#wheels[@]})); then
     t0=$(date +%s%3N)
     if [[ -f "$SITE/.ucrn-wheels" && "$(cat "$SITE/.ucrn-wheels")" == "$stamp" ]]; then
         say "the same wheels are already installed in $SITE (a warm machine)"
+    elif [[ -d "$SITE" && ! -f "$SITE/.ucrn-site" && -n "$(ls -A "$SITE" 2>/dev/null)" ]]; then
+        # emptied before each install: never a folder this script did not make
+        say "GPU_SESSION_SITE=$SITE holds files this script did not put there; refusing to" \
+            "empty it: name a new folder"
+        exit 1
     else
         rm -rf "$SITE"
+        mkdir -p "$SITE" && : >"$SITE/.ucrn-site"
         if "${INSTALL[@]}" "${wheels[@]}"; then
             echo "$stamp" >"$SITE/.ucrn-wheels"
             say "installed ${#wheels[@]} wheels in $(awk -v t="$t0" -v n="$(date +%s%3N)" \

@@ -110,16 +110,19 @@ class RayHead:
              f"--dashboard-port={_free_port()}"],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env,
             start_new_session=True)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if "Ray runtime started" in self.log.read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        tail = self.log.read_text(errors="replace")[-1500:]
-        self.stop()
-        raise RuntimeError(f"the Ray head did not start: {tail.strip().splitlines()[-1:]}")
+        try:  # a head that does not start, or whose start is interrupted (SIGTERM), is stopped
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if "Ray runtime started" in self.log.read_text(errors="replace"):
+                    return
+                time.sleep(0.5)
+            tail = self.log.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"the Ray head did not start: {tail.strip().splitlines()[-1:]}")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         kill_session(self.proc.pid)

@@ -29,6 +29,7 @@ import ctypes
 import datetime as dt
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -621,7 +622,7 @@ def table(rows: list[Row], mem_method: str) -> str:
         f"training epoch of the real split ({', '.join(f'{k} {v[1]}' for k, v in SHAPES.items())}) "
         "at our speed.",
         f"step mem: peak during our first epochs above memory at their start ({mem_method}); "
-        "the device-resident data is not included.",
+        "the data, held in host memory, is not included.",
     ]
     return "\n".join(lines + [""] + notes)
 
@@ -673,6 +674,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.variants = names
     if min(args.steps, args.windows, args.n_valid, args.threads) < 0 or args.profile_steps < 1:
         p.error("--steps, --windows, --n-valid and --threads must be >= 0, --profile-steps >= 1")
+    if not (math.isfinite(args.budget_s) and args.budget_s >= 0):  # nan: never reached
+        p.error(f"--budget-s {args.budget_s}: expected a number of seconds >= 0 (0 = no limit)")
     for kv in args.set:
         if "=" not in kv:
             p.error(f"--set {kv}: expected KEY=VALUE, e.g. --set cuda_graphs=off")

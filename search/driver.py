@@ -7,6 +7,7 @@ exit code 2, nothing written) and holds the results folder's lock for the whole 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -115,7 +116,7 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
                              f"object with 'flags')")
         fl = fl.resumed_from(saved["flags"], store.show("search.json"),
                              given - {"resume", "address", "storage", "name"})
-        check_flags(fl)
+        _check_resumed_flags(fl, given, store)
         saved_space = saved.get("space")  # the space it ran with, not the file as it is now
         if not isinstance(saved_space, dict) or not saved_space:
             raise UsageError(f"--resume: {store.show('search.json')} is damaged ('space' is "
@@ -123,6 +124,7 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
         restore = _tune_state_exists(store)
         if restore:
             check_trusted(store)
+            _same_executor(fl, saved["flags"], store)
         saved_data = saved.get("data")
     elif store.exists("search.json"):
         raise UsageError(f"--name {fl.name}: a search already exists at {store.uri}; "
@@ -153,6 +155,20 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
     return SearchPlan(flags=fl, storage=storage, store=store, space=spec,
                       mode=metric_mode(fl.metric), settings=settings, restore=restore,
                       saved_data_id=saved_data)
+
+
+def _check_resumed_flags(fl: Flags, given: set[str], store: ResultsStore) -> None:
+    """check_flags on a resumed search's flags: a failing value this command line did not
+    give came from search.json, and the line says so (not a flag the user never typed)."""
+    try:
+        check_flags(fl)
+    except UsageError as e:
+        named = str(e).split(" ", 1)[0].split("=", 1)[0]
+        key = named.removeprefix("--").replace("-", "_")
+        if named.startswith("--") and key in Flags.__dataclass_fields__ and key not in given:
+            raise UsageError(f"{store.show('search.json')}: the saved flags fail a check "
+                             f"({e}); was the file edited?") from None
+        raise
 
 
 def _same_data(plan: SearchPlan, data: MultData) -> None:
@@ -229,6 +245,38 @@ def _tune_state_exists(store: ResultsStore) -> bool:
                              f"{store.show('trials.parquet')}; start a new search under "
                              f"another --name") from None
     return True
+
+
+# the trainable each executor's trials run as (search/cluster.py make_trainable)
+TRAINABLE_EXECUTOR = {"train_trial": "train", "tune_trial": "tune"}
+
+
+def _same_executor(fl: Flags, saved_flags: dict[str, Any], store: ResultsStore) -> None:
+    """Tune restores only the trainable its state was made with: an executor in search.json
+    other than the state's (an edited file, "auto" resolving otherwise, a missing key) is
+    one line naming both, not Tune's error about trainables."""
+    states = sorted(n for n in store.list() if n.startswith("experiment_state-")
+                    and n.endswith(".json"))
+    if not states:
+        return
+    state = store.read_json(states[-1], missing_ok=False)
+    ran: set[str] = set()
+    for entry in state.get("trial_data", []) if isinstance(state, dict) else []:
+        try:
+            name = json.loads(entry[0]).get("trainable_name")
+        except (TypeError, IndexError, KeyError, AttributeError, ValueError):
+            continue
+        if name in TRAINABLE_EXECUTOR:
+            ran.add(TRAINABLE_EXECUTOR[name])
+    if len(ran) == 1 and fl.executor not in ran:
+        (was,) = ran
+        written = (f"is {saved_flags['executor']!r}" if "executor" in saved_flags
+                   else "is missing")
+        raise UsageError(f"--resume: {store.show('search.json')} flags.executor {written} "
+                         f"(runs as {fl.executor}) but Tune's saved state "
+                         f"{store.show(states[-1])} ran its trials with executor {was}; a "
+                         f"search resumes only with its own executor: set flags.executor "
+                         f"to {was!r} there")
 
 
 # ---- run ---------------------------------------------------------------------------------

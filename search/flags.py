@@ -25,6 +25,10 @@ from ucrn.metrics import metric_mode
 EXECUTORS = ("auto", "train", "tune")
 SEARCH_ALGS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
+# values a saved search.json may hold (a search records the executor it resolved to; an
+# older or hand-edited "auto" resolves as on the command line)
+SAVED_CHOICES = {"executor": EXECUTORS, "search_alg": SEARCH_ALGS, "scheduler": SCHEDULERS,
+                 "data_format": FORMATS, "target": TARGETS}
 # how trials run, which a resumed search may change (a smaller machine, another cluster)
 RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures",
                      "trial_resources")
@@ -101,9 +105,11 @@ class Flags:
         # about 5 s in a new one, against about 20 s for Ray Train's controller and worker
         # group: docs/benchmarks.md); DDP needs Ray Train. Resolved here, so that
         # search.json, trials.parquet and every check see the executor that runs.
+        # What was asked is kept beside it (not a field: never saved), so that a refusal
+        # names the value the user typed.
+        object.__setattr__(self, "_asked_executor", self.executor)
         if self.executor == "auto":
-            object.__setattr__(self, "executor",
-                               "train" if self.workers_per_trial > 1 else "tune")
+            object.__setattr__(self, "executor", auto_executor(self.workers_per_trial))
 
     @property
     def extra_resources(self) -> dict[str, float]:
@@ -126,15 +132,31 @@ class Flags:
                                            "robustness_repeats", "warm_start"):
                 continue  # older or newer searches may carry other keys
             kept[key] = _typed(known[key], value, f"{where}: flags.{key}")
+            choices = SAVED_CHOICES.get(key)
+            if choices is not None and kept[key] not in choices:
+                raise UsageError(f"{where}: flags.{key}={kept[key]!r}: expected one of "
+                                 f"{', '.join(map(repr, choices))}; the file was edited or "
+                                 f"is damaged")
         for key in given & set(kept):
+            mine, shown = getattr(self, key), getattr(self, key)
+            if key == "executor" and self._asked_executor == "auto":
+                # auto as the resumed search's own workers make it, not this command line's
+                workers = kept.get("workers_per_trial", self.workers_per_trial)
+                mine = auto_executor(workers)
+                shown = f"auto ({mine} for {workers} worker(s) per trial)"
             if key in RESUME_MAY_CHANGE:
                 kept.pop(key)
-            elif kept[key] != getattr(self, key):
-                raise UsageError(f"--{key.replace('_', '-')} {getattr(self, key)}: a resumed "
+            elif kept[key] != mine:
+                raise UsageError(f"--{key.replace('_', '-')} {shown}: a resumed "
                                  f"search keeps its own ({kept[key]}); only "
                                  f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)}"
                                  f" may change on --resume")
         return replace(self, **kept)
+
+
+def auto_executor(workers_per_trial: int) -> str:
+    """What `--executor auto` runs: Ray Train for DDP, the trial's own Tune process else."""
+    return "train" if workers_per_trial > 1 else "tune"
 
 
 def _typed(f, value: Any, where: str) -> Any:
@@ -232,7 +254,8 @@ def check_flags(fl: Flags) -> None:
     ]
     for ok, name, value, expected in rules:
         if not ok:
-            raise UsageError(f"{name} {value}: expected {expected}")
+            shown = "''" if value == "" else value  # an empty value, visibly
+            raise UsageError(f"{name} {shown}: expected {expected}")
     try:
         check_name(fl.name, "--name")
     except ValueError as e:
@@ -241,7 +264,10 @@ def check_flags(fl: Flags) -> None:
     if fl.executor == "tune" and fl.workers_per_trial > 1:
         raise UsageError("--workers-per-trial > 1 needs --executor train (DDP runs on Ray Train)")
     if fl.executor == "train" and fl.cpus_per_trial <= 0.1:
-        raise UsageError(f"--cpus-per-trial {fl.cpus_per_trial}: --executor train needs > 0.1 "
+        why = ("--executor train" if getattr(fl, "_asked_executor", "train") == "train" else
+               f"--workers-per-trial {fl.workers_per_trial} (DDP, which --executor auto runs "
+               f"on Ray Train)")
+        raise UsageError(f"--cpus-per-trial {fl.cpus_per_trial}: {why} needs > 0.1 "
                          "(0.1 CPU is kept for the trial's driver)")
     if fl.workers_per_trial > 1 and 0 < fl.gpus_per_trial < 1:
         raise UsageError(f"--workers-per-trial {fl.workers_per_trial} with --gpus-per-trial "

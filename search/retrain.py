@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 # The same building blocks as search/driver.py (both runs are plan -> run -> summarise on
@@ -60,9 +60,7 @@ class RetrainPlan:
 
 
 def run_retrain(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
-    if fl.workers_per_trial > 1:  # DDP runs on Ray Train
-        fl = replace(fl, executor="train")
-    check_flags(fl)
+    check_flags(fl)  # --executor auto is already resolved: train for DDP (Flags)
     if is_uri(fl.retrain):
         check_remote(fl.retrain, "--retrain")
     store = ResultsStore(fl.retrain)

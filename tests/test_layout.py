@@ -32,19 +32,62 @@ def _is_package(path: Path) -> bool:
     return path.name == "__init__.py"
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """`TYPE_CHECKING` or `typing.TYPE_CHECKING` (an `if` whose body never runs)."""
+    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _nodes(tree: ast.AST):
+    """Every node, at any depth, except the bodies of `if TYPE_CHECKING:` (imports there
+    never run: they are the usual way to name a type without importing its module, and can
+    close no cycle); their `else:` runs, and is walked."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _dynamic_import(node: ast.AST) -> str | None:
+    """The module of `importlib.import_module("a.b")`, `import_module("a.b")` or
+    `__import__("a.b")` when it is a literal string (an absolute name)."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    fn = node.func
+    name = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+    arg = node.args[0]
+    if name in ("import_module", "__import__") and isinstance(arg, ast.Constant) \
+            and isinstance(arg.value, str) and not arg.value.startswith("."):
+        return arg.value
+    return None
+
+
+def _ancestors(name: str) -> list[str]:
+    """a.b.c -> [a, a.b]"""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int]]:
-    """(project module, line) for every import in the file, at any depth.
+    """(project module, line) for every import in the file, at any depth (inside functions
+    too; not under `if TYPE_CHECKING:`), and for literal `importlib.import_module("a.b")`.
 
     ``import a.b`` and ``from a.b import x`` import the module a.b (and ``from a import b``
     the module a.b too, when b is a module); ``from a import x`` imports the package a,
-    i.e. runs its ``__init__``. The parent packages that Python runs first are not
-    counted: a package's ``__init__`` re-exporting its submodules is not a cycle unless a
-    submodule imports the package back.
+    i.e. runs its ``__init__``. Importing a.b.c also runs the ``__init__`` of a and a.b
+    first, so those count too, except the importer's own parent packages: they were
+    initialised before it ran (a package's ``__init__`` re-exporting its submodules is not
+    a cycle unless a submodule imports the package back).
     """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = name if _is_package(path) else name.rpartition(".")[0]
+    own = {name, *_ancestors(name)}
     out: list[tuple[str, int]] = []
-    for node in ast.walk(tree):
+    for node in _nodes(tree):
         if isinstance(node, ast.Import):
             out += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -56,7 +99,11 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str,
                 source = node.module or ""
             out.append((source, node.lineno))
             out += [(f"{source}.{alias.name}", node.lineno) for alias in node.names]
-    return [(target, line) for target, line in out if target in modules]
+        elif (dynamic := _dynamic_import(node)) is not None:
+            out.append((dynamic, node.lineno))
+    out += [(parent, line) for target, line in list(out) for parent in _ancestors(target)
+            if parent not in own]
+    return sorted({(t, ln) for t, ln in out if t in modules}, key=lambda x: (x[1], x[0]))
 
 
 def _graph() -> tuple[dict[str, dict[str, int]], dict[str, Path]]:

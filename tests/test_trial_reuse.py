@@ -89,3 +89,17 @@ def test_compiled_trials_keep_compiling_in_a_reused_process():
             compiled_per_trial.append(len(graphs))
     torch._dynamo.reset()
     assert all(n >= 1 for n in compiled_per_trial), compiled_per_trial
+
+
+def test_a_changed_default_dtype_does_not_reach_the_trial():
+    """A process whose default dtype an earlier trial (or a library) set to float64 built
+    float64 parameters against float32 data: the step failed with torch's own error."""
+    data = load_dataset("synthetic", None, preset="tiny", seed=0)
+    torch.set_default_dtype(torch.float64)
+    try:
+        tr = Trainer(TrainConfig(device="cpu", threads=1, d_model=8, heads=2, layers=1,
+                                 batch_size=32), data)
+        tr._train_step(torch.arange(32))
+        assert {p.dtype for p in tr.model.parameters()} == {torch.float32}
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -148,12 +148,23 @@ def rank_seed(seed: int, rank: int, epoch: int) -> int:
 def own_cuda_rng(saved: Any, index: int) -> Tensor | None:
     """The CUDA generator state for device `index` from a checkpoint: one state (this
     version saves only the trainer's own device), or a list with one per visible GPU
-    (earlier versions), which may hold fewer GPUs than this machine sees."""
-    if isinstance(saved, Tensor):
-        return saved if saved.numel() else None
-    if isinstance(saved, (list, tuple)) and len(saved) > index:
-        return saved[index]
-    return None
+    (earlier versions), which may hold fewer GPUs than this machine sees; None when it
+    holds none (no key, or a run on the CPU). Anything else is one ValueError line: a
+    resume that silently drew other random numbers would not be exact."""
+    def state(x: Any) -> Tensor:
+        if isinstance(x, Tensor) and x.dtype == torch.uint8 and x.dim() == 1:
+            return x
+        what = (f"a {x.dim()}-D {str(x.dtype).replace('torch.', '')} tensor"
+                if isinstance(x, Tensor) else f"a {type(x).__name__}")
+        raise ValueError(f"checkpoint key 'cuda_rng': {what}; expected a CUDA generator state "
+                         f"(a 1-D uint8 tensor) or a list of them, one per GPU")
+
+    if saved is None:
+        return None
+    if isinstance(saved, (list, tuple)):
+        states = [state(x) for x in saved]
+        return states[index] if len(states) > index else None
+    return state(saved) if not isinstance(saved, Tensor) or saved.numel() else None
 
 
 # makes the step graph: (step, optimizer) -> object with replay(); CudaStepGraph on a GPU
@@ -177,6 +188,7 @@ class Trainer:
         # everything a trial sets in its process, set anew: a process may run trial after
         # trial (Tune's reused actors), and none may inherit the last one's settings
         torch.set_num_threads(cfg.threads or DEFAULT_THREADS)
+        torch.set_default_dtype(torch.float32)  # the data is float32; parameters follow
         self.device = resolve_device(cfg.device)
         self.gpu_memory = GpuMemory(self.device)  # this trial's peaks from here on
         self.rank, self.world = _distributed()
@@ -189,6 +201,7 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self._reseed_rank(0)
         self.compiled = cfg.compile != "off"
+        self._eager_net = self.net  # a compiled trial's one-row batches (see _step)
         if self.compiled:  # earlier trials' compiled code would count towards dynamo's
             torch._dynamo.reset()  # recompile limit (8), past which it stops compiling
             mode = None if cfg.compile == "default" or compile_backend else cfg.compile
@@ -282,16 +295,22 @@ class Trainer:
     def _step(self, inputs: Inputs, labels: Tensor) -> None:
         """One optimisation step on a batch already on the device. No host sync and nothing
         that depends on tensor values on the host, so the same code can be captured as a
-        graph (tests/test_train.py scans it for syncs)."""
+        graph (tests/test_gpu_path.py scans it for syncs)."""
         cfg = self.cfg
         if self._augment is not None:  # modality_dropout / input_noise: device RNG, no sync
             inputs = self._augment(inputs)
+        net = self.net
         if self.compiled:  # one compiled graph for every batch size: the last, partial batch
             for x in inputs:  # of an epoch no longer recompiles
                 if x is not None:
                     torch._dynamo.maybe_mark_dynamic(x, 0)
+            # except a batch of one row, which dynamo always specialises (0/1 sizes): one
+            # more compilation per trial (inductor: as long as the first) for one step, so
+            # that step runs eagerly (unless every batch has one row)
+            if labels.shape[0] == 1 and cfg.batch_size // self.world > 1:
+                net = self._eager_net
         with self._autocast(cache=False):
-            out, reps = self.net(*inputs)
+            out, reps = net(*inputs)
         total, loss, mjs = training_loss(out, labels, reps, self.task, cfg.jsd_weight,
                                          cfg.mjs_variant)
         self.opt.zero_grad(set_to_none=True)
@@ -373,6 +392,8 @@ class Trainer:
             # the trainer's own device only: a resume may see another number of GPUs
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
             else [],
+            # the trial's peaks so far: a resumed trial reports at least these
+            "gpu_memory": self.gpu_memory.read() if self.device.type == "cuda" else None,
             "shuffle_rng": self.shuffle.get_state(),
             "best_epoch": self.best_epoch,
             "best_record": self.best_record,
@@ -381,17 +402,33 @@ class Trainer:
             "config": self.cfg.to_dict(),
         }
 
+    def _own_optimizer_flags(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's optimizer state with this trainer's own implementation flags
+        (capturable, foreach, fused, differentiable). They say how this process runs the
+        step, not what it computes: a checkpoint of a GPU trial with CUDA graphs
+        (capturable) must resume on a CPU, and one of an eager or CPU run must not turn
+        the graph capture off (torch's load_state_dict would take the saved flags)."""
+        own = self.opt.param_groups[0]
+        flags = {k: own[k] for k in ("capturable", "foreach", "fused", "differentiable")
+                 if k in own}
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if not flags or not isinstance(groups, list):
+            return state
+        return {**state, "param_groups": [{**g, **{k: v for k, v in flags.items() if k in g}}
+                                          if isinstance(g, dict) else g for g in groups]}
+
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])  # new state tensors: a graph would be stale
+        self.opt.load_state_dict(self._own_optimizer_flags(ckpt["optimizer"]))
+        # new state tensors: a graph would be stale
         self._graph, self._warm_steps = None, 0
         self.sched.load_state_dict(ckpt["scheduler"])
         self.epoch = int(ckpt["epoch"])
         torch.set_rng_state(ckpt["torch_rng"])
-        if self.device.type == "cuda":
-            state = own_cuda_rng(ckpt.get("cuda_rng"), self.device.index or 0)
-            if state is not None:
-                torch.cuda.set_rng_state(state, self.device)
+        state = own_cuda_rng(ckpt.get("cuda_rng"), self.device.index or 0)  # checked on any device
+        if state is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+        self.gpu_memory.carry(ckpt.get("gpu_memory"))
         self._reseed_rank(self.epoch)
         self.shuffle.set_state(ckpt["shuffle_rng"])
         self.best_epoch = int(ckpt["best_epoch"])
