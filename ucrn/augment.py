@@ -1,6 +1,5 @@
 """Training-time input augmentation: modality dropout and input noise (the Trainer's
-`modality_dropout` and `input_noise`), drawn on the device so a captured step can hold it.
-"""
+`modality_dropout` and `input_noise`), drawn on the device so a captured step can hold it."""
 
 from __future__ import annotations
 

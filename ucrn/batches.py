@@ -1,12 +1,5 @@
-"""A data split kept in host memory, moved to the training device one batch at a time.
-
-Why: a split copied whole onto a GPU costs its full size per trial (MOSEI-unaligned is 6.35 GB
-of float32), so trials packed on one GPU would each hold a copy of the same data. Here the
-host tensors share memory with the loaded arrays (on a Ray node: the object store's one copy),
-and only the rows of the current batch travel: gathered on the host into page-locked
-(pinned) memory, then copied without blocking the host, so the copy overlaps the previous
-step's kernels. On the CPU the same code runs; the move is then a no-op.
-"""
+"""A data split kept in host memory and moved to the training device one batch at a time,
+so trials packed on one GPU never hold copies of the same data there."""
 
 from __future__ import annotations
 
@@ -19,6 +12,13 @@ import torch
 from torch import Tensor
 
 from ucrn.data import Split
+
+# Why: a split copied whole onto a GPU costs its full size per trial (MOSEI-unaligned is
+# 6.35 GB of float32). Here the host tensors share memory with the loaded arrays (on a Ray
+# node: the object store's one copy), and only the rows of the current batch travel:
+# gathered on the host into page-locked (pinned) memory, then copied without blocking the
+# host, so the copy overlaps the previous step's kernels. On the CPU the same code runs;
+# the move is then a no-op.
 
 Inputs = tuple[Tensor | None, Tensor | None, Tensor | None]  # (text, audio, vision), batch-first
 

@@ -1,8 +1,5 @@
-"""Evaluation conditions (missing modalities, noise, dropped time steps) and scoring under them.
-
-Below training: the Trainer's robust_MAE uses `missing_one_mae` on the validation split, and
-ucrn/robustness.py builds its tables and command line on the same functions.
-"""
+"""Evaluation conditions (missing modalities, noise, dropped time steps) and scoring a model
+under them; below training, whose robust_MAE uses them on the validation split."""
 
 from __future__ import annotations
 
@@ -20,6 +17,8 @@ from ucrn.batches import HostSplit, Inputs
 from ucrn.data import MODALITIES, Split
 from ucrn.metrics import task_metrics
 from ucrn.model import MODALITY_KEYS, UCRN
+
+# ucrn/robustness.py builds its tables, files and command line on the same functions.
 
 CONDITIONS: tuple[str, ...] = ("clean", "missing", "noise", "time_drop")
 RANDOM_CONDITIONS: tuple[str, ...] = ("noise", "time_drop")

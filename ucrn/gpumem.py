@@ -1,10 +1,5 @@
-"""GPU memory of one trial: what the tensors took, what the allocator held, what the process used.
-
-Why three numbers: how many trials fit on one GPU is decided by the process's whole use
-(CUDA context, the allocator's cache, CUDA-graph pools), not by the tensors alone. Peaks are
-reset when a trial starts, so a process that runs several trials in turn (Tune's reused
-actors) reports each trial's own.
-"""
+"""GPU memory of one trial: what its tensors took, what torch's allocator held, and what the
+process used as the driver sees it, each reset when the trial starts."""
 
 from __future__ import annotations
 
@@ -14,6 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+# Why three numbers: how many trials fit on one GPU is decided by the process's whole use
+# (CUDA context, the allocator's cache, CUDA-graph pools), not by the tensors alone. Peaks
+# are reset when a trial starts, so a process that runs several trials in turn (Tune's
+# reused actors) reports each trial's own.
 
 MiB = 2**20
 # column names of trials.parquet (declared in search/schema.py, which imports no torch)
