@@ -49,7 +49,8 @@ def assert_each_once(trials: pd.DataFrame, epochs: pd.DataFrame, n: int) -> None
 
 @pytest.fixture(scope="module")
 def small_search(ray_head, tmp_path_factory):
-    """One finished 6-trial search (Ray Train executor), shared by the tests below."""
+    """One finished 6-trial search (the default executor: each one-worker trial in its Tune
+    process), shared by the tests below."""
     storage = tmp_path_factory.mktemp("search")
     import contextlib
     import io
@@ -62,13 +63,13 @@ def small_search(ray_head, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_executor_search(small_search):
+def test_default_search(small_search):
     storage, name, out = small_search
     trials, epochs = read(storage, name)
     assert_each_once(trials, epochs, 6)
     assert set(trials.status) <= {"completed", "stopped"}
     assert (trials.status == "stopped").sum() >= 1, trials[["trial_id", "status", "epochs_run"]]
-    assert (trials.executor == "train").all()
+    assert (trials.executor == "tune").all()  # --executor auto, one worker per trial
     best = json.loads((storage / name / "best_config.json").read_text())
     assert best["num_epochs"] == 4 and "lr" in best and "threads" in best
     assert trials.MAE.min() < 0.9 * constant_mae()
