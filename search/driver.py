@@ -259,7 +259,10 @@ def _same_executor(fl: Flags, saved_flags: dict[str, Any], store: ResultsStore) 
                     and n.endswith(".json"))
     if not states:
         return
-    state = store.read_json(states[-1], missing_ok=False)
+    try:
+        state = store.read_json(states[-1], missing_ok=False)
+    except ValueError:  # over the JSON size cap (a search of thousands of trials), or
+        return  # damaged: this check is a courtesy; Tune's restore says what it finds
     ran: set[str] = set()
     for entry in state.get("trial_data", []) if isinstance(state, dict) else []:
         try:

@@ -228,3 +228,20 @@ def test_small_cpu_share_on_ray_train_names_what_was_typed(args, why, tmp_path, 
     assert main(["--cpus-per-trial", "0.05", *args, "--storage", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: --cpus-per-trial 0.05: {why} needs "
                                                "> 0.1 (0.1 CPU is kept for the trial's driver)")
+
+
+def test_an_unreadable_tune_state_skips_the_executor_check(tmp_path, monkeypatch) -> None:
+    """The executor check reads Tune's experiment state as JSON under the results store's
+    16 MB cap; a larger state (a search of thousands of trials) or a damaged one must not
+    block a resume it could not judge: the check steps aside and Tune decides."""
+    from search import driver
+    from search.results import ResultsStore
+
+    folder = _search_folder(tmp_path, _saved("train"))
+    state = next(folder.glob("experiment_state-*.json"))
+    state.write_text("{ not json")
+    fl = Flags(executor="tune")
+    assert driver._same_executor(fl, _saved("tune"), ResultsStore(folder)) is None
+    state.write_text(json.dumps({"trial_data": []}))
+    monkeypatch.setattr(ResultsStore, "MAX_JSON_BYTES", 4)  # over the cap
+    assert driver._same_executor(fl, _saved("tune"), ResultsStore(folder)) is None
