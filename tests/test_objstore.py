@@ -129,9 +129,16 @@ def test_storage_problems_are_one_line_in_bounded_time(bucket, tmp_path, capsys,
         return line
 
     assert "the bucket does not exist" in search("s3://no-such-bucket-here/x")
-    closed = free_port()
-    assert f"(127.0.0.1:{closed}) is not answering" in search(
-        f"s3://{bucket}/x?endpoint_override=127.0.0.1:{closed}&scheme=http")
+    # a port held bound and never listening: it refuses connections, and no other process
+    # can take it meanwhile (a free port picked and let go was once taken by another server)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    closed = held.getsockname()[1]
+    try:
+        assert f"(127.0.0.1:{closed}) is not answering" in search(
+            f"s3://{bucket}/x?endpoint_override=127.0.0.1:{closed}&scheme=http")
+    finally:
+        held.close()
     # credentials refused by the store
     port = free_port()
     strict = moto(port, tmp_path / "strict.log", strict=True)
