@@ -30,7 +30,7 @@ from ucrn.config import ROBUST_REGRESSION_ONLY, TrainConfig
 from ucrn.data import MultData
 from ucrn.gpumem import GpuMemory
 from ucrn.losses import task_loss, training_loss
-from ucrn.metrics import task_metrics
+from ucrn.metrics import ROBUST_METRICS, TASK_METRICS, task_metrics
 from ucrn.model import UCRN
 
 GRAPH_WARMUP_STEPS = 3  # eager steps before capture: lazy state (Adam moments, cuBLAS) must exist
@@ -53,6 +53,37 @@ class FitResult:
     # the trainer, its model holding the best weights (to score them further, e.g. under
     # missing inputs), also when a resumed run had no epoch left to train
     trainer: Any = field(default=None, repr=False)
+    reason: str = ""  # why a diverged run stopped: the epoch, what became non-finite, a cause
+
+
+def check_selection(cfg: TrainConfig, task: str) -> None:
+    """The metric that picks the best epoch must be one the data's task has: a custom
+    folder's (N, 4) labels are IEMOCAP's emotions, which have no MAE (a KeyError after the
+    first epoch, before this check)."""
+    name, _ = cfg.selection(task)
+    fits = ("loss", *TASK_METRICS[task], *(ROBUST_METRICS if task != "iemocap" else ()))
+    if name not in fits:
+        raise ValueError(f"select_metric={name}: the data's task is {task}, which has no "
+                         f"{name}; use one of {', '.join(fits[:4])}, ... (or auto)")
+
+
+FEATURE_MAGNITUDE_WARN = 1e4  # above this a feature, not the lr, is the likely culprit
+
+
+def divergence_cause(data: MultData, lr: float) -> str:
+    """The likely cause of a non-finite loss, for its one line: features of huge
+    magnitude (float32 overflows inside the model) or, failing that, the learning rate."""
+    big, where = 0.0, ""
+    for name, split in data.splits.items():
+        for m in ("text", "audio", "vision"):
+            a = split.modality(m)
+            size = max(abs(float(a.max())), abs(float(a.min()))) if a.size else 0.0
+            if size > big:
+                big, where = size, f"split {name!r} {m}"
+    if big > FEATURE_MAGNITUDE_WARN:
+        return (f"likely cause: feature magnitude (|x| up to {big:.3g} in {where}; standardise "
+                f"the features)")
+    return f"likely cause: the learning rate (lr {lr:g}; try a lower one)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,6 +216,7 @@ class Trainer:
                  graph_factory: GraphFactory | None = None, compile_backend: Any = None):
         self.cfg, self.task = cfg, data.task
         cfg.check_machine()
+        check_selection(cfg, data.task)  # before any memory is taken
         # everything a trial sets in its process, set anew: a process may run trial after
         # trial (Tune's reused actors), and none may inherit the last one's settings
         torch.set_num_threads(cfg.threads or DEFAULT_THREADS)
@@ -459,7 +491,7 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
         tr.restore(resume)
     sel, mode = cfg.selection(data.task)
     better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
-    status, since_best = "completed", 0
+    status, since_best, reason = "completed", 0, ""
     if tr.best_epoch:
         since_best = tr.epoch - tr.best_epoch
     while tr.epoch < cfg.num_epochs:
@@ -468,9 +500,19 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
         train_seconds = time.perf_counter() - t0
         tr.epoch += 1
         if not (math.isfinite(train_loss) and math.isfinite(train_mjs)):
-            status = "diverged"
+            what = "training loss" if not math.isfinite(train_loss) else "MJS term"
+            value = train_loss if not math.isfinite(train_loss) else train_mjs
+            status, reason = "diverged", f"the {what} became non-finite ({value})"
             break
         val = tr.evaluate("valid")
+        # a non-finite validation loss or MAE: predictions went NaN or inf (huge features
+        # in that split overflow float32 inside the model); never a completed run on NaN
+        bad = [k for k in ("loss", "MAE") if k in val and not math.isfinite(val[k])]
+        if bad:
+            status = "diverged"
+            reason = (f"the validation {' and '.join(bad)} became non-finite "
+                      f"({val[bad[0]]}; training loss {train_loss:.4g})")
+            break
         tr.sched.step(val["loss"])
         record = {"epoch": tr.epoch, "train_loss": train_loss, "mjs": train_mjs, **val,
                   "current_lr": tr.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
@@ -489,11 +531,19 @@ def fit(config: TrainConfig | dict[str, Any], data: MultData, on_epoch: OnEpoch 
         if cfg.patience and since_best >= cfg.patience:
             status = "stopped"
             break
+    if reason:
+        reason = (f"seed {cfg.seed}: diverged in epoch {tr.epoch}: {reason}; "
+                  f"{divergence_cause(data, cfg.lr)}")
+        warnings.warn(reason, RuntimeWarning, stacklevel=2)
     test: dict[str, float] = {}
     if tr.best_state is not None:
         tr.model.load_state_dict(tr.best_state)
         test = tr.evaluate("test")
+        if not math.isfinite(test["loss"]):
+            warnings.warn(f"seed {cfg.seed}: the test loss of the selected weights (epoch "
+                          f"{tr.best_epoch}) is non-finite ({test['loss']}); "
+                          f"{divergence_cause(data, cfg.lr)}", RuntimeWarning, stacklevel=2)
     return FitResult(config=cfg.to_dict(), status=status, best_epoch=tr.best_epoch,
                      best=dict(tr.best_record), test=test, history=list(tr.history),
                      model_state=tr.best_state, n_params=sum(p.numel() for p in tr.model.parameters()),
-                     seconds=time.perf_counter() - t_start, trainer=tr)
+                     seconds=time.perf_counter() - t_start, trainer=tr, reason=reason)

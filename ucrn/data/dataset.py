@@ -65,6 +65,10 @@ class MultData:
     source: str
     nonfinite: dict[str, dict[str, int]] = field(default_factory=dict)
     format: str = "mult"
+    # the dataset's name (it decides task, label range and metrics; `ucrn convert` writes
+    # it into the .npz files) and the key the labels came from, both said in summary()
+    dataset: str | None = None
+    label_key: str = "labels"
 
     @property
     def input_dims(self) -> tuple[int, int, int]:
@@ -106,9 +110,11 @@ class MultData:
                        if (v := train.lengths.get(m)) is not None)
         extra = (f"; unimodal labels {''.join(train.extra_labels)} kept"
                  if train.extra_labels else "")
+        named = f", dataset {self.dataset}" if self.dataset else ""
         return (
-            f"{self.source} ({self.format} format): task {self.task}, train/valid/test "
-            f"{sizes}, {shapes}; non-finite values set to 0: {bad_txt}{lens}{extra}"
+            f"{self.source} ({self.format} format{named}): task {self.task}, labels from "
+            f"{self.label_key!r}, train/valid/test {sizes}, {shapes}; non-finite values set "
+            f"to 0: {bad_txt}{lens}{extra}"
         )
 
 

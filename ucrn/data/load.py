@@ -16,7 +16,13 @@ from ucrn.data.mult import (
     load_mult_pickle,
     resolve_data_file,
 )
-from ucrn.data.npz import NPZ_FILES, _npz_folder, read_npz_folder
+from ucrn.data.npz import (
+    NPZ_FILES,
+    _npz_folder,
+    read_npz_folder,
+    reconcile_dataset,
+    recorded_dataset,
+)
 from ucrn.data.synthetic import make_synthetic, preset_name
 
 
@@ -62,9 +68,14 @@ def resolve_dataset(dataset: str | None, data_path: str | Path, aligned: bool,
         if aligned:
             raise _fail(f"--aligned: {npz} holds own features (.npz), which have no aligned "
                         f"variant; leave --aligned out")
-        note = "" if dataset else (f"data: {npz} (own features, one .npz per split; dataset "
-                                   f"custom, its task read off the labels; --dataset names it)")
-        return Resolved(dataset or "custom", aligned, npz, "npz", note)
+        recorded = recorded_dataset(npz)
+        named, dataset = dataset, reconcile_dataset(dataset, recorded, npz)
+        note = ("" if named == dataset else
+                f"data: {npz} (own features, one .npz per split; dataset {dataset}, recorded "
+                f"in its files)" if recorded else
+                f"data: {npz} (own features, one .npz per split; dataset custom, its task "
+                f"read off the labels; --dataset names it)")
+        return Resolved(dataset, aligned, npz, "npz", note)
     if data_format == "npz":
         raise _fail(f"--data_format npz: {p} holds no {', '.join(NPZ_FILES)}")
     if p.is_file():
@@ -147,11 +158,14 @@ def load_dataset(
     if data_path is not None:
         r = resolve_dataset(dataset, data_path, aligned, data_format)
         if r.format == "npz":
-            return _from_raw(read_npz_folder(r.path), str(r.path), task, True, LAYOUTS["npz"],
-                             target)
-        return load_mult_pickle(r.path, task, r.format, target)
+            raw = read_npz_folder(r.path)
+            dataset = reconcile_dataset(dataset, recorded_dataset(r.path, raw), r.path)
+            return _from_raw(raw, str(r.path), DATASET_TASK[dataset], True, LAYOUTS["npz"],
+                             target, dataset)
+        return load_mult_pickle(r.path, task, r.format, target, dataset)
     if dataset != "synthetic":
         raise _fail(f"dataset {dataset!r} needs --data_path (a folder or the file itself)")
     name = preset_name(preset, aligned)
     raw = make_synthetic(name, seed)
-    return _from_raw(raw, f"synthetic:{name}:seed={seed}", None, True, target=target)
+    return _from_raw(raw, f"synthetic:{name}:seed={seed}", None, True, target=target,
+                     dataset=dataset)

@@ -23,19 +23,22 @@ _DIR_NAMES = {**{v.lower(): k for k, v in MMSA_DIRS.items()}, "ch-sims": "sims",
 
 def pickle_layout(raw: object, source: str, data_format: str = "auto") -> Layout:
     """MulT or MMSA, told apart by the train split's label key, and checked against a
-    format the user named."""
+    format the user named. A file with both keys is MMSA's (`regression_labels`) unless
+    --data_format mult names the other; the validator then checks both hold the same
+    labels, and the load's summary says which key was used."""
     train = raw.get("train") if isinstance(raw, dict) else None
-    found = next((name for name in ("mmsa", "mult") if isinstance(train, dict)
-                  and LAYOUTS[name].labels in train), None)
+    found = [name for name in ("mmsa", "mult") if isinstance(train, dict)
+             and LAYOUTS[name].labels in train]
     if data_format == "npz":
         raise _fail(f"--data_format npz: {source} is a pickle; expected a folder holding "
                     f"{', '.join(NPZ_FILES)}")
     if data_format in ("mult", "mmsa"):
-        if found is not None and found != data_format:
-            raise _fail(f"--data_format {data_format}: {source} is a {found} file (its splits "
-                        f"hold {LAYOUTS[found].labels!r}); use --data_format {found} or auto")
+        if found and data_format not in found:
+            raise _fail(f"--data_format {data_format}: {source} is a {found[0]} file (its "
+                        f"splits hold {LAYOUTS[found[0]].labels!r}); use --data_format "
+                        f"{found[0]} or auto")
         return LAYOUTS[data_format]
-    return LAYOUTS[found or "mult"]  # neither: the validator names the missing keys
+    return LAYOUTS[found[0] if found else "mult"]  # neither: the validator names the keys
 
 
 def _mmsa_files(folder: Path) -> list[tuple[bool, Path]]:

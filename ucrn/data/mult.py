@@ -75,11 +75,12 @@ def _safe_unpickle(path: Path) -> object:
 
 
 def load_mult_pickle(path: str | Path, task: str | None = None, data_format: str = "auto",
-                     target: str = "M") -> MultData:
+                     target: str = "M", dataset: str | None = None) -> MultData:
     """Load a MulT or MMSA pickle with the restricted unpickler, then validate it."""
     p = Path(path)
     raw = _safe_unpickle(p)
-    return _from_raw(raw, str(p), task, True, pickle_layout(raw, str(p), data_format), target)
+    return _from_raw(raw, str(p), task, True, pickle_layout(raw, str(p), data_format), target,
+                     dataset)
 
 
 def write_mult_pickle(raw: dict, path: str | Path) -> Path:
