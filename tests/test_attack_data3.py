@@ -199,7 +199,7 @@ def test_a_selection_metric_the_task_has_not_is_one_line_before_training(tmp_pat
                    "--out", str(tmp_path / "r")])
     line = _one_line(capsys, rc)
     assert "select_metric=MAE: the data's task is iemocap, which has no MAE" in line
-    assert not list((tmp_path / "r").rglob("epochs.jsonl"))  # no epoch ran
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made
     data = load_dataset("synthetic", None)
     with pytest.raises(ValueError, match="select_metric=Mean_acc: the data's task is regression"):
         Trainer(TrainConfig(d_model=8, heads=2, layers=1, threads=1,

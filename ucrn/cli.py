@@ -45,7 +45,7 @@ from ucrn.errors import (
 )
 from ucrn.fileio import append_line, atomic_write, check_name, write_json
 from ucrn.metrics import mean_std
-from ucrn.train import FitResult, Trainer, fit, resolve_device
+from ucrn.train import FitResult, Trainer, check_selection, fit, resolve_device
 
 # The authors' flags that name one of our fields differently (and our own old names).
 FLAG_ALIASES = {"--nlevels": "layers", "--num_heads": "heads", "--mjs": "mjs_variant"}
@@ -268,8 +268,8 @@ def summarize(results: list[tuple[int, FitResult]], seeds: list[int]) -> dict[st
 
 def _seed_line(seed: int, r: FitResult) -> str:
     if r.status not in FINISHED:
-        return (f"seed {seed}: {r.status} in epoch {len(r.history) + 1} (non-finite training "
-                f"loss); not in the mean")
+        why = r.reason.split(": ", 2)[-1] if r.reason else "non-finite training loss"
+        return f"seed {seed}: {r.status} in epoch {len(r.history) + 1} ({why}); not in the mean"
     name = next((k for k in (r.config.get("select_metric"), "MAE", "loss")
                  if k in r.best), "loss")
     return (f"seed {seed}: {r.status}, best epoch {r.best_epoch}: valid {name} "
@@ -297,6 +297,10 @@ def train_main(argv: list[str]) -> int:
         bad = {m: n for m, n in counts.items() if n}
         if bad:
             print(f"note: {split}: replaced non-finite values with 0: {bad}")
+    try:
+        check_selection(cfg, data.task)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     run = new_run_dir(Path(getattr(ns, "out", "runs")), name)  # only now: all checks passed
     print(f"run folder: {run}  (data: {data.source}, train/valid/test = "
           f"{'/'.join(str(len(data.splits[s])) for s in ('train', 'valid', 'test'))})", flush=True)
