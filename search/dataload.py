@@ -3,12 +3,17 @@ given --data-path means, and the dataset loaded once on the driver (a problem is
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, fields, replace
 from typing import Any
+
+import numpy as np
 
 from search.flags import Flags
 from ucrn.config import data_args
-from ucrn.data import MultData, load_dataset, resolve_dataset
+from ucrn.data import MultData, Split, load_dataset, resolve_dataset
 from ucrn.errors import UsageError
 
 
@@ -36,3 +41,119 @@ def load_data(config: dict[str, Any]) -> MultData:
         raise UsageError(str(e)) from None
     print(f"data: {data.summary()}", flush=True)
     return data
+
+
+# ---- the data in Ray's object store, held once --------------------------------------------
+# Why: `ray.put(data)` of the whole dataset copies every array into the object store while
+# the driver still holds the loaded arrays: twice the data for the whole search (a 6.0 GB
+# MOSEI-shaped file peaked at 11.9 GB). Each array is put on its own and the driver's copy
+# dropped as soon as it is stored. Even so, putting an array needs it twice for a moment
+# (the driver's and the store's), on top of the rest of the data: 1.5x a MOSEI file at the
+# peak. With large data every array but the largest is therefore first staged to a file on
+# disk (the driver's copy freed as each is written; the page cache holds the files and gives
+# them back under pressure); the largest is put while the store is still empty, then the
+# others from a read-only map of their files, each file removed once stored. The peak is
+# then the data plus the smallest arrays' moment of two copies (about 50 s more for a 6 GB
+# MOSEI file on a disk that writes 200 MB/s). The trials map
+# the stored arrays without copying them (read-only views).
+
+SHARED_MIN_BYTES = 1 << 16  # smaller arrays travel inside the data's skeleton
+STAGE_MIN_BYTES = 1 << 30  # below this, the moment of two copies costs too little to stage
+_TMPFS = "tmpfs"
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Stands in a split's field for an array kept in the object store as its own object."""
+
+    ref: Any
+
+
+def data_bytes(data: MultData) -> int:
+    """Bytes of the data's arrays: what Ray's object store will hold."""
+    return sum(a.nbytes for split in data.splits.values() for name in _ARRAYS
+               if isinstance(a := getattr(split, name), np.ndarray))
+
+
+def share(holder: list[MultData]) -> Any:
+    """The data of `holder` (emptied: the caller keeps no reference) in Ray's object store,
+    one array at a time; an ObjectRef that `fetch` turns back into the data."""
+    import ray
+
+    data = holder.pop()
+    fields_ = [(split, name) for split in data.splits.values() for name in _ARRAYS
+               if getattr(split, name).nbytes >= SHARED_MIN_BYTES]
+    fields_.sort(key=lambda f: -getattr(f[0], f[1]).nbytes)  # largest first
+    folder = _stage_folder(data_bytes(data))
+    if folder is None:
+        for split, name in fields_:  # put, then replace: the driver's copy freed at once
+            setattr(split, name, _Stored(ray.put(getattr(split, name))))
+        return ray.put(data)
+    try:
+        first, *rest = fields_  # the largest goes straight in while the store is empty
+        staged = []
+        for i, (split, name) in enumerate(rest):
+            a = getattr(split, name)
+            if a.dtype.hasobject:  # object arrays (ids) are small: put as they are
+                setattr(split, name, _Stored(ray.put(a)))
+                continue
+            path = os.path.join(folder, f"{i}.npy")
+            np.save(path, a, allow_pickle=False)
+            setattr(split, name, None)  # the driver's copy goes; the file holds it
+            del a
+            staged.append((split, name, path))
+        setattr(first[0], first[1], _Stored(ray.put(getattr(*first))))
+        for split, name, path in staged:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            setattr(split, name, _Stored(ray.put(np.asarray(mapped))))
+            del mapped  # unmapped, and the file's pages dropped with it
+            os.unlink(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return ray.put(data)
+
+
+def _stage_folder(nbytes: int) -> str | None:
+    """A private temporary folder to stage `nbytes` through, or None when staging would not
+    help: small data, a temporary folder in memory (tmpfs), or too little disk."""
+    if nbytes < STAGE_MIN_BYTES:
+        return None
+    tmp = tempfile.gettempdir()
+    try:
+        st = os.statvfs(tmp)
+        if st.f_bavail * st.f_frsize < nbytes * 1.1 or _fs_type(tmp) == _TMPFS:
+            return None
+        return tempfile.mkdtemp(prefix="ucrn-stage-", dir=tmp)
+    except OSError:
+        return None
+
+
+def _fs_type(path: str) -> str:
+    """The file system type of the mount holding `path` (Linux's /proc/mounts; '' if unknown)."""
+    real, best, kind = os.path.realpath(path), "", ""
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and (real == parts[1] or real.startswith(
+                        parts[1].rstrip("/") + "/")) and len(parts[1]) >= len(best):
+                    best, kind = parts[1], parts[2]
+    except OSError:
+        return ""
+    return kind
+
+
+def fetch(ref: Any) -> MultData:
+    """The data `share` stored, its arrays read-only views on the object store's copy."""
+    import ray
+
+    data: MultData = ray.get(ref)
+    stored = [(split, name) for split in data.splits.values() for name in _ARRAYS
+              if isinstance(getattr(split, name), _Stored)]
+    arrays = ray.get([getattr(split, name).ref for split, name in stored])
+    for (split, name), array in zip(stored, arrays, strict=True):
+        setattr(split, name, array)
+    return data
+
+
+_ARRAYS = tuple(f.name for f in fields(Split) if f.type in ("np.ndarray", np.ndarray))

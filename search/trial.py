@@ -26,6 +26,7 @@ from typing import Any
 import ray
 import torch
 
+from search.dataload import fetch
 from search.objstore import ray_storage
 from search.settings import TrialSettings
 from ucrn.config import TrainConfig
@@ -121,7 +122,7 @@ def tune_trial(config: dict[str, Any], data_box: list, settings: TrialSettings) 
     from ray import tune
 
     cfg = settings.config(config)
-    _run_from(tune.get_checkpoint(), cfg, ray.get(data_box[0]),
+    _run_from(tune.get_checkpoint(), cfg, fetch(data_box[0]),
               _reporter(tune.report, tune.Checkpoint), rank=0,
               save_model=_model_saver(settings, cfg), fault=settings.injected_fault(cfg))
 
@@ -206,7 +207,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cfg = dict(loop_config["config"])
     if settings.gpus_per_worker > 0:
         cfg["device"] = str(ray.train.torch.get_device())
-    _run_from(ray.train.get_checkpoint(), cfg, ray.get(loop_config["data_box"][0]),
+    _run_from(ray.train.get_checkpoint(), cfg, fetch(loop_config["data_box"][0]),
               _reporter(ray.train.report, ray.train.Checkpoint),
               rank=ray.train.get_context().get_world_rank(),
               save_model=_model_saver(settings, cfg), fault=settings.injected_fault(cfg))
