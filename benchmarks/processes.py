@@ -54,6 +54,16 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+def start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None if it is gone."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pss_bytes(pids: list[int]) -> int:
     """Proportional set size of the processes together (shared pages split between the
     processes that map them, so a sum over processes counts each page once)."""

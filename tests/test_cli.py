@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ucrn import cli
 from ucrn.data import make_synthetic, write_mult_pickle
 from ucrn.train import TrainConfig
 
@@ -34,6 +35,7 @@ def mosei_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_authors_command_verbatim(mosei_dir, tmp_path):
     cmd = ["train", "--model=UCRN", "--lonly", "--aonly", "--vonly", "--name=NAME",
            "--dataset=mosei_senti", f"--data_path={mosei_dir}", "--batch_size=32", "--seed=1234",
@@ -85,11 +87,18 @@ def test_config_file_and_seeds(tmp_path):
         (["--model=MulT"], "--model=MulT"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
-    res = ucrn("train", *args, cwd=tmp_path)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
+def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, needle):
+    """In this process (the same `run_main` path as the command); the first case also as
+    the real command, in a new process."""
+    monkeypatch.chdir(tmp_path)
+    if needle == "/nonexistent/dir":
+        res = ucrn("train", *args, cwd=tmp_path)
+        rc, err = res.returncode, res.stderr
+    else:
+        rc, err = cli.main(["train", *args]), capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert needle in lines[0]
     assert not (tmp_path / "runs").exists()
 
@@ -103,16 +112,17 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
         ('{"lr": "fast"}', "lr='fast'"),
     ],
 )
-def test_bad_config_file_is_one_line(tmp_path, content, needle):
+def test_bad_config_file_is_one_line(tmp_path, monkeypatch, capsys, content, needle):
     (tmp_path / "best.json").write_text(content)
     if content.startswith('{"lr": "fast"'):
         full = TrainConfig().to_dict()
         full["lr"] = "fast"
         (tmp_path / "best.json").write_text(json.dumps(full))
-    res = ucrn("train", "--config", "best.json", cwd=tmp_path)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "best.json" in lines[0], res.stderr
+    monkeypatch.chdir(tmp_path)
+    rc, err = cli.main(["train", "--config", "best.json"]), capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "best.json" in lines[0], err
     assert not (tmp_path / "runs").exists()
 
 

@@ -59,6 +59,7 @@ def _path_without_nvidia_smi() -> str:
 # ---- the CPU mode ------------------------------------------------------------------------
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU mode; a CUDA machine runs the full check")
+@pytest.mark.slow
 def test_gpu_check_cpu_mode(tmp_path):
     """`python -m benchmarks.gpu_check --quick` on a CPU: every step is reported, those
     that need CUDA as skipped with the reason, and the exit code is 0; the profile of
@@ -93,6 +94,7 @@ def test_gpu_check_cpu_mode(tmp_path):
 # ---- A. a GPU that torch cannot use ------------------------------------------------------
 
 @pytest.mark.skipif(CUDA, reason="the stand-in shows a GPU torch cannot use; here it can")
+@pytest.mark.slow
 def test_gpu_listed_but_unusable_fails_the_check(tmp_path):
     """A stand-in nvidia-smi that lists an H100: with this CPU build of torch the check
     exits 1 with one line naming the GPU and the CPU build, instead of passing in CPU
