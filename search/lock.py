@@ -3,7 +3,7 @@ search, a `--resume`, a `--retrain`) is refused with one line naming the holder.
 
 Local folders: an exclusive `flock` on STORAGE/NAME/.lock, held for the driver's life; the
 kernel drops it when the process dies, so a killed driver's lock never blocks `--resume`.
-URIs (s3://...): a lease object STORAGE/NAME/.lease.json that the holder rewrites every
+URIs (s3://...): a lease object STORAGE/NAME/.lease that the holder rewrites every
 HEARTBEAT_S seconds; one older than LEASE_S, or whose holder is a process of this host
 that is gone (killed), is stale and taken over. On S3 and the stores that do conditional
 writes, creating and taking over the lease are compare-and-swaps (`If-None-Match: *`,
@@ -11,6 +11,16 @@ writes, creating and taking over the lease are compare-and-swaps (`If-None-Match
 Elsewhere (no boto3, or a store that refuses conditional requests) it falls back to
 write, wait, read back, where two drivers starting within the same half second can both
 win; it says so when it starts, and docs/reliability.md too.
+
+The lease is released on every way out (a normal end, an error, SIGINT/SIGTERM, a signal
+while it is taken or released): it is deleted when it holds this driver's token, whatever
+its ETag. Its name does not end in .json: on `--resume` Tune copies the folder's top-level
+*.json and *.pkl files to a local folder and uploads that folder again every few seconds,
+which once put back a stale copy of `.lease.json` (a new ETag, so the conditional delete at
+the end failed and the lease stayed; a frozen heartbeat, so another host could take a
+running search over). Both spellings of one folder (`s3://b/./p`, `s3://b/p`) give one key:
+the key comes from the URI's one spelling (ucrn.fileio.normalize_uri); a local folder's lock
+is on its real path (links resolved by ResultsStore), and flock is on the inode anyway.
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ import uuid
 from typing import Any
 
 from search.objstore import ConditionalObject, Unsupported
-from ucrn.errors import UsageError
+from ucrn.errors import UsageError, signals_held
+from ucrn.fileio import answered, display_uri
 
-LOCK_FILE, LEASE_FILE = ".lock", ".lease.json"
+LOCK_FILE, LEASE_FILE = ".lock", ".lease"
 # Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
 # Tune pickles and restores, so it cannot hold an in-process event) reads it there.
 INTERRUPTED = ".interrupted"
@@ -59,6 +70,8 @@ class ResultsLock:
 
     def __init__(self, store: Any, purpose: str):
         self.store, self.purpose = store, purpose
+        self.where = store.root if store.is_local else display_uri(store.uri)
+        self._token: str | None = None  # of the lease being taken: found again if cut off
         self._fd: int | None = None
         self._lease: dict[str, Any] | None = None
         self._cond: ConditionalObject | None = None
@@ -75,11 +88,17 @@ class ResultsLock:
         self.release()
 
     def acquire(self) -> None:
-        if self.store.is_local:
-            self._acquire_local()
-        else:
-            self._acquire_lease()
-        self._clear_mark()
+        """Take the folder; anything that stops this half way (an error, SIGINT/SIGTERM
+        between writing the lease and returning) gives back what was taken."""
+        try:
+            if self.store.is_local:
+                self._acquire_local()
+            else:
+                self._acquire_lease()
+            self._clear_mark()
+        except BaseException:
+            self.release()
+            raise
 
     def mark_interrupted(self) -> None:
         if LEASE_LOST.is_set():  # the folder is another driver's now: write nothing there
@@ -87,10 +106,13 @@ class ResultsLock:
         self.store.write_bytes(INTERRUPTED, b"")
 
     def _clear_mark(self) -> None:
-        try:
+        def clear() -> None:
             if self.store.exists(INTERRUPTED):
                 self.store.delete(INTERRUPTED)
-        except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+
+        try:  # bounded: a store that stopped answering must not hold the release
+            answered(clear)
+        except (OSError, ValueError):  # NoAnswer; pyarrow's ArrowInvalid is a ValueError
             pass
 
     def _acquire_local(self) -> None:
@@ -108,7 +130,7 @@ class ResultsLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 self._cleanup_folder()
-                raise UsageError(f"{self.store.uri} is in use by another driver: "
+                raise UsageError(f"{self.where} is in use by another driver: "
                                  f"{_describe(holder)}; wait for it to end or stop it") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -120,11 +142,11 @@ class ResultsLock:
                 self._fd = fd
                 return
             os.close(fd)
-        raise UsageError(f"{self.store.uri}: could not take the lock {path} (it keeps changing)")
+        raise UsageError(f"{self.where}: could not take the lock {path} (it keeps changing)")
 
     def _refuse_if_held(self, current: Any) -> None:
         if isinstance(current, dict) and not _stale(current):
-            raise UsageError(f"{self.store.uri} is in use by another driver: "
+            raise UsageError(f"{self.where} is in use by another driver: "
                              f"{_describe(current)}; its lease expires {LEASE_S:.0f} s after "
                              f"its last heartbeat")
 
@@ -134,7 +156,7 @@ class ResultsLock:
             self._acquire_conditional()
         except Unsupported as e:
             self._cond = None
-            print(f"note: {self.store.uri}: no conditional writes ({e}); the one-driver lease "
+            print(f"note: {self.where}: no conditional writes ({e}); the one-driver lease "
                   f"falls back to write and read back", flush=True)
             self._acquire_read_back()
         self._beat = threading.Thread(target=self._heartbeat, name="results-lease", daemon=True)
@@ -145,11 +167,12 @@ class ResultsLock:
         current, etag = self._cond.read()
         self._refuse_if_held(current)
         lease = _holder(self.purpose)
+        self._token = lease["token"]
         new = (self._cond.put(lease, if_absent=True) if etag is None
                else self._cond.put(lease, if_etag=etag))
         if new is None:  # someone else created or took it over since we read it
             now, _ = self._cond.read()
-            raise UsageError(f"{self.store.uri}: another driver took it at the same moment: "
+            raise UsageError(f"{self.where}: another driver took it at the same moment: "
                              f"{_describe(now or {})}")
         self._lease, self._etag = lease, new
 
@@ -157,12 +180,13 @@ class ResultsLock:
         current = self.store.read_json(LEASE_FILE, missing_ok=True)
         self._refuse_if_held(current)
         self._lease = _holder(self.purpose)
+        self._token = self._lease["token"]
         self.store.write_json(LEASE_FILE, self._lease)
         time.sleep(0.5)  # a rival writing at the same moment: the last writer wins, the other sees it
         now = self.store.read_json(LEASE_FILE, missing_ok=True)
         if not isinstance(now, dict) or now.get("token") != self._lease["token"]:
             self._lease = None
-            raise UsageError(f"{self.store.uri}: another driver took it at the same moment: "
+            raise UsageError(f"{self.where}: another driver took it at the same moment: "
                              f"{_describe(now if isinstance(now, dict) else {})}")
 
     def _heartbeat(self) -> None:
@@ -175,24 +199,33 @@ class ResultsLock:
                 etag = self._cond.put(self._lease, if_etag=self._etag)
                 if etag is None and self._stop.is_set():  # released meanwhile: ours, gone
                     return
-                if etag is None:  # a retried PUT whose first try went through fails its
-                    current, now = self._cond.read()  # condition: still ours if our token
-                    if isinstance(current, dict) and current.get("token") == self._lease.get(
-                            "token"):
-                        etag = now
+                if etag is None:  # a retried PUT whose first try went through, or a copy
+                    current, now = self._cond.read()  # of the lease written back: still
+                    if self._ours(current):  # ours by its token; renewed on that ETag
+                        etag = self._cond.put(self._lease, if_etag=now) or now
                 if etag is None:  # taken over (or deleted) behind this driver's back
                     LEASE_LOST.set()
-                    print(f"error: {self.store.uri}: this driver's lease was taken over or "
+                    print(f"error: {self.where}: this driver's lease was taken over or "
                           f"deleted by someone else; stopping, so that two drivers never "
                           f"write one folder (the other one's run goes on)", flush=True)
-                    self._lease = self._etag = None
+                    self._lease = self._etag = self._token = None  # not ours to delete
                     os.kill(os.getpid(), signal.SIGTERM)  # the run's clean stop
                     return
                 self._etag = etag
             except Exception:  # noqa: BLE001 - the search's own writes will report the store
                 pass
 
+    def _ours(self, lease: Any) -> bool:
+        return isinstance(lease, dict) and self._token is not None and lease.get(
+            "token") == self._token
+
     def release(self) -> None:
+        """Give the folder back. SIGINT/SIGTERM wait for the end of it (a second Ctrl-C
+        would cut the delete short and leave the lease behind)."""
+        with signals_held():
+            self._release()
+
+    def _release(self) -> None:
         self._stop.set()
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=60)  # a renewal in flight must not race the delete
@@ -206,15 +239,31 @@ class ResultsLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
             self._cleanup_folder()
-        if self._lease is not None:
+        if self._token is not None:
             try:
-                if self._cond is not None and self._etag is not None:
-                    self._cond.delete(self._etag)  # only our own, never a successor's
-                else:
-                    self.store.delete(LEASE_FILE)
-            except Exception:  # noqa: BLE001 - an expired lease is taken over anyway
+                self._delete_lease()
+            except Exception:  # noqa: BLE001 - a store that is down: the lease expires
                 pass
-            self._lease = self._etag = None
+        self._lease = self._etag = self._token = None
+
+    def _delete_lease(self) -> None:
+        """Delete the lease if it is this driver's: by the ETag last written, else (written
+        back by someone, renewed meanwhile, or a take cut off before its ETag was known) by
+        its token, on the ETag read now; never a successor's."""
+        if self._cond is None:
+            if self._ours(answered(lambda: self.store.read_json(LEASE_FILE, missing_ok=True))):
+                answered(lambda: self.store.delete(LEASE_FILE))
+            return
+        try:
+            if self._etag is not None and self._cond.delete(self._etag):
+                return
+            current, etag = self._cond.read()
+            if self._ours(current) and etag is not None:
+                self._cond.delete(etag)
+        except Unsupported:  # conditional deletes refused: read, compare, delete
+            current, _ = self._cond.read()
+            if self._ours(current):
+                self._cond.client.delete_object(Bucket=self._cond.bucket, Key=self._cond.key)
 
     def _cleanup_folder(self) -> None:
         """A folder made only to hold the lock is removed again: a refused or failed run

@@ -23,7 +23,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ucrn.errors import UsageError
-from ucrn.fileio import ANSWER_S, NoAnswer, answered, child_uri, is_uri, open_uri, redact
+from ucrn.fileio import (
+    ANSWER_S,
+    NoAnswer,
+    answered,
+    child_uri,
+    display_uri,
+    is_uri,
+    normalize_uri,
+    open_uri,
+    redact,
+)
 
 PROBE_S = ANSWER_S  # the longest a storage check may take before "not answering"
 _CAUSES = (  # (what the AWS SDK says, what it means for the user)
@@ -43,13 +53,13 @@ def endpoint(uri: str) -> str:
     if urlsplit(uri).scheme != "s3":
         return f"the {urlsplit(uri).scheme}:// store"
     query = dict(parse_qsl(urlsplit(uri).query))
-    return (query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL") or "the provider's default endpoint")
+    return redact(query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                  or os.environ.get("AWS_ENDPOINT_URL") or "the provider's default endpoint")
 
 
 def cause(exc: BaseException) -> str:
-    """An SDK error as one short reason."""
-    text = " ".join(str(exc).split())
+    """An SDK error as one short reason (without the secrets an SDK's text may repeat)."""
+    text = redact(" ".join(str(exc).split()))
     for needles, meaning in _CAUSES:
         if any(n in text for n in needles):
             return meaning
@@ -60,7 +70,7 @@ def check_remote(uri: str, flag: str = "--storage", timeout: float | None = None
     """Write and delete a probe object under `uri`, in bounded time; one line naming the
     cause (missing bucket, access denied, endpoint not answering) otherwise."""
     timeout = PROBE_S if timeout is None else timeout
-    where = f"{flag} {redact(uri)}"
+    where = f"{flag} {display_uri(uri)}"
     no_answer = f"{where}: the endpoint ({endpoint(uri)}) did not answer within {timeout:.0f} s"
     try:
         fs, root = open_uri(uri)
@@ -114,7 +124,9 @@ class ConditionalObject:
             from botocore.config import Config
         except ImportError:
             raise Unsupported("boto3 is not installed") from None
-        parts = urlsplit(uri)
+        if not is_uri(uri):
+            raise Unsupported("a local folder has no conditional writes")
+        parts = urlsplit(normalize_uri(uri))  # one spelling, one key (ValueError: refused)
         if parts.scheme != "s3":
             raise Unsupported(f"{parts.scheme}:// has no conditional writes here")
         query = dict(parse_qsl(parts.query))
@@ -122,7 +134,7 @@ class ConditionalObject:
         if url and "://" not in url:
             url = f"{query.get('scheme', 'https')}://{url}"
         if path is None:
-            path = f"{parts.hostname or ''}{parts.path}"
+            path = f"{parts.netloc}{parts.path}"
         self.bucket, _, self.key = path.lstrip("/").partition("/")
         self.client = boto3.client(
             "s3", endpoint_url=url, region_name=query.get("region"),
@@ -191,6 +203,7 @@ def ray_storage(location: str, key: str = "storage_path") -> dict[str, Any]:
 
 
 def join(location: str, *names: str) -> str:
-    """A folder or URI with names appended."""
-    return child_uri(location, *names) if is_uri(location) else "/".join(
+    """A folder or URI with names appended; a URI in its one spelling (normalize_uri), so
+    that what is recorded and shown of STORAGE/NAME is the same however it was typed."""
+    return child_uri(normalize_uri(location), *names) if is_uri(location) else "/".join(
         [location.rstrip("/"), *names])

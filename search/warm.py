@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from search.results import ResultsStore, TrialBook
 from ucrn.config import TrainConfig
-from ucrn.fileio import answered
+from ucrn.fileio import answered, bounded, display_uri, is_uri, redact, stalled
 
 RERUN_BEST = 3  # trials re-run first when the data differ
 # Settings that do not make a trial another experiment: where and how it ran, and the data
@@ -100,23 +100,32 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
     notes: list[str] = []
     same_data = True
     for src in names:
+        shown = display_uri(src) if is_uri(src) else src
         try:
             store = ResultsStore(src)
-            # bounded time: a store may never answer
+            if not store.is_local:  # every call bounded: a store may stop answering
+                store.fs = bounded(store.fs)
             info = answered(partial(store.fs.get_file_info, store.path("trials.parquet")))
             is_dir = info.type == pafs.FileType.Directory
             meta = store.read_json("search.json", missing_ok=True)
         except (OSError, ValueError) as e:
-            raise ValueError(f"--warm-start {src}: {' '.join(str(e).split())[:300]}") from None
+            why = redact(" ".join(str(e).split())).removeprefix(f"{shown}: ")
+            raise ValueError(f"--warm-start {shown}: {why[:300]}") from None
         if not isinstance(meta, dict) or not is_dir:
-            raise ValueError(f"--warm-start {src}: not a search folder (no search.json or "
+            raise ValueError(f"--warm-start {shown}: not a search folder (no search.json or "
                              f"trials.parquet/)")
         this_same = meta.get("data") == data_id
         if not this_same:
             same_data = False
-            notes.append(f"{src}: other data (or none recorded): its best trials are re-run")
+            notes.append(f"{shown}: other data (or none recorded): its best trials are re-run")
         book = TrialBook(store, "", metric, mode, "", read_only=True)  # never writes there
-        notes += book.load()
+        try:
+            notes += book.load()
+        except (OSError, ValueError) as e:  # a listing the store never answered, ...
+            raise ValueError(f"--warm-start {shown}: {redact(' '.join(str(e).split()))}"
+                             ) from None
+        if (stuck := stalled(store.fs)) is not None:  # not damaged files: no answer
+            raise ValueError(f"--warm-start {shown}: {stuck}")
         usable = len(found)
         for tid, row in sorted(book.trials.items()):
             if row.get("status") not in ("completed", "stopped"):
@@ -126,15 +135,15 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
                 row = {**row, metric: (best or {}).get(metric, row.get(metric))}
             value = row.get(metric)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                notes.append(f"{src} trial {tid}: no {metric} recorded: skipped")
+                notes.append(f"{shown} trial {tid}: no {metric} recorded: skipped")
                 continue
             why = _fits(row, spec, base, compare_settings=this_same)
             if why is not None:
-                notes.append(f"{src} trial {tid} does not fit this space ({why}): skipped")
+                notes.append(f"{shown} trial {tid} does not fit this space ({why}): skipped")
                 continue
             found.append((float(value), {k: _plain(row[k]) for k in searched}))
         if len(found) == usable:
-            notes.append(f"{src}: no finished trial fits this search: nothing taken from it")
+            notes.append(f"{shown}: no finished trial fits this search: nothing taken from it")
     found.sort(key=lambda p: p[0] if mode == "min" else -p[0])
     unique: dict[str, tuple[float, dict[str, Any]]] = {}
     for value, point in found:  # one entry per configuration, its best value

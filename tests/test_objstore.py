@@ -339,7 +339,7 @@ def test_kill_9_of_the_driver_then_resume_on_s3(bucket, ray_head, ray_env, tmp_p
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert _objects(bucket, "k/k/.lease.json")  # the killed driver's lease is still there
+    assert _objects(bucket, "k/k/.lease")  # the killed driver's lease is still there
     # Tune deletes a trial's older checkpoint as soon as a newer one is registered but
     # uploads its own state only every few seconds: a driver killed in between leaves a
     # state that names a deleted checkpoint. Made certain here: each named one is moved to
@@ -477,7 +477,7 @@ def test_a_driver_whose_lease_is_taken_stops(bucket, ray_env, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout.readline().strip() == "holding"
-        boto3.client("s3").put_object(Bucket=bucket, Key="t/.lease.json",
+        boto3.client("s3").put_object(Bucket=bucket, Key="t/.lease",
                                       Body=b'{"host": "rival", "pid": 7}')
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -487,8 +487,8 @@ def test_a_driver_whose_lease_is_taken_stops(bucket, ray_env, tmp_path):
     assert "lease was taken over or deleted by someone else; stopping" in out
     # its stop wrote nothing into the folder that is the rival's now (an interrupted mark
     # there would make the rival's run record nothing as finished)
-    assert set(_objects(bucket, "t/")) == {"t/.lease.json"}
-    assert b"rival" in _objects(bucket, "t/.lease.json")["t/.lease.json"]
+    assert set(_objects(bucket, "t/")) == {"t/.lease"}
+    assert b"rival" in _objects(bucket, "t/.lease")["t/.lease"]
 
 
 def test_checkpoints_are_checked_before_they_are_downloaded(bucket, tmp_path, capsys):

@@ -17,7 +17,9 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
+
+from ucrn.fileio import redact
 
 
 class UsageError(Exception):
@@ -36,6 +38,39 @@ class RunFailed(Exception):
 
 def one_line(x: object) -> str:
     return " ".join(str(x).split())
+
+
+def say(kind: str, text: object) -> None:
+    """The one printer of `error:` / `warning:` lines: one line, without secrets (redact:
+    a URI's userinfo, secret query values, the process's secret values), whatever the text
+    came from (a URI, a path, an exception's text)."""
+    print(f"{kind}: {redact(one_line(text))}", file=sys.stderr, flush=True)
+
+
+class _Redacting:
+    """A text stream that writes through `redact`: the last line of defence, for what a
+    command prints outside `say` (progress lines, notes, a traceback)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def redacted_output() -> Iterator[None]:
+    """sys.stdout and sys.stderr through `redact` inside the block."""
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if isinstance(s, _Redacting) else _Redacting(s) for s in old)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = old
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -98,63 +133,103 @@ def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) 
     """Run a command's main, turning the project's errors into one line and an exit code
     (and warnings into one `warning:` line each)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        with warnings.catch_warnings(), sigterm_as_interrupt():
-            warnings.showwarning = _warning_line
-            return fn(args)
-    except SystemExit as e:  # --help, or a command that chose its code
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except (UsageError, ValueError) as e:  # DataError and config errors are ValueErrors
-        text = str(e).strip()
-        print(f"error: {one_line(text.splitlines()[0]) if text else type(e).__name__}",
-              file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {io_error_line(e)}", file=sys.stderr)
-        return 1
-    except RunFailed as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print("error: out of memory (the data, or what a file claims to hold, does not fit "
-              "in this machine's memory)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with redacted_output():
+        try:
+            with warnings.catch_warnings(), sigterm_as_interrupt():
+                warnings.showwarning = _warning_line
+                return fn(args)
+        except SystemExit as e:  # --help, or a command that chose its code
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        except (UsageError, ValueError) as e:  # DataError and config errors are ValueErrors
+            text = str(e).strip()
+            say("error", text.splitlines()[0] if text else type(e).__name__)
+            return 2
+        except OSError as e:
+            say("error", io_error_line(e))
+            return 1
+        except RunFailed as e:
+            say("error", e)
+            return 1
+        except MemoryError:
+            say("error", "out of memory (the data, or what a file claims to hold, does not "
+                "fit in this machine's memory)")
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 def program(target: str) -> NoReturn:
-    """Run the command `target` ("module:function") as a program: it is imported (seconds:
-    torch, Ray, pandas) with SIGINT/SIGTERM deferred, so a stop during the imports is the usual `interrupted` and
-    exit 130 rather than a traceback from inside an import; a signal after the command has
-    ended exits at once with the command's code (a burst of them once turned exit 130 into
-    death by signal, with tracebacks from exit hooks)."""
+    """Run the command `target` ("module:function") as a program, with SIGINT/SIGTERM
+    handled for its whole life: exit 130 and one line, never death by signal.
+
+    - The imports (seconds: torch, Ray, pandas) run with the signals deferred, so a stop
+      then is the usual `interrupted` rather than a traceback from inside an import.
+    - One handler is installed first and never replaced by the default: the command's own
+      handlers (run_main, GracefulStop, Ray's) are restored to it, not to SIG_DFL.
+    - After the command: its exit hooks run under that handler, then the process ends with
+      os._exit. The interpreter's own finalisation never runs: CPython resets every
+      handler to the default there, and tearing down torch and Ray took seconds, so a
+      SIGTERM right after `--retrain` printed its results killed the process (exit 143,
+      no message).
+    - A signal once the command has ended exits at once: 130 and one line saying that what
+      the command wrote is complete (silent when the command itself was the one stopped:
+      a burst of signals once gave death by signal and tracebacks from exit hooks)."""
     code = 130
+    ended = False  # the command has returned: a signal now leaves at once
+    # for the whole process: what is printed outside run_main (a traceback) is redacted too
+    sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)
 
     def leave(signum: int = 0, frame: object = None) -> NoReturn:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        if signum and code != 130:
+            print(f"interrupted: after the command had finished (exit code {code}); what it "
+                  f"wrote is complete", file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more to say
+                pass
+        os._exit(130 if signum else code)
 
+    def on_signal(signum: int, frame: object) -> None:
+        if not ended:
+            raise KeyboardInterrupt
+        leave(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
     try:
-        with sigterm_as_interrupt():
+        try:
             with signals_held():
                 module, _, name = target.partition(":")
                 main = getattr(importlib.import_module(module), name)
-            code = main()
+            result = main()
+            code = result if isinstance(result, int) else (0 if result is None else 1)
+        finally:
+            ended = True
     except KeyboardInterrupt:  # during the imports, or one more while stopping
+        code = 130
         print("interrupted", file=sys.stderr)
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, leave)
     from ucrn.fileio import calls_stuck
 
-    if calls_stuck():  # a store that never answered: exit without waiting for it
-        leave()
-    sys.exit(code)
+    if not calls_stuck():  # a store that never answered: exit without waiting for it
+        _exit_hooks()
+    leave()
+
+
+def _exit_hooks() -> None:
+    """What the interpreter does on exit before its finalisation: wait for the threads that
+    are not daemons, then run the atexit hooks (Ray's, pyarrow's, logging's flush)."""
+    import atexit
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    run = getattr(atexit, "_run_exitfuncs", None)
+    if run is not None:
+        run()
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {one_line(message)}", file=sys.stderr, flush=True)
+    say("warning", message)

@@ -13,16 +13,18 @@ final key, so a failure leaves either the old object or the new one, never half 
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 Writer = Callable[[IO[bytes]], None]
 
@@ -110,22 +112,246 @@ def _atomic_write_fs(path: str, fill: Writer, fs: Any) -> None:
         f.write(buf.getbuffer())
 
 
-SECRET_QUERY = ("access_key", "secret_key", "session_token")
+# ---- storage URIs: one parser, one spelling, one redaction ------------------------------
+#
+# Why one of each: a URI is parsed by us, by pyarrow (whose curl removes "." and ".." and
+# decodes %-escapes) and by boto3 (which sends keys literally). Spellings that the clients
+# read differently named the same objects under two lease keys; a secret left anywhere in
+# a URI (userinfo, also inside a query value, %-encoded or not) was echoed in error lines.
+
+_STORES = ("s3", "gs", "gcs")  # object stores: the URI's host is a bucket name
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")  # RFC 3986 path characters, no '%'
+_SECRET_WORDS = {"secret", "token", "password", "passwd", "pwd", "passphrase", "signature",
+                 "sig", "credential", "credentials", "authorization", "apikey"}
+_SECRET_JOINED = ("accesskey", "secretkey", "apikey", "privatekey", "sessiontoken",
+                  "securitytoken", "externalid", "password", "clientsecret")
+# an environment variable with one of these last words names or describes a secret (a
+# file, a mode, an id), it is not one; *_PATH / *_FILE are read for the secret they hold
+_NOT_A_VALUE = {"path", "file", "dir", "mode", "url", "uri", "id", "type", "name", "region",
+                "endpoint", "host", "port", "enabled", "enable", "disabled", "disable", "ttl",
+                "expiry", "expiration", "timeout", "s"}
+_SECRET_FILES = ("~/.ray/auth_token", "~/.aws/credentials")  # where Ray and AWS look unasked
+
+
+def _enc(ch: str) -> str:
+    """`ch` as a regex, also %-encoded (once or more: %3A, %253A)."""
+    hexa = f"{ord(ch):02X}"
+    return rf"(?:{re.escape(ch)}|%(?:25)*{hexa[0]}[{hexa[1]}{hexa[1].lower()}])"
+
+
+_COLON, _SLASH, _AT, _EQ, _AMP = (_enc(c) for c in ":/@=&")
+_AUTH_END = rf"(?:{_SLASH}|{_enc('?')}|{_enc('#')}|{_enc(' ')}|{_AMP}|[\s\"'<>])"
+_USERINFO = re.compile(  # also s3:/ (a URI that went through a path function)
+    rf"(?i)(\b[a-z][a-z0-9+.\-]*{_COLON}{_SLASH}+)((?:(?!{_AUTH_END}).)+)({_AT})")
+_BARE_USERINFO = re.compile(  # a query value KEY:SECRET@host; /KEY:SECRET@host, 'K:S@host'
+    rf"({_EQ})((?:(?!{_AUTH_END}|{_EQ}).)+)({_AT})|(^|{_SLASH}|[\s'\"(<\[])((?:(?!{_AUTH_END})"
+    rf".)*{_COLON}(?:(?!{_AUTH_END}).)*)({_AT})")
+_VALUE_END = rf"(?:{_AMP}|[\s,;\"'<>#)\]}}]|%(?:25)*(?:20|23|2[cC]|3[bB]))"
+_KEY_VALUE = re.compile(
+    rf"(?P<pre>^|[?&\s,;{{(\[]|%(?:25)*(?:26|3[fF]|2[cC]|20))(?P<key>[A-Za-z][A-Za-z0-9_.\-]*)"
+    rf"(?P<sep>{_EQ})(?P<val>(?:(?!{_VALUE_END}).)+)")
+_QUOTED = re.compile(r"""(?P<pre>(?P<q>["'])(?P<key>[A-Za-z][A-Za-z0-9_.\-]*)(?P=q)\s*:\s*"""
+                     r"""(?P<q2>["']))(?P<val>(?:\\.|(?!(?P=q2)).)*)""")
+_HEADER = re.compile(r"(?im)(?P<pre>\b(?:proxy-)?authorization\s*:\s*|\bx-amz-security-token"
+                     r"\s*:\s*|\bcookie\s*:\s*)(?P<val>[^\r\n]+)")
+
+
+def secret_name(name: str) -> bool:
+    """Whether a query key, header or field called `name` holds a secret (access_key,
+    X-Amz-Signature, session_token, password, ...)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    joined = "".join(words)
+    return bool(_SECRET_WORDS.intersection(words)) or any(s in joined for s in _SECRET_JOINED)
+
+
+@functools.lru_cache(maxsize=1024)
+def _env_kind(name: str) -> str:
+    """'value' for a variable that holds a secret, 'file' for one naming a file that does
+    (RAY_AUTH_TOKEN_PATH), '' otherwise."""
+    if name in ("PWD", "OLDPWD") or not secret_name(name):
+        return ""
+    last = name.lower().rsplit("_", 1)[-1]
+    if last in ("path", "file"):
+        return "file"
+    return "" if last in _NOT_A_VALUE else "value"
+
+
+def _file_secrets(path: str) -> list[str]:
+    """The secrets a small file holds: its whole text when it is one word (a token file),
+    else the values of its secret-named `key = value` lines (~/.aws/credentials)."""
+    try:
+        p = Path(path).expanduser()
+        if not p.is_file() or p.stat().st_size > 1 << 16:
+            return []
+        text = p.read_text(errors="replace").strip()
+    except OSError:
+        return []
+    if text and not any(c.isspace() for c in text):
+        return [text]
+    return [m.group(2) for m in re.finditer(r"(?m)^\s*([A-Za-z][\w.\-]*)\s*[=:]\s*(\S+)",
+                                            text) if secret_name(m.group(1))]
+
+
+_SECRETS_CACHE: dict[tuple, tuple[str, ...]] = {}
+
+
+def secret_values() -> tuple[str, ...]:
+    """The secrets this process has (secret environment variables, the files named by
+    *_TOKEN_PATH-like variables, Ray's and AWS's default files), with their %-encoded
+    forms, longest first. Short values (under 8 characters) are left out: they would blank
+    ordinary words."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if _env_kind(k)))
+    files = [v for k, v in env if _env_kind(k) == "file"] + [
+        f for f in _SECRET_FILES if not (f.endswith("credentials")
+                                         and "AWS_SHARED_CREDENTIALS_FILE" in os.environ)]
+    stamp = []
+    for f in files:
+        try:
+            st = os.stat(os.path.expanduser(f))
+            stamp.append((f, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamp.append((f, 0, 0))
+    key = (env, tuple(stamp))
+    if key not in _SECRETS_CACHE:
+        raw = [v for k, v in env if _env_kind(k) == "value"]
+        raw += [s for f in files for s in _file_secrets(f)]
+        forms = {f for v in raw if len(v) >= 8 for f in (v, quote(v, safe=""),
+                                                          quote_plus(v, safe=""))}
+        _SECRETS_CACHE.clear()
+        _SECRETS_CACHE[key] = tuple(sorted(forms, key=len, reverse=True))
+    return _SECRETS_CACHE[key]
+
+
+def redact(text: str) -> str:
+    """`text` (a URI, a path, a message, an exception's text) without the secrets it may
+    carry: userinfo of any URI in it (also nested in a query value, %-encoded or not),
+    values of secret-named keys (`secret_key=`, `X-Amz-Signature=`, `"password": "..."`,
+    `Authorization:` headers) and this process's secret values (secret_values)."""
+    text = str(text)
+    for value in secret_values():
+        text = text.replace(value, "***")
+    text = _USERINFO.sub(r"\1***\3", text)
+    text = _BARE_USERINFO.sub(lambda m: f"{m[1]}***{m[3]}" if m[1] is not None
+                              else f"{m[4]}***{m[6]}", text)
+    text = _KEY_VALUE.sub(lambda m: m.group("pre") + m.group("key") + m.group("sep") + "***"
+                          if secret_name(m.group("key")) else m.group(0), text)
+    text = _QUOTED.sub(lambda m: m.group("pre") + "***" if secret_name(m.group("key"))
+                       else m.group(0), text)
+    return _HEADER.sub(lambda m: m.group("pre") + "***", text)
 
 
 def is_uri(text: str) -> bool:
     """A storage URI (s3://, gs://, ...) rather than a local path (file:// is local)."""
-    return "://" in text and not text.startswith("file://")
+    return "://" in text and not text.lower().startswith("file://")
 
 
-def redact(uri: str) -> str:
-    """`uri` without user info or secret query values, for messages."""
+def _decodings(value: str) -> list[str]:
+    """`value` and its %-decodings until they stop changing (nested encodings)."""
+    out = [value]
+    while len(out) < 5 and (nxt := unquote(out[-1])) != out[-1]:
+        out.append(nxt)
+    return out
+
+
+def _has_userinfo(value: str) -> bool:
+    """Whether a URI or a query value holds a user or password (`http://KEY:SECRET@host`,
+    `KEY:SECRET@host`), in any %-encoding."""
+    for text in _decodings(value):
+        authority = re.sub(r"(?i)^[a-z][a-z0-9+.\-]*://", "", text.strip())
+        if "@" in re.split(r"[/?#]", authority, maxsplit=1)[0]:
+            return True
+    return False
+
+
+def _endpoint(value: str, scheme: str | None, where: str) -> None:
+    """An S3 endpoint must say how to reach it: http(s)://HOST[:PORT], or HOST[:PORT] with
+    `scheme=http|https` (pyarrow's default https against an http store failed with an SSL
+    or HeadObject error that named neither the endpoint nor the flag)."""
+    if scheme is not None and scheme not in ("http", "https"):
+        raise ValueError(f"{where}: scheme={scheme!r}; expected scheme=http or scheme=https")
+    url = value if "://" in value else (f"{scheme}://{value}" if scheme else "")
+    value = redact(value)  # an endpoint from the environment may carry a user and password
+    if not url:
+        raise ValueError(f"{where}: the endpoint {value!r} has no scheme; the endpoint must "
+                         f"start with http:// or https:// (e.g. http://{value or 'HOST:9000'})")
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if scheme and "://" in value and parts.scheme.lower() != scheme:
+        raise ValueError(f"{where}: the endpoint {value!r} and scheme={scheme} disagree; give "
+                         f"one of them")
+    if (parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == -1
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ValueError(f"{where}: the endpoint {value!r} must start with http:// or https:// "
+                         f"and name only a host and port (http(s)://HOST[:PORT])")
+
+
+def normalize_uri(uri: str) -> str:
+    """The one spelling of a storage URI, for every later use (lease key, object keys,
+    messages); ValueError, one line without any secret, for what is refused.
+
+    Normalised, since every client reads them one way: the scheme's case, "." and ".."
+    (never above the bucket), trailing slashes, an empty query. Refused, since clients read
+    them differently or they hide where the data go: credentials (userinfo, secret-named
+    query keys, userinfo inside a query value), '%' (pyarrow decodes it, boto3 does not),
+    empty path parts ('a//b' is another key than 'a/b'), a port or capitals in a bucket
+    name (pyarrow drops the port), characters outside RFC 3986 paths, a fragment, an
+    endpoint without http:// or https://."""
+    shown = redact(uri)
     parts = urlsplit(uri)
-    host = parts.hostname or ""
-    query = "&".join(f"{k}={'***' if k in SECRET_QUERY else v}"
-                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""),
-                       parts.path, query, parts.fragment))
+    scheme = parts.scheme.lower()
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if ("@" in parts.netloc or _has_userinfo(parts.netloc)
+            or any(secret_name(k) or _has_userinfo(v) for k, v in query)):
+        raise ValueError(f"{shown}: credentials in the URI are refused (they would be recorded "
+                         f"with it); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                         f"AWS_PROFILE, or use an instance profile) instead")
+    if not parts.netloc:
+        raise ValueError(f"{shown}: no bucket; expected {scheme}://BUCKET/PREFIX")
+    if scheme in _STORES and not _BUCKET.fullmatch(parts.netloc):
+        raise ValueError(f"{shown}: {parts.netloc!r} is not a bucket name; expected "
+                         f"{scheme}://BUCKET/PREFIX with a bucket of lowercase letters, digits, "
+                         f"'.', '-' (no port, no user)")
+    if parts.fragment or uri.endswith("#"):
+        raise ValueError(f"{shown}: expected a plain path (no '#')")
+    if "%" in parts.path or not _PATH.fullmatch(parts.path):
+        raise ValueError(f"{shown}: expected a plain path (no %-escapes, spaces or other "
+                         f"characters that clients read differently)")
+    inner = parts.path.strip("/")
+    if "//" in inner or (parts.path.startswith("//") and inner):
+        raise ValueError(f"{shown}: expected a plain path (no empty parts: 'a//b' names other "
+                         f"objects than 'a/b')")
+    segments: list[str] = []
+    for seg in inner.split("/") if inner else []:
+        if seg == "..":
+            if not segments:
+                raise ValueError(f"{shown}: '..' goes above the bucket; expected "
+                                 f"{scheme}://BUCKET/PREFIX")
+            segments.pop()
+        elif seg != ".":
+            segments.append(seg)
+    keys = [k for k, _ in query]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{shown}: a query parameter is given twice; give each once")
+    if scheme == "s3":
+        opts = dict(query)
+        if "endpoint_override" in opts:
+            _endpoint(opts["endpoint_override"], opts.get("scheme"), shown)
+        elif "scheme" in opts and opts["scheme"] not in ("http", "https"):
+            raise ValueError(f"{shown}: scheme={opts['scheme']!r}; expected http or https")
+    path = "/" + "/".join(segments) if segments else ""
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def display_uri(uri: str) -> str:
+    """A URI as messages show it: its one spelling, without secrets."""
+    try:
+        return redact(normalize_uri(uri))
+    except ValueError:
+        return redact(uri)
 
 
 def child_uri(uri: str, *names: str) -> str:
@@ -180,46 +406,135 @@ def answered(fn: Callable[[], Any], seconds: float | None = None) -> Any:
 
 def open_uri(uri: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path) of a storage URI such as
-    s3://BUCKET/PREFIX?endpoint_override=http://host:9000 (or AWS_ENDPOINT_URL set).
-    Credentials in the URI are refused: they would be recorded wherever the URI is (search
-    settings, logs, error lines); they come from the environment or the instance profile."""
+    s3://BUCKET/PREFIX?endpoint_override=http://host:9000 (or AWS_ENDPOINT_URL set), in its
+    one spelling (normalize_uri: refused URIs, credentials among them, are a ValueError).
+    Credentials come from the environment or the instance profile, never from the URI:
+    they would be recorded wherever the URI is (search settings, logs, error lines)."""
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    parts = urlsplit(uri)
-    if not parts.hostname:
-        raise ValueError(f"{redact(uri)}: no bucket; expected {parts.scheme}://BUCKET/PREFIX")
-    if "//" in parts.path or "%" in parts.path or parts.fragment:
-        raise ValueError(f"{redact(uri)}: expected a plain path (no empty parts, %-escapes or "
-                         f"'#')")
-    if parts.username or parts.password or any(
-            k in SECRET_QUERY for k, _ in parse_qsl(parts.query)):
-        raise ValueError(f"{redact(uri)}: credentials in the URI are refused (they would be "
-                         f"recorded with it); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                         f"(or AWS_PROFILE, or use an instance profile) instead")
+    canonical = normalize_uri(uri)
+    if urlsplit(canonical).scheme == "s3" and "endpoint_override=" not in canonical:
+        for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(var):
+                _endpoint(os.environ[var], None, f"{display_uri(uri)}: {var}")
+                break
     try:  # bounded: pyarrow waits here while another call to the same store hangs
-        return answered(lambda: pafs.FileSystem.from_uri(uri))
+        return answered(lambda: pafs.FileSystem.from_uri(canonical))
     except NoAnswer:
         raise
     except (pa.ArrowException, ValueError, OSError) as e:
-        raise ValueError(f"{redact(uri)}: not a storage URI that pyarrow can open "
-                         f"({' '.join(str(e).split())})") from None
+        raise ValueError(f"{display_uri(uri)}: not a storage URI that pyarrow can open "
+                         f"({redact(' '.join(str(e).split()))})") from None
+
+
+def bounded(fs: Any) -> Any:
+    """`fs` (a pyarrow filesystem) with every call, and every read of a file it opens,
+    given up after ANSWER_S (NoAnswer); once one call has not answered, every later one
+    fails at once. Why: a reading command (analyze.py, predict, --warm-start) makes many
+    calls (a listing, each Parquet file, search.json); a store that answered the first and
+    then stopped held each of them for about 100 s, and callers that take an unreadable
+    file for a damaged one went on to the next."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    class Handler(pafs.FileSystemHandler):
+        def __init__(self, inner: Any):
+            self.inner, self.stalled = inner, None
+
+        def call(self, fn: Callable[[], Any]) -> Any:
+            if self.stalled is not None:
+                raise NoAnswer(str(self.stalled))
+            try:
+                return answered(fn)
+            except NoAnswer as e:
+                self.stalled = e
+                raise
+
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+        def __ne__(self, other: object) -> bool:
+            return other is not self
+
+        def get_type_name(self) -> str:
+            return f"bounded-{self.inner.type_name}"
+
+        def normalize_path(self, path: str) -> str:
+            return self.inner.normalize_path(path)
+
+        def get_file_info(self, paths: list[str]) -> Any:
+            return self.call(lambda: self.inner.get_file_info(paths))
+
+        def get_file_info_selector(self, selector: Any) -> Any:
+            return self.call(lambda: self.inner.get_file_info(selector))
+
+        def open_input_file(self, path: str) -> Any:
+            return pa.PythonFile(_BoundedReader(self.call(
+                lambda: self.inner.open_input_file(path)), self.call), mode="r")
+
+        def open_input_stream(self, path: str) -> Any:
+            return self.open_input_file(path)
+
+        def _read_only(self, *args: Any) -> Any:
+            raise OSError(errno.EROFS, "opened for reading only")
+
+        create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _read_only
+        delete_file = move = copy_file = open_output_stream = open_append_stream = _read_only
+
+    return pafs.PyFileSystem(Handler(fs))
+
+
+def stalled(fs: Any) -> NoAnswer | None:
+    """The call a bounded() filesystem gave up on, if any."""
+    return getattr(getattr(fs, "handler", None), "stalled", None)
+
+
+class _BoundedReader:
+    """A file of a bounded() filesystem: each read in bounded time (seek and tell are local)."""
+
+    def __init__(self, f: Any, call: Callable[[Callable[[], Any]], Any]):
+        self._f, self._call, self.closed = f, call, False
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._call(lambda: self._f.read() if n is None or n < 0 else self._f.read(n))
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self.closed = True
+        self._f.close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
 
 
 @contextmanager
 def local_copy(uri: str, suffix: str = "", max_bytes: int | None = None) -> Iterator[Path]:
     """A file at a URI, copied to a private temporary file for as long as it is needed
     (torch.load and the safe loaders read local regular files only); refused before any
-    byte is copied when it is not a file or is larger than `max_bytes`."""
+    byte is copied when it is not a file or is larger than `max_bytes`. Every call to the
+    store is bounded in time (bounded)."""
     import pyarrow.fs as pafs
 
-    fs, path = open_uri(uri)
-    info = answered(lambda: fs.get_file_info(path))
+    raw, path = open_uri(uri)
+    fs = bounded(raw)
+    info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
         what = "a folder" if info.type == pafs.FileType.Directory else "not there"
-        raise OSError(errno.ENOENT, f"{what}; expected a file", redact(uri))
+        raise OSError(errno.ENOENT, f"{what}; expected a file", display_uri(uri))
     if max_bytes is not None and (info.size or 0) > max_bytes:
-        raise ValueError(f"{redact(uri)}: {info.size} bytes, more than the {max_bytes} a "
+        raise ValueError(f"{display_uri(uri)}: {info.size} bytes, more than the {max_bytes} a "
                          f"checkpoint may have")
     fd, tmp = tempfile.mkstemp(suffix=suffix)
     try:

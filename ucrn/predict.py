@@ -26,9 +26,16 @@ import pyarrow.parquet as pq
 import torch
 
 from ucrn.config import data_args
-from ucrn.data import SPLITS, MultData, Split, load_dataset
+from ucrn.data import DATASET_TASK, SPLITS, MultData, Split, load_dataset, resolve_dataset
 from ucrn.errors import OneLineParser, UsageError, one_line, run_main
-from ucrn.fileio import atomic_write, check_output, is_uri, local_copy, redact
+from ucrn.fileio import (
+    atomic_write,
+    check_output,
+    display_uri,
+    is_uri,
+    local_copy,
+    redact,
+)
 from ucrn.losses import task_loss
 from ucrn.metrics import IEMOCAP_EMOTIONS, TASK_METRICS, task_metrics
 from ucrn.model import UCRN, UCRNConfig
@@ -71,12 +78,12 @@ def load_bundle(path: Path | str, device: torch.device) -> dict[str, Any]:
         try:
             with local_copy(path, ".pt", MAX_CHECKPOINT_BYTES) as tmp:
                 bundle = load_checkpoint(tmp, map_location=device, what="")
-        except OSError as e:
-            raise UsageError(f"--checkpoint {redact(path)}: cannot read it "
-                             f"({' '.join(str(e).split())[:200]})") from None
+        except OSError as e:  # NoAnswer (a store that stopped answering) among them
+            raise UsageError(f"--checkpoint {display_uri(path)}: cannot read it "
+                             f"({redact(' '.join(str(e).split()))[:200]})") from None
         except ValueError as e:  # the safe loader's line names the copy: name the URI
-            text = str(e).replace(str(tmp), redact(path)) if tmp else str(e)
-            raise UsageError(f"--checkpoint {text}") from None
+            text = str(e).replace(str(tmp), display_uri(path)) if tmp else str(e)
+            raise UsageError(f"--checkpoint {redact(text)}") from None
     else:
         bundle = load_checkpoint(path, map_location=device)
     missing = [k for k in BUNDLE_KEYS if k not in bundle]
@@ -126,10 +133,12 @@ def build_model(bundle: dict[str, Any], path: Path, device: torch.device) -> UCR
 def bundle_data(bundle: dict[str, Any], dataset: str | None, data_path: str | None,
                 aligned: bool | None) -> tuple[MultData, str]:
     """The data the checkpoint was trained on, unless the flags say otherwise: (data, the
-    dataset's name)."""
+    dataset's name). Other data is loaded as the dataset its own files or folders name
+    (a CH-SIMS folder is CH-SIMS whatever the checkpoint was trained on), falling back to
+    the checkpoint's dataset where they name none; compare_data then says what differs."""
     cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
     args = data_args(cfg)
-    dataset = dataset or cfg.get("dataset") or "synthetic"
+    trained = cfg.get("dataset") if isinstance(cfg.get("dataset"), str) else None
     aligned = bool(cfg.get("aligned", False)) if aligned is None else aligned
     recorded = cfg.get("data_path")
     if data_path is None and isinstance(recorded, str):  # the file the model was trained on
@@ -137,12 +146,29 @@ def bundle_data(bundle: dict[str, Any], dataset: str | None, data_path: str | No
             raise UsageError(f"the checkpoint was trained on {recorded}, which is gone; "
                              f"pass --data_path (the data to score)")
         data_path = recorded
+    if dataset is None and data_path is not None and data_path != recorded:
+        dataset = _own_dataset(data_path, aligned)
+    dataset = dataset or trained or "synthetic"
     seed = args["seed"]
     fmt = args["data_format"] if data_path == recorded else "auto"  # other data: told by its files
     data = load_dataset(dataset, data_path, aligned, str(args["preset"]),
                         seed if isinstance(seed, int) and seed >= 0 else 0, str(fmt),
                         str(args["target"]))
-    return data, dataset
+    return data, data.dataset or dataset
+
+
+def _own_dataset(data_path: str, aligned: bool) -> str | None:
+    """The dataset other data names itself (MulT file name, MMSA folder, the name `ucrn
+    convert` recorded), or None where it names none with a task of its own."""
+    try:
+        found = resolve_dataset(None, data_path, aligned).dataset
+    except ValueError:  # nothing to tell it by: the checkpoint's dataset, as before
+        return None
+    return found if DATASET_TASK.get(found) is not None else None
+
+
+_KIND = {"regression": "sentiment in [-3, 3]", "sims": "CH-SIMS sentiment in [-1, 1]",
+         "iemocap": "IEMOCAP's 4 emotions"}
 
 
 def check_shapes(data: MultData, mcfg: UCRNConfig, path: Path) -> None:
@@ -151,8 +177,30 @@ def check_shapes(data: MultData, mcfg: UCRNConfig, path: Path) -> None:
     want = (tuple(mcfg.input_dims), tuple(mcfg.seq_lens), mcfg.output_dim)
     if have != want:
         fmt = "input_dims {}, seq_lens {}, output_dim {}"
+        what = [name for name, a, b in zip(("feature dimensions", "sequence lengths",
+                                            "label kind"), have, want, strict=True) if a != b]
         raise UsageError(f"data {data.source} has {fmt.format(*have)} but checkpoint {path} "
-                         f"expects {fmt.format(*want)}")
+                         f"expects {fmt.format(*want)} ({', '.join(what)} differ)")
+
+
+def compare_data(bundle: dict[str, Any], data: MultData, path: Path | str) -> None:
+    """Data of another dataset than the checkpoint's: refused where the label kind differs
+    (CH-SIMS's [-1, 1] scored by a model of [-3, 3], or the reverse: its numbers would mean
+    nothing), one warning line where only the name does (a model of one dataset scored on
+    another of the same kind, a cross-dataset test)."""
+    cfg = bundle.get("config") if isinstance(bundle.get("config"), dict) else {}
+    trained = cfg.get("dataset") if isinstance(cfg.get("dataset"), str) else None
+    if trained is None or trained not in DATASET_TASK or data.dataset in (None, trained):
+        return
+    was, now = DATASET_TASK[trained], DATASET_TASK.get(data.dataset or "")
+    if was is not None and now is not None and was != now:
+        raise UsageError(f"checkpoint {path} was trained on dataset {trained} ({_KIND[was]}) "
+                         f"but data {data.source} is dataset {data.dataset} ({_KIND[now]}); "
+                         f"its scores would not mean anything")
+    warnings.warn(one_line(f"checkpoint {path} was trained on dataset {trained}, data "
+                           f"{data.source} is dataset {data.dataset} (task {data.task}, same "
+                           f"shapes): scored as another dataset's data"),
+                  RuntimeWarning, stacklevel=2)
 
 
 # ---- prediction ----------------------------------------------------------------------
@@ -175,7 +223,9 @@ def predict_split(model: UCRN, split: Split, device: torch.device, batch_size: i
 
 def prediction_table(out: np.ndarray, split: Split, task: str) -> pa.Table:
     """One row per segment: id, prediction(s) and label(s)."""
-    cols: dict[str, Any] = {"id": pa.array(split.ids.astype(str))}
+    # from Python strings: Arrow cuts a numpy string at its first NUL (the loader refuses
+    # ids that hold one, or that would read as another's)
+    cols: dict[str, Any] = {"id": pa.array(split.ids.tolist(), type=pa.string())}
     if task == "iemocap":
         logits = out.reshape(-1, len(IEMOCAP_EMOTIONS), 2)
         for i, emo in enumerate(IEMOCAP_EMOTIONS):
@@ -229,6 +279,7 @@ def open_scoring(args: Any) -> tuple[Path | str, Path, torch.device, dict[str, A
     model = build_model(bundle, ckpt, device)
     data, dataset = bundle_data(bundle, args.dataset, args.data_path, args.aligned)
     check_shapes(data, model.cfg, ckpt)
+    compare_data(bundle, data, ckpt)
     return ckpt, out_path, device, bundle, model, data, dataset
 
 
