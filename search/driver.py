@@ -8,6 +8,7 @@ exit code 2, nothing written) and holds the results folder's lock for the whole 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from search.cluster import (
     start_ray,
     trial_settings,
 )
-from search.dataload import load_data, with_data_path
+from search.dataload import data_bytes, load_data, with_data_path
 from search.flags import (
     Flags,
     check_address,
@@ -44,6 +45,7 @@ from search.warm import WarmStart, warm_start
 from ucrn.config import TrainConfig
 from ucrn.data import MultData
 from ucrn.errors import UsageError, run_main
+from ucrn.fileio import is_uri
 from ucrn.metrics import metric_mode
 
 
@@ -288,12 +290,14 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
                given: set[str] = frozenset()) -> int:
     check_flags(fl)
     storage = check_storage(fl.storage)
+    if is_uri(storage):  # recorded as parsed: one spelling wherever it is shown or saved
+        fl = replace(fl, storage=storage)
     store = ResultsStore(join(storage, fl.name))
     with ResultsLock(store, "search") as lock:
         plan = plan_search(fl, store, storage, fail_if, given)
         fl = plan.flags
         data = load_data(plan.settings.base)
-        check_metric_task(fl.metric, data.task)
+        check_metric_task(fl.metric, data.task, data.splits["valid"].labels)
         if fl.data_path is not None:  # the format the files turned out to have, recorded
             fl = replace(fl, data_format=data.format)
             plan = replace(plan, flags=fl, settings=replace(
@@ -313,16 +317,19 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
                                  "--search-alg tpe")
             for note in plan.warm.notes:
                 print(f"note: warm start: {note}", flush=True)
-        code = run(plan, data, lock)
+        holder = [data]
+        del data  # the data now lives in `holder`, which the run empties into Ray's store
+        code = run(plan, holder, lock)
         return code if code else summarise(plan)
 
 
-def run(plan: SearchPlan, data: MultData, lock: ResultsLock) -> int:
+def run(plan: SearchPlan, holder: list[MultData], lock: ResultsLock) -> int:
     """The search on Ray; 0 when Tune finished, 1 when the results storage failed."""
     import ray
 
     fl, store = plan.flags, plan.store
-    start_ray(fl.address, plan.settings.base["threads"], _log_file(store))
+    start_ray(fl.address, plan.settings.base["threads"], _log_file(store),
+              data_bytes(holder[0]))
     with GracefulStop(plan.resume_command, store.uri, lock.mark_interrupted) as stop:
         try:
             check_cluster(fl)
@@ -332,7 +339,7 @@ def run(plan: SearchPlan, data: MultData, lock: ResultsLock) -> int:
                     "mode": plan.mode, "searched": searched(plan.space),
                     "data": plan.data_id, "warm_start": plan.warm.record(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-            tuner = _tuner(plan, data)
+            tuner = _tuner(plan, holder)
             print(f"search {fl.name}: {fl.num_samples} trials x up to {fl.max_epochs} epochs, "
                   f"executor {fl.executor}, {fl.metric} ({plan.mode}); searching "
                   f"{', '.join(searched(plan.space))}\nresults: {store.uri}", flush=True)
@@ -352,14 +359,14 @@ def run(plan: SearchPlan, data: MultData, lock: ResultsLock) -> int:
             ray.shutdown()
 
 
-def _tuner(plan: SearchPlan, data: MultData):
+def _tuner(plan: SearchPlan, holder: list[MultData]):
     """A new Tuner, or the interrupted one restored from its saved state."""
     from ray import tune
 
     from search.space import to_tune
 
     fl, store = plan.flags, plan.store
-    trainable = make_trainable(fl, data, plan.settings)
+    trainable = make_trainable(fl, holder, plan.settings)
     param_space = to_tune({k: v for k, v in plan.space.items() if isinstance(v, dict)})
     if not plan.restore:
         recorder = make_recorder(store.location, fl.name, fl.metric, plan.mode, fl.executor,
@@ -461,10 +468,17 @@ def summarise(plan: SearchPlan) -> int:
         print(f"note: {len(book.trials)} of {fl.num_samples} trials have results")
     best = book.best_trial()
     if best is None:
-        print("no trial finished with a finite metric; nothing to recommend", file=sys.stderr)
+        why = _undefined_metric(plan, book)
+        print(f"no trial finished with a finite {fl.metric}; nothing to recommend"
+              + (f": {why}; choose another --metric" if why else ""), file=sys.stderr)
         return 1
     config = {k: best[k] for k in TrainConfig.__dataclass_fields__ if k in best}
-    store.write_json("best_config.json", TrainConfig.from_dict(config).to_dict())
+    config = TrainConfig.from_dict(config).to_dict()
+    kept = book.keep_best_config(config)  # never from less than it was chosen from
+    if kept:
+        print(f"warning: {kept}", file=sys.stderr)
+    else:
+        book.write_best_config(best, config)
     metrics = {k: best[k] for k in METRICS if k in best and best[k] is not None}
     print(f"best trial {best['trial_id']} ({best['status']}, best epoch {best['best_epoch']}): "
           + "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items()))
@@ -472,6 +486,25 @@ def summarise(plan: SearchPlan) -> int:
     print(f"results: {store.show('trials.parquet')}, {store.show('epochs.parquet')}, "
           f"{store.show('best_config.json')}\nanalyse: python analyze.py {store.uri}")
     return 0
+
+
+def _undefined_metric(plan: SearchPlan, book: TrialBook) -> str | None:
+    """Why no trial has a value of the search's metric, when the validation labels say so
+    (Corr of constant labels, a class metric of one class): the data are read again, only
+    when no epoch of any trial has a finite value."""
+    from ucrn.config import data_args
+    from ucrn.data import load_dataset
+    from ucrn.metrics import undefined_metric
+
+    metric = plan.flags.metric
+    values = [r.get(metric) for rows in book.epochs.values() for r in rows.values()]
+    if any(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return None
+    try:
+        data = load_dataset(**data_args(plan.settings.base))
+        return undefined_metric(metric, data.splits["valid"].labels, data.task)
+    except Exception:  # noqa: BLE001 - only an explanation: without it, the line as before
+        return None
 
 
 if __name__ == "__main__":

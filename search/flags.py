@@ -19,7 +19,7 @@ from typing import Any
 from ucrn.config import DATASETS
 from ucrn.data import DATASET_ALIASES, FORMATS, TARGETS
 from ucrn.errors import OneLineParser, UsageError
-from ucrn.fileio import check_name, is_uri
+from ucrn.fileio import check_name, is_uri, normalize_uri
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("auto", "train", "tune")
@@ -256,8 +256,13 @@ def check_flags(fl: Flags) -> None:
         if not ok:
             shown = "''" if value == "" else value  # an empty value, visibly
             raise UsageError(f"{name} {shown}: expected {expected}")
+    why = name_problem(fl.name)
+    if why is not None:
+        shown = repr(fl.name) if len(fl.name) <= 60 else f"{fl.name[:40]!r}..."
+        raise UsageError(f"--name {shown}: expected a plain folder name (ASCII letters, "
+                         f"digits, '-', '_', '.'; 1 to {NAME_MAX_CHARS} characters); it {why}")
     try:
-        check_name(fl.name, "--name")
+        check_name(fl.name, "--name")  # the folder rule itself, should it grow a new case
     except ValueError as e:
         raise UsageError(str(e)) from None
     fl.extra_resources  # noqa: B018 - parses --trial-resources, one line if malformed
@@ -315,7 +320,10 @@ def check_storage(storage: str) -> str:
         from search.objstore import check_remote
 
         check_remote(storage)
-        return storage
+        try:
+            return normalize_uri(storage)  # one spelling, in search.json too
+        except ValueError as e:
+            raise UsageError(f"--storage {e}") from None
     path = Path(storage.removeprefix("file://")).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--storage {storage}: is a file, expected a folder")
@@ -379,12 +387,40 @@ def resolve_metric(fl: Flags) -> str:
     return "loss" if iemocap else "MAE"
 
 
-def check_metric_task(metric: str, task: str) -> None:
-    """A metric the data's task has (every IEMOCAP trial failed on MAE before)."""
-    from ucrn.metrics import ROBUST_METRICS, TASK_METRICS
+# ucrn.fileio.check_name's rules, each with its own reason (its one message named no rule:
+# a name too long was "expected a plain folder name"); tests/test_config.py keeps them equal.
+NAME_MAX_CHARS = 200  # a folder name, with room for suffixes, under NAME_MAX (255 bytes)
+NAME_FORBIDDEN = "/\\\0%#?"  # the name is also a key in a URI: no escapes or queries
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with a search name, as "it ...", in words (None: nothing)."""
+    if not name:
+        return "is empty"
+    if len(name) > NAME_MAX_CHARS:
+        return f"is {len(name)} characters long, over the limit of {NAME_MAX_CHARS}"
+    if name in (".", ".."):
+        return "names the folder itself or its parent"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    for i, c in enumerate(name):
+        if c in NAME_FORBIDDEN:
+            return f"holds {c!r} (character {i + 1}), which a folder name or URI key cannot"
+        if not c.isprintable() or not c.isascii():
+            return f"holds {c!r} (character {i + 1}), not a printable ASCII character"
+    return None
+
+
+def check_metric_task(metric: str, task: str, valid_labels: Any = None) -> None:
+    """A metric the data's task has (every IEMOCAP trial failed on MAE before), and that
+    the validation labels can define (Corr of constant labels is NaN for every trial)."""
+    from ucrn.metrics import ROBUST_METRICS, TASK_METRICS, undefined_metric
 
     fits = ("loss", *TASK_METRICS[task], *(ROBUST_METRICS if task != "iemocap" else ()))
     if metric not in fits:
         fit = ", ".join(fits[:4]) + ", ..."
         raise UsageError(f"--metric {metric}: the data's task is {task}, which has no "
                          f"{metric}; use {fit} (or auto)")
+    why = undefined_metric(metric, valid_labels, task) if valid_labels is not None else None
+    if why:
+        raise UsageError(f"--metric {metric}: {why}; choose another --metric")

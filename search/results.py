@@ -10,6 +10,7 @@ driver's callback feeds it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,6 +23,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from search.schema import (
+    BEST_CONFIG,
+    BEST_TRIAL,
     EPOCHS,
     FILE_COLUMNS,
     GPU_MEMORY,
@@ -31,8 +34,12 @@ from search.schema import (
     STATUSES,
     TRIALS,
     SchemaError,
+    best_epoch_row,
     check_config_fields,
+    check_results,
     config_type,
+    file_key,
+    same_value,
 )
 from search.schema import column_type as _schema_type
 from ucrn.config import TrainConfig
@@ -114,28 +121,36 @@ class ResultsStore:
 
     def write_rows(self, folder: str, key: str, rows: list[dict[str, Any]]) -> None:
         table = to_table(rows)
-        self._write(f"{folder}/{_safe(key)}.parquet", lambda f: pq.write_table(table, f))
+        self._write(f"{folder}/{file_key(key)}.parquet", lambda f: pq.write_table(table, f))
 
-    def read_rows(self, folder: str, unreadable: list[str] | None = None
-                  ) -> dict[str, list[dict[str, Any]]]:
-        """Rows per file key. An unreadable file is skipped and its key appended to
-        `unreadable`, so that the caller can rebuild it or say it is lost."""
-        out: dict[str, list[dict[str, Any]]] = {}
+    def read_tables(self, folder: str) -> tuple[dict[str, pa.Table | str], dict[str, float]]:
+        """Each file of a dataset folder by its key: its table, or why it cannot be read;
+        and each file's modification time. Temporary and hidden files are skipped."""
+        out: dict[str, pa.Table | str] = {}
+        mtimes: dict[str, float] = {}
         selector = pafs.FileSelector(self.path(folder), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             base = info.base_name
-            if info.type != pafs.FileType.File or base.startswith((".", "_")):
+            if info.type != pafs.FileType.File or base.startswith((".", "_")) \
+                    or not base.endswith(".parquet"):
                 continue
-            if not base.endswith(".parquet"):
-                continue
+            key = base.removesuffix(".parquet")
+            mtimes[key] = info.mtime.timestamp() if info.mtime is not None else 0.0
             try:
-                rows = pq.read_table(info.path, filesystem=self.fs).to_pylist()
-            except (pa.ArrowException, OSError):
-                if unreadable is not None:
-                    unreadable.append(base.removesuffix(".parquet"))
-                continue
-            out[base.removesuffix(".parquet")] = rows
-        return out
+                out[key] = pq.read_table(info.path, filesystem=self.fs)
+            except (pa.ArrowException, OSError) as e:
+                out[key] = f"was unreadable ({type(e).__name__})"
+        return out, mtimes
+
+    def read_rows(self, folder: str, unreadable: list[str] | None = None
+                  ) -> dict[str, list[dict[str, Any]]]:
+        """Rows per file key, as they are (benchmarks; readers of a search's results go
+        through TrialBook, which checks them). An unreadable file is skipped and its key
+        appended to `unreadable`."""
+        tables, _ = self.read_tables(folder)
+        if unreadable is not None:
+            unreadable += [k for k, t in tables.items() if isinstance(t, str)]
+        return {k: t.to_pylist() for k, t in tables.items() if not isinstance(t, str)}
 
     def write_json(self, name: str, obj: Any) -> None:
         self._write(name, json_bytes(obj))
@@ -158,10 +173,13 @@ class ResultsStore:
                              f"{self.MAX_JSON_BYTES >> 20} MB")
         with self.fs.open_input_stream(path) as f:
             data = f.read()
+        from ucrn.safeload.textfiles import parse_json
+
         try:
-            return json.loads(data.decode())
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise ValueError(f"{self.uri}/{name}: not valid JSON ({type(e).__name__})") from None
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.uri}/{name}: not valid JSON (not UTF-8)") from None
+        return parse_json(text, f"{self.uri}/{name}", expect=None)  # duplicate keys refused
 
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(self.path(name)).type != pafs.FileType.NotFound
@@ -177,10 +195,6 @@ class ResultsStore:
     def write_bytes(self, name: str, data: bytes) -> str:
         self._write(name, data)
         return self.show(name)
-
-
-def _safe(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
 
 
 class TrialBook:
@@ -201,33 +215,34 @@ class TrialBook:
         self.trials: dict[str, dict[str, Any]] = {}
 
     def load(self) -> list[str]:
-        """Read the files back (a resumed search, the summary). A trial file that cannot be
-        read (damaged since) is rebuilt from the trial's epoch rows and rewritten (only in
-        memory when read_only); the returned notes say which files were damaged and what
-        became of them."""
-        bad_epochs: list[str] = []
-        bad_trials: list[str] = []
-        for rows in self.store.read_rows(self.epochs_dir, bad_epochs).values():
-            for row in rows:
+        """Read the files back (a resumed search, the summary, --retrain --trial, a warm
+        start's source), each checked against search/schema.py (check_results, as
+        analyze.py does): a file that does not hold what the schema says is left out, and a
+        trial whose summary row is damaged, disagrees with its epoch rows or is missing is
+        rebuilt from them and rewritten (only in memory when read_only). Returns one line
+        per file left out or rebuilt, then notes."""
+        # The trials rows first: a writer writes them after the epoch rows, so a row read
+        # first never runs ahead of its epoch rows. A read-only book is another search's,
+        # which may be running: a lone new first epoch there is a trial just started.
+        read: dict[str, dict[str, pa.Table | str]] = {}
+        read[TRIALS], _ = self.store.read_tables(self.trials_dir)
+        read[EPOCHS], mtimes = self.store.read_tables(self.epochs_dir)
+        folder = {TRIALS: self.trials_dir, EPOCHS: self.epochs_dir}
+        checked = check_results(
+            read, lambda f, k: self.store.show(folder[f], k + ".parquet"), self.metric,
+            self.mode, CONFIG_TYPES, mtimes if self.read_only else None)
+        for table in checked.tables[EPOCHS].values():
+            for row in table.to_pylist():
                 self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = _conform(row)
-        for rows in self.store.read_rows(self.trials_dir, bad_trials).values():
-            for row in rows:
-                self.trials[row["trial_id"]] = _conform(row)
-        notes = [f"{self.store.show(self.epochs_dir, k + '.parquet')} is unreadable: that "
-                 f"trial's per-epoch rows are lost" for k in bad_epochs]
-        for key in bad_trials:
-            path = self.store.show(self.trials_dir, key + ".parquet")
-            tid = next((t for t in self.epochs if _safe(t) == key), None)
-            if tid is None or tid in self.trials:
-                notes.append(f"{path} is unreadable and trial {key} has no epoch rows: it is "
-                             f"left out")
-                continue
-            rows = self._epoch_rows(tid)
-            config = {k: rows[-1][k] for k in CONFIG_KEYS if k in rows[-1]}
-            self.finish(tid, config)
-            notes.append(f"{path} was unreadable: trial {tid} rebuilt from its {len(rows)} "
-                         f"epoch row(s) as {self.trials[tid]['status']}")
-        return notes
+        for key, table in checked.tables[TRIALS].items():
+            row = _conform(table.to_pylist()[0])
+            if key in checked.rebuilt:
+                row = {**row, "search": row.get("search") or self.search,
+                       "executor": self.executor or None}
+                if not self.read_only:
+                    self.store.write_rows(self.trials_dir, row["trial_id"], [row])
+            self.trials[row["trial_id"]] = row
+        return checked.warnings + checked.notes
 
     def add_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         """Record one reported epoch (upsert) and refresh the trial's summary. A report
@@ -245,7 +260,8 @@ class TrialBook:
                                         "checkpoint") if result.get(k) is not None}
         if result.get("replay") and epoch == 1:  # a restarted run re-reports from its checkpoint
             extra["resumes"] = int(info.get("resumes") or 0) + 1
-        status = "diverged" if result.get("diverged") else info.get("status", "running")
+        status = "diverged" if result.get("diverged") else (  # rebuilt, yet reporting: it runs
+            "running" if info.get("rebuilt") else info.get("status", "running"))
         self._summarise(trial_id, config, status, info.get("error"),
                         wall=result.get("wall_seconds", info.get("wall_seconds")), extra=extra)
 
@@ -285,6 +301,7 @@ class TrialBook:
             "node_id": extra.get("node_id", prev.get("node_id")),
             "resumes": extra.get("resumes", prev.get("resumes") or 0),
             "executor": self.executor, "search_metric": self.metric, "search_mode": self.mode,
+            "rebuilt": None,  # written as it reported (schema.rebuild_trial says otherwise)
         })
         summary.update({k: config.get(k) for k in CONFIG_KEYS if k in config})
         self.trials[trial_id] = summary
@@ -293,11 +310,7 @@ class TrialBook:
         return summary
 
     def _best_row(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-        scored = [r for r in rows if _finite(r.get(self.metric))]
-        if not scored:
-            return rows[-1] if rows else None
-        pick = min if self.mode == "min" else max
-        return pick(scored, key=lambda r: r[self.metric])
+        return best_epoch_row(rows, self.metric, self.mode)
 
     def best_trial(self) -> dict[str, Any] | None:
         """The best finished trial; diverged, errored and running trials never qualify."""
@@ -307,6 +320,80 @@ class TrialBook:
             return None
         pick = min if self.mode == "min" else max
         return pick(ok, key=lambda t: t[self.metric])
+
+    # ---- best_config.json: never rewritten from less than it was chosen from -------------
+
+    def keep_best_config(self, config: dict[str, Any]) -> str | None:
+        """Why best_config.json must stay as it is rather than become `config` (None: write
+        it). It was chosen from the trials best_trial.json records with their statuses and
+        values; a --resume that no longer reads all of them as they were (a trial file
+        damaged, deleted, rebuilt as another status) chooses from less, and once rewrote it
+        to a worse trial. Tune retries errored trials on --resume, so only they may change,
+        and not by a rebuild. And the file must be what the record chose, or at least the
+        config of a finished trial read now (an older search without a record, a write cut
+        between the two files): one edited by hand is never overwritten."""
+        name = self.store.show(BEST_CONFIG)
+        try:
+            existing = self.store.read_json(BEST_CONFIG)
+        except ValueError as e:
+            existing = str(e)
+        if existing is None:
+            return None
+        try:
+            record = self.store.read_json(BEST_TRIAL)
+        except ValueError:
+            record = None
+        trials = record.get("trials") if isinstance(record, dict) else None
+        if isinstance(trials, dict) and record.get("metric") == self.metric:
+            lost = [tid for tid, was in trials.items() if self._changed(tid, was)]
+            if lost:
+                return (f"{name} kept as it was (trial {record.get('trial_id')}, {self.metric} "
+                        f"{record.get('value')}): it was chosen from {len(trials)} trials, "
+                        f"and {len(lost)} of them are missing or changed now "
+                        f"({', '.join(sorted(lost)[:5])}); restore their files, or delete "
+                        f"{name} to have it chosen from what is here")
+            if isinstance(existing, dict) and config_digest(existing) == record.get("config"):
+                return None
+        if isinstance(existing, dict) and any(
+                self._eligible(t) and _same_config(t, existing) for t in self.trials.values()):
+            return None
+        return (f"{name} kept as it was: it is neither the config {BEST_TRIAL} records nor "
+                f"that of a finished trial read now (edited by hand, or its trial's file "
+                f"damaged or gone?); delete it to have it chosen from what is here")
+
+    def write_best_config(self, best: dict[str, Any], config: dict[str, Any]) -> None:
+        """best_config.json, then the record of what it was chosen from (cut between the
+        two, the file is still a finished trial's config: the next write goes ahead)."""
+        self.store.write_json(BEST_CONFIG, config)
+        self.store.write_json(BEST_TRIAL, {
+            "trial_id": best["trial_id"], "metric": self.metric, "mode": self.mode,
+            "value": best.get(self.metric), "config": config_digest(config),
+            "trials": {tid: [t.get("status"), t.get(self.metric)]
+                       for tid, t in sorted(self.trials.items())}})
+
+    def _eligible(self, t: dict[str, Any]) -> bool:
+        return t.get("status") in ("completed", "stopped") and _finite(t.get(self.metric))
+
+    def _changed(self, tid: str, was: Any) -> bool:
+        now = self.trials.get(tid)
+        if now is None or not isinstance(was, list) or len(was) != 2:
+            return True
+        if was[0] == "errored" and not now.get("rebuilt"):
+            return False  # Tune retried it on --resume
+        return now.get("status") != was[0] or not same_value(now.get(self.metric), was[1])
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A config's fingerprint in best_trial.json: which best_config.json it chose."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _same_config(row: dict[str, Any], config: dict[str, Any]) -> bool:
+    try:
+        mine = TrainConfig.from_dict({k: row[k] for k in CONFIG_KEYS if k in row}).to_dict()
+        return mine == TrainConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError):
+        return False
 
 
 def _conform(row: dict[str, Any]) -> dict[str, Any]:

@@ -26,12 +26,20 @@ from search.cluster import (
     start_ray,
     trial_settings,
 )
-from search.dataload import load_data
+from search.dataload import data_bytes, load_data
 from search.flags import Flags, check_address, check_flags
 from search.lock import ResultsLock
 from search.objstore import check_remote, join, ray_storage
 from search.progress import make_recorder
-from search.results import METRICS, RETRAIN, ResultsStore, TrialBook
+from search.results import (
+    CONFIG_TYPES,
+    METRICS,
+    RETRAIN,
+    ResultsStore,
+    TrialBook,
+    config_digest,
+)
+from search.schema import BEST_TRIAL, SEARCH_JSON, check_results
 from search.settings import TrialSettings
 from search.trial import retrain_key
 from ucrn.cli import parse_seeds
@@ -71,8 +79,7 @@ def run_retrain(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
     with ResultsLock(store, "re-training") as lock:
         plan = plan_retrain(fl, store, fail_if)
         if plan.todo:
-            data = load_data(plan.config)
-            code = run(plan, data, lock)
+            code = run(plan, [load_data(plan.config)], lock)  # emptied into Ray's store
             if code:
                 return code
         else:
@@ -105,7 +112,13 @@ def plan_retrain(fl: Flags, store: ResultsStore, fail_if: dict[str, Any] | None
 def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str]:
     where = store.show("best_config.json")
     if fl.trial:
-        book = TrialBook(store, "", "MAE", "min", "")
+        try:
+            meta = store.read_json(SEARCH_JSON) or {}
+        except ValueError:
+            meta = {}
+        metric = meta.get("metric") if isinstance(meta, dict) else None
+        metric = metric if metric in METRICS else "MAE"
+        book = TrialBook(store, "", metric, metric_mode(metric), "", read_only=True)
         for note in book.load():
             print(f"warning: {note}", file=sys.stderr)
         row = book.trials.get(fl.trial)
@@ -123,6 +136,14 @@ def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str
             raise UsageError(f"{where}: expected a JSON object of config keys, got "
                              f"{type(raw).__name__}")
         trial_id = "best"
+        try:
+            record = store.read_json(BEST_TRIAL)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("config") != config_digest(raw):
+            print(f"warning: {where} is not the config {store.show(BEST_TRIAL)} records for "
+                  f"trial {record.get('trial_id')} (edited since the search chose it?): "
+                  f"re-training it as it is", file=sys.stderr)
     try:
         raw = normalize_keys(raw, where)
     except ValueError as e:
@@ -142,21 +163,23 @@ def _retrain_config(store: ResultsStore, fl: Flags) -> tuple[dict[str, Any], str
 
 
 def _done_seeds(store: ResultsStore, trial_id: str) -> dict[int, dict[str, Any]]:
-    """Seeds of `trial_id` that have a row; an unreadable row counts as not done."""
-    bad: list[str] = []
-    rows = [r for rs in store.read_rows(RETRAIN, bad).values() for r in rs]
-    for key in bad:
-        print(f"warning: {store.show(RETRAIN, key + '.parquet')} is unreadable: that seed "
-              f"counts as not re-trained", file=sys.stderr)
-    return {int(r["seed"]): r for r in rows
-            if r.get("trial_id") == trial_id and r.get("seed") is not None}
+    """Seeds of `trial_id` that have a row. Each file is checked as every reader of the
+    results checks it (search/schema.py check_results): one that is unreadable or does not
+    hold a re-training row is named and counts as not done."""
+    tables, _ = store.read_tables(RETRAIN)
+    checked = check_results({RETRAIN: tables}, lambda f, k: store.show(f, k + ".parquet"),
+                            "MAE", "min", CONFIG_TYPES)
+    for line in checked.warnings:
+        print(f"warning: {line} (that seed counts as not re-trained)", file=sys.stderr)
+    rows = [r for t in checked.tables[RETRAIN].values() for r in t.to_pylist()]
+    return {int(r["seed"]): r for r in rows if r.get("trial_id") == trial_id}
 
 
 def _is_metric(k: str) -> bool:
     return k in METRICS or (k.startswith("test_") and k[5:] in METRICS)
 
 
-def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
+def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
     import ray
     from ray import tune
 
@@ -175,11 +198,11 @@ def run(plan: RetrainPlan, data: Any, lock: ResultsLock) -> int:
         print(f"seed {seed}: test {shown} {row.get('test_' + shown, math.nan):.4f} "
               f"(row written)", flush=True)
 
-    start_ray(fl.address, plan.settings.base["threads"], None)
+    start_ray(fl.address, plan.settings.base["threads"], None, data_bytes(holder[0]))
     with GracefulStop(plan.resume_command, store.uri, lock.mark_interrupted) as stop:
         try:
             check_cluster(fl)
-            trainable = make_trainable(fl, data, plan.settings)
+            trainable = make_trainable(fl, holder, plan.settings)
             name = f"{store.root.rstrip('/').rsplit('/', 1)[-1]}-retrain"
             recorder = make_recorder(store.location, name, plan.metric, metric_mode(plan.metric),
                                      fl.executor, plan.settings.base, len(plan.todo),

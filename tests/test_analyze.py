@@ -251,9 +251,14 @@ def _only_epochs(root: Path) -> Path:
 
 
 def _corrupt(root: Path) -> Path:
+    """Every trials file unreadable and no epoch rows to rebuild them from (one damaged
+    file among good ones is a warning: tests/test_attack_results3.py)."""
     folder = write_fake_search(root, "bad")
-    (folder / "trials.parquet" / "x.parquet").write_bytes(os.urandom(600))
-    return folder / "trials.parquet" / "x.parquet"
+    files = sorted((folder / "trials.parquet").glob("*.parquet"))
+    for f in files:
+        f.write_bytes(os.urandom(600))
+    shutil.rmtree(folder / "epochs.parquet")
+    return files[0]
 
 
 @pytest.mark.parametrize("make", [_empty, _only_epochs, _corrupt,
@@ -261,7 +266,7 @@ def _corrupt(root: Path) -> Path:
                          ids=["empty", "only-epochs", "corrupt", "missing"])
 def test_unusable_input_is_one_line_and_exit_2(make, tmp_path, capsys):
     named = make(tmp_path)
-    search = named if named.name != "x.parquet" else named.parents[1]
+    search = named if named.suffix != ".parquet" else named.parents[1]
     rc, out, err = run([search], capsys)
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()

@@ -131,6 +131,34 @@ def test_schema_is_consistent():
     assert schema.SPACE_KINDS == KINDS  # search.json's space is what search/space.py reads
 
 
+def test_the_values_a_reader_accepts_are_the_writers():
+    """check_results refuses other values of these columns: they must be every value the
+    code writes (declared here without torch, so kept equal by this test)."""
+    from search.driver import TRAINABLE_EXECUTOR
+    from ucrn.conditions import CONDITIONS
+    from ucrn.data import SPLITS
+
+    assert schema.VALUES["condition"] == CONDITIONS and schema.VALUES["split"] == SPLITS
+    assert set(schema.VALUES["executor"]) == set(TRAINABLE_EXECUTOR.values())
+    assert set(schema.REQUIRED) == set(schema.FILES)
+    for file, names in schema.REQUIRED.items():
+        assert all(n in schema.file_columns(file) or n in config_types() for n in names)
+
+
+def test_what_the_writer_writes_passes_the_readers_check(written):
+    """The one check every reader applies finds nothing wrong with the writer's files."""
+    from search.results import CONFIG_TYPES
+
+    read = {f: dict(zip((p.stem for p in sorted((written / f).glob("*.parquet"))),
+                        (pq.read_table(p) for p in sorted((written / f).glob("*.parquet")))))
+            for f in schema.FILES}
+    for config in (CONFIG_TYPES, None):  # as the driver reads, and as analyze.py does
+        checked = schema.check_results(read, lambda f, k: f"{f}/{k}", "MAE", "min", config)
+        assert checked.warnings == [] and checked.notes == [] and not checked.rebuilt
+        assert {f: set(t) for f, t in checked.tables.items()} == {
+            f: set(t) for f, t in read.items()}
+
+
 # ---- docs/results.md lists exactly the schema ------------------------------------------
 
 def _doc() -> str:

@@ -44,7 +44,7 @@ from ucrn.errors import (
     signals_held,
 )
 from ucrn.fileio import append_line, atomic_write, check_name, write_json
-from ucrn.metrics import mean_std
+from ucrn.metrics import mean_std, undefined_metric
 from ucrn.train import FitResult, Trainer, check_selection, fit, resolve_device
 
 # The authors' flags that name one of our fields differently (and our own old names).
@@ -301,6 +301,9 @@ def train_main(argv: list[str]) -> int:
         check_selection(cfg, data.task)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    select = cfg.selection(data.task)[0]
+    if why := undefined_metric(select, data.splits["valid"].labels, data.task):
+        raise UsageError(f"--select_metric {select}: {why}; choose another")
     run = new_run_dir(Path(getattr(ns, "out", "runs")), name)  # only now: all checks passed
     print(f"run folder: {run}  (data: {data.source}, train/valid/test = "
           f"{'/'.join(str(len(data.splits[s])) for s in ('train', 'valid', 'test'))})", flush=True)

@@ -226,6 +226,58 @@ def task_metrics(task: str, out: Any, labels: Any) -> dict[str, float]:
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_METRICS)}")
 
 
+def undefined_metric(metric: str, labels: Any, task: str, split: str = "validation"
+                     ) -> str | None:
+    """Why `metric` cannot rank models on these labels, whatever they predict (None: it
+    can), in one line naming the metric: Corr of constant labels is NaN for every model
+    (a search on it saw numpy's "All-NaN slice" and no result), and a class metric whose
+    labels are all one class is won by any constant prediction."""
+    lb = _to_numpy(labels)
+    if metric in ("loss", "MAE", *ROBUST_METRICS) or lb.size == 0:
+        return None
+    if task == "iemocap":
+        lb = lb.argmax(axis=-1) if lb.ndim == 3 else np.rint(lb)
+        emotions = [e for e in IEMOCAP_EMOTIONS if metric.startswith(f"{e}_")] or list(
+            IEMOCAP_EMOTIONS)  # Mean_*: only if every emotion has one class
+        if lb.ndim != 2 or lb.shape[1] != len(IEMOCAP_EMOTIONS):
+            return None
+        one = [e for e in emotions if np.unique(lb[:, IEMOCAP_EMOTIONS.index(e)]).size < 2]
+        if len(one) < len(emotions):
+            return None
+        which = f"{one[0]} label" if len(one) == 1 else "label of every emotion"
+        return (f"{metric} cannot rank models: the {split} {which} is one class throughout "
+                f"({int(lb[0, IEMOCAP_EMOTIONS.index(one[0])])}), so any constant prediction "
+                f"scores best")
+    t = lb.ravel()
+    if task == "sims":
+        t = np.clip(t, -1.0, 1.0)
+    if metric == "Corr":
+        if t.size < 2:
+            return f"Corr is undefined: the {split} split has {t.size} label (it needs 2)"
+        if np.all(t == t[0]):
+            return (f"Corr is undefined: the {split} labels are constant (every one is "
+                    f"{float(t[0]):g}), so they correlate with no prediction")
+        return None
+    if task == "sims":
+        edges = SIMS_EDGES["Mult_acc_2" if metric == "F1_score" else metric]
+        classes, rule = np.searchsorted(edges, t, "left"), f"classes split at {list(edges)}"
+    elif metric.startswith("Non0_"):
+        if not (t != 0).any():
+            return f"{metric} is undefined: every {split} label is 0 (it leaves out label 0)"
+        classes, rule = t[t != 0] > 0, "label > 0, labels 0 left out"
+    elif metric.startswith("Has0_"):
+        classes, rule = t >= 0, "label >= 0"
+    elif metric in ("Mult_acc_7", "Mult_acc_5"):
+        bound = 3 if metric == "Mult_acc_7" else 2
+        classes, rule = np.round(np.clip(t, -bound, bound)), f"rounded, clipped to +-{bound}"
+    else:
+        return None
+    if np.unique(classes).size < 2:
+        return (f"{metric} cannot rank models: every {split} label is in one class "
+                f"({rule}), so any constant prediction of it scores best")
+    return None
+
+
 def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for one value), as papers in this
     field report results over seeds."""

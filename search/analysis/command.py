@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     searches = load_searches(args.searches, args.metric)
+    for s in searches:  # files left out or rebuilt (search/schema.py check_results)
+        for line in s.warnings:
+            print(f"warning: {line}", file=sys.stderr)
     if args.format != "table":
         sys.stdout.write(machine_output(searches, args.top, args.format))
     imps = {s.label: importance(s, args.importance) for s in searches}

@@ -6,19 +6,21 @@ read, and files written by different versions are combined by column union.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from search.schema import file_key
 from ucrn.errors import UsageError, one_line
-from ucrn.fileio import answered, open_uri, redact
+from ucrn.fileio import NoAnswer, answered, bounded, display_uri, open_uri, redact
 from ucrn.safeload import load_json
+from ucrn.safeload.textfiles import parse_json
 
 MAX_JSON_BYTES = 16 << 20
 
@@ -30,14 +32,19 @@ class AnalyzeError(UsageError):
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """Local paths and URIs pyarrow understands (s3://, gs://, ...), same code after."""
+    """Local paths and URIs pyarrow understands (s3://, gs://, ...), same code after. A
+    URI's every call is bounded in time (ucrn.fileio.bounded): a store that stops
+    answering part way (a listing, a Parquet file, search.json) is one line after
+    ANSWER_S, not one wait of about 100 s per file."""
     if "://" in path:
         try:
-            return open_uri(path)  # credentials in the URI: refused
+            fs, root = open_uri(path)  # credentials in the URI: refused
         except ValueError as e:
             raise AnalyzeError(f"cannot open {e}") from None
         except OSError as e:
-            raise AnalyzeError(f"{redact(path)}: cannot open: {one_line(e)}") from None
+            raise AnalyzeError(f"{display_uri(path)}: cannot open: {redact(one_line(e))}"
+                               ) from None
+        return bounded(fs), root
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
@@ -46,7 +53,7 @@ def file_info(fs: pafs.FileSystem, path: str, shown: str) -> pafs.FileInfo:
     try:
         return answered(lambda: fs.get_file_info(path))
     except Exception as e:  # noqa: BLE001
-        raise AnalyzeError(f"{redact(shown)}: cannot access: {one_line(e)}") from None
+        raise AnalyzeError(f"{redact(shown)}: cannot access: {redact(one_line(e))}") from None
 
 
 def _concat(tables: list[pa.Table]) -> pd.DataFrame:
@@ -57,6 +64,52 @@ def _concat(tables: list[pa.Table]) -> pd.DataFrame:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+
+
+def read_files(fs: pafs.FileSystem, path: str, shown: str
+               ) -> tuple[dict[str, pa.Table | str], dict[str, float]] | None:
+    """Each file of a Parquet dataset folder by its name without .parquet: its table, or
+    why it cannot be read (search/schema.py check_results judges both); and each file's
+    modification time. None when the folder is absent. A single file (not what the writer
+    makes) is split by trial_id, one table per trial, as the writer would have."""
+    info = file_info(fs, path, shown)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    if info.type == pafs.FileType.File:
+        found = [info]
+    else:
+        try:
+            found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        except Exception as e:  # noqa: BLE001
+            raise AnalyzeError(f"{redact(shown)}: cannot list: {redact(one_line(e))}") from None
+        found = [f for f in found if f.type == pafs.FileType.File
+                 and f.base_name.endswith(".parquet") and not f.base_name.startswith((".", "_"))]
+    tables: dict[str, pa.Table | str] = {}
+    mtimes: dict[str, float] = {}
+    for f in sorted(found, key=lambda f: f.path):
+        key = f.path[len(path):].strip("/").removesuffix(".parquet") or ""
+        mtime = f.mtime.timestamp() if f.mtime is not None else 0.0
+        try:
+            table = pq.read_table(f.path, filesystem=fs)
+        except Exception as e:  # noqa: BLE001 - corrupt, truncated, not Parquet, unreadable
+            if isinstance(e, NoAnswer):  # not a damaged file: the store stopped answering
+                raise AnalyzeError(f"{redact(shown)}: {e}") from None
+            tables[key] = f"was unreadable ({type(e).__name__}: {redact(one_line(e))[:120]})"
+            mtimes[key] = mtime
+            continue
+        if key or "trial_id" not in table.column_names:
+            tables[key], mtimes[key] = table, mtime
+            continue
+        for tid in dict.fromkeys(table.column("trial_id").to_pylist()):
+            part = table.filter(pc.equal(table.column("trial_id"), tid)) \
+                if tid is not None else table.filter(table.column("trial_id").is_null())
+            tables[file_key(str(tid))], mtimes[file_key(str(tid))] = part, mtime
+    return tables, mtimes
+
+
+def concat(tables: list[pa.Table]) -> pd.DataFrame:
+    """Tables of files written by different versions as one frame (the union of columns)."""
+    return _concat(tables) if tables else pd.DataFrame()
 
 
 def read_dataset(fs: pafs.FileSystem, path: str, shown: str) -> pd.DataFrame | None:
@@ -74,7 +127,7 @@ def read_dataset(fs: pafs.FileSystem, path: str, shown: str) -> pd.DataFrame | N
         try:
             found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         except Exception as e:  # noqa: BLE001
-            raise AnalyzeError(f"{shown}: cannot list: {one_line(e)}") from None
+            raise AnalyzeError(f"{redact(shown)}: cannot list: {redact(one_line(e))}") from None
         files = sorted((f.path, shown + f.path[len(path):]) for f in found
                        if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
                        and not f.base_name.startswith((".", "_")))
@@ -83,8 +136,8 @@ def read_dataset(fs: pafs.FileSystem, path: str, shown: str) -> pd.DataFrame | N
         try:
             tables.append(pq.read_table(file, filesystem=fs))
         except Exception as e:  # noqa: BLE001 - corrupt, truncated, not Parquet, unreadable
-            raise AnalyzeError(f"cannot read {file_shown}: {type(e).__name__}: "
-                               f"{one_line(e)}") from None
+            raise AnalyzeError(f"cannot read {redact(file_shown)}: {type(e).__name__}: "
+                               f"{redact(one_line(e))}") from None
     return _concat(tables) if tables else pd.DataFrame()
 
 
@@ -100,6 +153,8 @@ def read_json(fs: pafs.FileSystem, path: str) -> tuple[Any, str | None]:
         if info.type != pafs.FileType.File or (info.size or 0) > MAX_JSON_BYTES:
             return None, "search.json is not a JSON file of a sensible size"
         with fs.open_input_stream(path) as fh:
-            return json.loads(fh.read(MAX_JSON_BYTES + 1).decode()), None
+            return parse_json(fh.read(MAX_JSON_BYTES + 1).decode(), "search.json", None), None
+    except NoAnswer as e:  # not a damaged file: the store stopped answering
+        raise AnalyzeError(f"{redact(path)}: {e}") from None
     except Exception as e:  # noqa: BLE001 - unreadable or not JSON: noted, not fatal
         return None, f"search.json unreadable ({type(e).__name__})"

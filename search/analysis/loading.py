@@ -20,12 +20,14 @@ import pyarrow.fs as pafs
 from search import schema
 from search.analysis.files import (
     AnalyzeError,
+    concat,
     file_info,
     filesystem,
-    read_dataset,
+    read_files,
     read_json,
 )
 from search.analysis.kinds import ParamKind, parse_space
+from ucrn.fileio import display_uri
 from ucrn.metrics import METRIC_MODES, metric_mode
 
 
@@ -44,6 +46,7 @@ class Search:
     notes: list[str] = field(default_factory=list)
     space: dict[str, ParamKind] = field(default_factory=dict)  # from search.json
     robustness: pd.DataFrame | None = None  # robustness.parquet, after --retrain
+    warnings: list[str] = field(default_factory=list)  # files left out or rebuilt
 
 
 def _numeric_as_declared(df: pd.DataFrame | None, file: str) -> tuple[pd.DataFrame | None,
@@ -68,17 +71,6 @@ def _numeric_as_declared(df: pd.DataFrame | None, file: str) -> tuple[pd.DataFra
     return df, notes
 
 
-def _optional(fs: pafs.FileSystem, path: str, shown: str,
-              notes: list[str]) -> pd.DataFrame | None:
-    """An optional file (robustness.parquet): unreadable, it is a note, not the end of the
-    whole analysis."""
-    try:
-        return read_dataset(fs, path, shown)
-    except AnalyzeError as e:
-        notes.append(f"left out: {e}")
-        return None
-
-
 def _with_search_name(df: pd.DataFrame | None, default: str) -> pd.DataFrame | None:
     if df is None or df.empty:
         return df
@@ -90,43 +82,48 @@ def _with_search_name(df: pd.DataFrame | None, default: str) -> pd.DataFrame | N
 
 
 def load_search(path: str) -> Search:
-    """Read one search folder; AnalyzeError (one line, naming the path) if unusable."""
+    """Read one search folder; AnalyzeError (one line, naming the path) if unusable. Every
+    file goes through search/schema.py check_results, as for every reader of the results:
+    one that does not hold what the schema says is named in a warning and left out, and a
+    trial whose summary row is damaged or missing is rebuilt from its epoch rows."""
     fs, base = filesystem(path)
-    shown = path.rstrip("/")
+    shown = display_uri(path) if "://" in path else path.rstrip("/")  # one spelling
     info = file_info(fs, base, shown)
     if info.type == pafs.FileType.NotFound:
         raise AnalyzeError(f"{shown}: no such file or directory")
     if info.type != pafs.FileType.Directory:
         raise AnalyzeError(f"{shown}: not a folder; expected a search folder STORAGE/NAME")
-    trials = read_dataset(fs, f"{base}/{schema.TRIALS}", f"{shown}/{schema.TRIALS}")
-    if trials is None:
-        has_epochs = file_info(fs, f"{base}/{schema.EPOCHS}", shown).type != \
-            pafs.FileType.NotFound
-        what = f"only {schema.EPOCHS}/" if has_epochs else f"no {schema.TRIALS}/"
+    found = {f: read_files(fs, f"{base}/{f}", f"{shown}/{f}") for f in schema.FILES}
+    meta, why = read_json(fs, f"{base}/{schema.SEARCH_JSON}")
+    if found[schema.TRIALS] is None and (why is not None or found[schema.EPOCHS] is None):
+        what = (f"only {schema.EPOCHS}/" if found[schema.EPOCHS] is not None
+                else f"no {schema.TRIALS}/")
         raise AnalyzeError(f"{shown}: {what} here, nothing to rank; expected a search folder "
                            f"STORAGE/NAME with {schema.TRIALS}/ (see docs/results.md)")
-    if trials.empty:
-        raise AnalyzeError(f"{shown}/{schema.TRIALS}: no trial rows yet "
-                           f"(the search may have just started)")
-    if "trial_id" not in trials.columns:
-        raise AnalyzeError(f"{shown}/{schema.TRIALS}: no trial_id column; "
-                           f"not a search's results (see docs/results.md)")
+    read = {f: r[0] for f, r in found.items() if r is not None}
+    read.setdefault(schema.TRIALS, {})  # gone, beside search.json: rebuilt from the epochs
+    metric, mode = _search_metric(_raw_rows(read[schema.TRIALS]),
+                                  meta if isinstance(meta, dict) else {})
+    epochs_found = found[schema.EPOCHS]
+    checked = schema.check_results(
+        read, lambda f, k: f"{shown}/{f}/{k}.parquet" if k else f"{shown}/{f}", metric, mode,
+        mtimes=epochs_found[1] if epochs_found else None)
     frames, notes = {}, []
-    for file, df in ((schema.TRIALS, trials),
-                     (schema.EPOCHS, read_dataset(fs, f"{base}/{schema.EPOCHS}",
-                                                  f"{shown}/{schema.EPOCHS}")),
-                     (schema.RETRAIN, read_dataset(fs, f"{base}/{schema.RETRAIN}",
-                                                   f"{shown}/{schema.RETRAIN}")),
-                     (schema.ROBUSTNESS, _optional(fs, f"{base}/{schema.ROBUSTNESS}",
-                                                   f"{shown}/{schema.ROBUSTNESS}", notes))):
+    for file in schema.FILES:
+        df = concat(list(checked.tables[file].values())) if file in read else None
         frames[file], more = _numeric_as_declared(df, file)
         notes += more
+    trials = frames[schema.TRIALS]
+    if trials is None or trials.empty:
+        if checked.warnings:
+            raise AnalyzeError(f"{shown}/{schema.TRIALS}: no usable trial rows: "
+                               f"{checked.warnings[0]}")
+        raise AnalyzeError(f"{shown}/{schema.TRIALS}: no trial rows yet "
+                           f"(the search may have just started)")
     name = base.rstrip("/").rsplit("/", 1)[-1]
-    trials = _with_search_name(frames[schema.TRIALS], name)
+    trials = _with_search_name(trials, name)
     trials = trials.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
-    if "status" not in trials.columns:
-        trials["status"] = "unknown"
-    trials["status"] = trials["status"].fillna("unknown").astype(str)
+    trials["status"] = trials["status"].astype(str)
     names = trials["search"].value_counts()
     label = name if name in names.index else str(names.index[0])
     retrain, robust = frames[schema.RETRAIN], frames[schema.ROBUSTNESS]
@@ -134,12 +131,14 @@ def load_search(path: str) -> Search:
                     epochs=_with_search_name(frames[schema.EPOCHS], name),
                     retrain=_with_search_name(retrain, name) if retrain is not None
                     and not retrain.empty else None,
-                    robustness=robust if robust is not None and not robust.empty else None)
+                    robustness=robust if robust is not None and not robust.empty else None,
+                    warnings=checked.warnings)
     if len(names) > 1:  # e.g. another run writing into this folder: shown, not hidden
         search.notes.append(f"{schema.TRIALS} holds rows of several searches: " + ", ".join(
             f"{k} ({v})" for k, v in names.items()))
-    search.notes.extend(_running_notes(search) + notes)
-    meta, why = read_json(fs, f"{base}/{schema.SEARCH_JSON}")
+    if search.epochs is None:
+        search.notes.append(f"no {schema.EPOCHS}/: no learning curves")
+    search.notes.extend(checked.notes + notes)
     if why is None:
         search.space, space_notes = parse_space(meta)
         search.notes.extend(space_notes)
@@ -149,16 +148,14 @@ def load_search(path: str) -> Search:
     return search
 
 
-def _running_notes(s: Search) -> list[str]:
-    notes = []
-    if s.epochs is not None and "trial_id" in s.epochs.columns:
-        orphans = set(s.epochs["trial_id"].dropna()) - set(s.trials["trial_id"])
-        if orphans:
-            notes.append(f"{len(orphans)} trial(s) have epochs but no trials row yet "
-                         f"(just started): {', '.join(sorted(map(str, orphans))[:5])}")
-    if s.epochs is None:
-        notes.append(f"no {schema.EPOCHS}/: no learning curves")
-    return notes
+def _raw_rows(tables: dict[str, pa.Table | str]) -> pd.DataFrame:
+    """The trials files as read, their columns and search_metric/search_mode cells: the
+    search's metric is known before the files are checked against it."""
+    cols = ("search_metric", "search_mode")
+    read = [t for t in tables.values() if isinstance(t, pa.Table) and t.num_rows]
+    rows = [{c: t.column(c)[0].as_py() for c in cols if c in t.column_names} for t in read]
+    names = dict.fromkeys([*cols, *(c for t in read for c in t.column_names)])
+    return pd.DataFrame(rows, columns=list(names))
 
 
 def _first(df: pd.DataFrame, col: str) -> str | None:

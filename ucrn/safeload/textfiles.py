@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from ucrn.safeload.files import (
@@ -27,6 +28,43 @@ class _IntTooLong(Exception):
     def __init__(self, digits: int) -> None:
         super().__init__(digits)
         self.digits = digits
+
+
+class _DuplicateKey(Exception):
+    """A key given twice in one JSON object (where: _first_duplicate)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
+
+
+def _first_duplicate(text: str) -> tuple[str, int, int]:
+    """The first key repeated within one object of valid JSON text, with the lines of its
+    two places: the parser's hook knows the key but not where it is."""
+    keys: list[dict[str, int] | None] = []  # per open container: key -> line (None: a list)
+    last = None
+    for m in _JSON_TOKEN.finditer(text):
+        tok = m.group()
+        if tok in ("{", "["):
+            keys.append({} if tok == "{" else None)
+        elif tok in ("}", "]"):
+            if keys:
+                keys.pop()
+        elif tok == ":" and last is not None and keys and keys[-1] is not None:
+            key, line = json.loads(last.group()), text.count("\n", 0, last.start()) + 1
+            if key in keys[-1]:
+                return key, line, keys[-1][key]
+            keys[-1][key] = line
+        last = m if tok.startswith('"') else None
+    return "?", 1, 1
 
 
 def _parse_int(text: str) -> int:
@@ -83,11 +121,23 @@ def load_json(path: str | os.PathLike[str], what: str,
     """
     label = _label(what, path)
     text = _decode_utf8(_read_capped(path, label, "JSON", max_bytes), label, "JSON")
+    return parse_json(text, label, expect, max_depth=max_depth)
+
+
+def parse_json(text: str, label: str, expect: type | tuple[type, ...] | None = dict, *,
+               max_depth: int = MAX_NESTING) -> Any:
+    """JSON text already read (a local file, or an object from a store) as load_json checks
+    it; every problem is one SafeLoadError line starting with ``label``."""
     if not text.strip():
         raise _err(f"{label}: is empty, expected "
                    f"{_expected(expect) if expect is not None else 'JSON'}")
     try:
-        obj = json.loads(text, parse_int=_parse_int)
+        obj = json.loads(text, parse_int=_parse_int, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        key, line, first = _first_duplicate(text)
+        raise _err(f"{label}: refused at line {line}: duplicate key {_short(key)} (first at "
+                   f"line {first}); each key may appear once in an object (JSON readers "
+                   f"silently keep the last)") from None
     except json.JSONDecodeError as exc:
         raise _err(f"{label}: not valid JSON: {exc.msg} at line {exc.lineno} column "
                    f"{exc.colno}") from None
@@ -158,6 +208,24 @@ def _yaml_loader_class() -> type:
                                    f"strings, numbers, booleans, null, lists and mappings are "
                                    f"allowed (quote it to make it a string)", mark)
             return node
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            """A key given twice in one mapping is refused: YAML readers silently keep the
+            last, so the first (or a typo's twin) would be ignored without a word."""
+            first: dict[Any, int] = {}
+            for key_node, _value in getattr(node, "value", ()):
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.get(key)
+                except TypeError:  # unhashable: the constructor names it
+                    continue
+                if seen is not None:
+                    raise self._refuse(f"duplicate key {_short(key)} (first at line "
+                                       f"{seen}); each key may appear once in a mapping "
+                                       f"(YAML readers silently keep the last)",
+                                       key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
 
     _yaml_loader = StrictLoader
     return StrictLoader
