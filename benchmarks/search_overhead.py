@@ -104,6 +104,7 @@ class TrialTiming:
     epoch1_seconds: float | None = None
     epoch1_wall: float | None = None
     pid: int | None = None  # the trial actor's process (Tune's `pid` result field)
+    process_started: float | None = None  # when that process started (a local Ray only)
 
     def parts(self) -> dict[str, float] | None:
         """start-up and its parts, or None if the trial never reported."""
@@ -137,6 +138,7 @@ class Run:
     pss_peak_gib: float  # the search's processes together, at the peak
     pss_processes: int  # how many processes that peak counted
     pss_scope: str  # "driver and the Ray it started", or "driver only" (--address)
+    prestarted: int = 0  # trials in a new process that Ray had started before it was asked
     timings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -173,12 +175,14 @@ class PssSampler:
 
 
 @contextlib.contextmanager
-def instrumented(log: dict[str, TrialTiming], loop: dict[str, float]) -> Iterator[None]:
+def instrumented(log: dict[str, TrialTiming], loop: dict[str, float],
+                 local: bool = True) -> Iterator[None]:
     """Hook the driver in this process: Tune's actor request and a timing subclass of the
     search's own callback. Undone on exit."""
     from ray.tune.execution.tune_controller import TuneController
 
     import search.driver as drv
+    from benchmarks.processes import start_time
 
     def timing(trial_id: str) -> TrialTiming:
         return log.setdefault(trial_id, TrialTiming(trial_id))
@@ -211,6 +215,8 @@ def instrumented(log: dict[str, TrialTiming], loop: dict[str, float]) -> Iterato
                     t.first_report = time.time()  # before the callback writes Parquet
                     t.epoch1_seconds = float(result["seconds"])
                     t.pid = result.get("pid")
+                    if t.pid is not None and local:  # a pid of this machine
+                        t.process_started = start_time(int(t.pid))
                     if result.get("wall_seconds") is not None:
                         t.epoch1_wall = float(result["wall_seconds"])
                 super().on_trial_result(iteration, trials, trial, result, **info)
@@ -257,7 +263,7 @@ def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
     # the driver stops the search cleanly on SIGTERM (and exits 130): a hung search ends
     watchdog = threading.Timer(ns.timeout, os.kill, (os.getpid(), signal.SIGTERM))
     watchdog.daemon = True
-    with instrumented(log, loop), contextlib.redirect_stdout(out), PssSampler() as pss:
+    with instrumented(log, loop, local=not ns.address), contextlib.redirect_stdout(out), PssSampler() as pss:
         t0 = time.time()
         watchdog.start()
         try:
@@ -280,12 +286,15 @@ def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
         raise RuntimeError(f"--executor {executor}: no trial reported an epoch")
     slots = min(ns.max_concurrent, ns.trials)
     seen: set[int] = set()
-    fresh: list[float] = []  # start-up of trials in a new process
+    fresh: list[float] = []  # start-up of trials in a process no trial used before
     reused: list[float] = []  # and in a process an earlier trial used
+    prestarted = 0  # trials in a new process that was up before Tune asked for it
     for t in sorted(log.values(), key=lambda t: t.requested or math.inf):
         p = t.parts()
         if p is not None:
             (fresh if t.pid not in seen else reused).append(p["startup"])
+        if t.pid not in seen and None not in (t.process_started, t.requested):
+            prestarted += t.process_started < t.requested
         if t.pid is not None:
             seen.add(t.pid)
     return Run(
@@ -298,6 +307,7 @@ def run_one(executor: str, ns: argparse.Namespace, work: Path) -> Run:
         reused_startup_median_s=statistics.median(reused) if reused else math.nan,
         pss_peak_gib=pss.peak / 2**30, pss_processes=pss.processes,
         pss_scope="driver only (--address)" if ns.address else "driver and the Ray it started",
+        prestarted=prestarted,
         timings=[{**asdict(t), **(t.parts() or {})} for t in log.values()])
 
 
