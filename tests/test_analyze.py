@@ -381,6 +381,7 @@ def test_no_mjs_values_are_said_not_crashed_on(case, tmp_path, capsys):
 
 # ---- no torch needed --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_analysis_runs_without_torch(tmp_path):
     """The analysis imports neither torch nor the training config: torch is blocked
     (import fails) in a fresh interpreter that runs the whole report."""

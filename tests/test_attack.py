@@ -222,6 +222,7 @@ def test_an_interrupted_write_leaves_no_temporary_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_to_synth_exits_130_and_leaves_nothing(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ucrn", "synth", "--preset", "mosi",
                              "--out", str(tmp_path / "d")], cwd=ROOT, stderr=subprocess.PIPE,

@@ -125,6 +125,7 @@ def test_rows_are_views_on_the_cpu(host):
 # ---- compile: a last batch of one row ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compile_does_not_recompile_for_a_one_row_batch(tiny):
     """512 rows at batch 511 leave a last batch of 1, a size dynamo always specialises:
     maybe_mark_dynamic did not help and every compiled trial compiled twice (inductor on
@@ -415,6 +416,7 @@ def test_session_numbers_are_checked_before_bash_evaluates_them(tmp_path):
     assert run.returncode == 2 and "GPU_SESSION_DRY_RUN=1: expected plan, install" in run.stderr
 
 
+@pytest.mark.slow
 def test_session_never_empties_a_folder_it_did_not_make(tmp_path):
     """GPU_SESSION_SITE named an existing folder: `rm -rf` emptied it before installing.
     Also an OUT that cannot hold the results stops at once instead of running on."""

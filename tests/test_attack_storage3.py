@@ -154,6 +154,7 @@ def test_no_command_prints_a_secret(bucket, s3, tmp_path, capsys):
     assert _keys(bucket) == []
 
 
+@pytest.mark.slow
 def test_a_secret_in_an_exception_text_is_never_printed(tmp_path, capsys, monkeypatch):
     """The process's own secrets (AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN, ...) verbatim in
     an exception's text: the one printer (ucrn.errors.say) and the redacting streams drop

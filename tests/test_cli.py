@@ -59,6 +59,7 @@ def test_authors_command_verbatim(mosei_dir, tmp_path):
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_config_file_and_seeds(tmp_path):
     cfg = TrainConfig(d_model=12, heads=2, layers=1, num_epochs=1, threads=1, seed=5).to_dict()
     (tmp_path / "best.json").write_text(json.dumps(cfg))
@@ -126,6 +127,7 @@ def test_bad_config_file_is_one_line(tmp_path, monkeypatch, capsys, content, nee
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_synth_writes_a_loadable_file(tmp_path):
     res = ucrn("synth", "--preset", "tiny", "--out", str(tmp_path / "d"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr

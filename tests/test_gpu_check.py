@@ -366,6 +366,7 @@ def _session(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_session_plan_and_offline_install(tmp_path):
     """The script parses; its plan names pip's offline --target install, never a venv;

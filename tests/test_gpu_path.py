@@ -173,6 +173,7 @@ def test_trainer_falls_back_with_the_real_cause(tiny):
 # ---- 8. compile and the partial batch --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compile_does_not_recompile_for_the_partial_batch(tiny):
     """512 training rows at batch 48: ten full batches and one of 32, two epochs. With a
     backend that counts compilations, the whole run compiles what its first step did."""
@@ -289,6 +290,7 @@ def test_iemocap_step_never_syncs():
 # ---- bf16 on CPU -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_whole_fit_in_bf16_on_cpu(tiny):
     """amp=bf16 on the CPU: every epoch's numbers finite, the loss falls, and the model
     beats predicting the training mean."""
@@ -339,6 +341,7 @@ def _ddp_rank(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_draw_their_own_masks(tmp_path):
     """Two gloo ranks: the same initial weights, different random draws (dropout masks),
     and still different after both restore rank 0's checkpoint."""

@@ -120,6 +120,7 @@ def test_the_lease_is_a_compare_and_swap(bucket, capsys):
 
 # ---- one-line errors -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_storage_problems_are_one_line_in_bounded_time(bucket, tmp_path, capsys, monkeypatch):
     def search(storage: str) -> str:
         t = time.time()
@@ -204,6 +205,7 @@ def test_storage_problems_are_one_line_in_bounded_time(bucket, tmp_path, capsys,
         print(f"stuck calls ended {time.time() - t:.1f} s after the store closed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["analyze", "predict", "warm-start"])
 def test_a_command_exits_soon_after_a_store_that_never_answers(command, bucket, tmp_path):
     """Its line came after 20 s, but the process then waited minutes in pyarrow's exit hook

@@ -145,6 +145,7 @@ def test_all_nan_modality_warns_and_trains(tmp_path):
     assert data.nonfinite["train"]["vision"] == raw["train"]["vision"].size
 
 
+@pytest.mark.slow
 def test_results_store_cost_is_flat(tmp_path):
     """Writing trial k's rows costs the same whether k is 1 or 200 (no growing rewrite)."""
     book = TrialBook(ResultsStore(tmp_path / "s"), "s", "MAE", "min", "tune")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ucrn.data import load_dataset
@@ -58,6 +59,7 @@ def _runs(configs: list[dict]) -> list[list[dict]]:
     return json.loads(line[5:])
 
 
+@pytest.mark.slow
 def test_second_trial_in_a_process_equals_a_fresh_one():
     """Trial B after trial A in one process (A: one thread, other seed, augmentation, the
     authors' MJS) reports, epoch by epoch, exactly what B reports alone in a new process,
@@ -68,6 +70,7 @@ def test_second_trial_in_a_process_equals_a_fresh_one():
     assert reused == fresh
 
 
+@pytest.mark.slow
 def test_compiled_trials_keep_compiling_in_a_reused_process():
     """Dynamo stops compiling a function after `recompile_limit` (8) recompilations: without
     a reset per trial, the ninth trial of a reused process ran uncompiled. With the limit
