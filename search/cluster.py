@@ -9,14 +9,15 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from search.flags import Flags
 from search.objstore import join
 from search.settings import TrialSettings
-from ucrn.errors import UsageError
+from ucrn.errors import UsageError, interrupt
 from ucrn.fileio import secret_name
 
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
@@ -104,9 +105,11 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
         saved = {k: os.environ.get(k) for k in env_vars}
         os.environ.update(env_vars)
         try:  # "local": always a new instance, never a stale /tmp/ray/ray_current_cluster
-            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                     dashboard_port=port, log_to_driver=False, configure_logging=True,
-                     logging_level="ERROR", object_store_memory=object_store_bytes(data_bytes))
+            with _ray_stop_as_interrupt():
+                ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                         dashboard_port=port, log_to_driver=False, configure_logging=True,
+                         logging_level="ERROR",
+                         object_store_memory=object_store_bytes(data_bytes))
         finally:  # this process's own environment as it was
             for k, v in saved.items():
                 if v is None:
@@ -118,8 +121,9 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
         if ":" in address and "://" not in address:
             env_vars["RAY_ADDRESS"] = address
         try:
-            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env_vars},
-                     logging_level="ERROR")
+            with _ray_stop_as_interrupt():
+                ray.init(address=address, log_to_driver=False,
+                         runtime_env={"env_vars": env_vars}, logging_level="ERROR")
         except (ConnectionError, RuntimeError) as e:
             cause = e.__cause__ or e
             hint = ""
@@ -130,6 +134,19 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
     if main:  # ray.init's own handler exits 15 at once; ours stops cleanly (exit 130)
         signal.signal(signal.SIGTERM, sigterm)
     _ray_logs_to(log_file)
+
+
+@contextmanager
+def _ray_stop_as_interrupt() -> Iterator[None]:
+    """While ray.init runs, Ray's own SIGTERM handler is in force: it exits with code 15
+    and no word (a SIGTERM while Ray started). That exit becomes the usual stop: one line,
+    exit 130, the resume command."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code in (signal.SIGTERM, signal.SIGINT):
+            interrupt(int(e.code))
+        raise
 
 
 SPILL_AT = 0.8  # Ray writes objects to disk once its object store is this full
@@ -301,7 +318,7 @@ class GracefulStop:
     def _stop(self, signum, frame) -> None:
         if self.interrupted.is_set() or not self._tune:
             self.interrupted.set()
-            raise KeyboardInterrupt
+            interrupt(signum)
         self.interrupted.set()
         try:
             self.mark()

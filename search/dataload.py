@@ -4,7 +4,6 @@ given --data-path means, and the dataset loaded once on the driver (a problem is
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -50,9 +49,9 @@ def load_data(config: dict[str, Any]) -> MultData:
 # dropped as soon as it is stored. Even so, putting an array needs it twice for a moment
 # (the driver's and the store's), on top of the rest of the data: 1.5x a MOSEI file at the
 # peak. With large data every array but the largest is therefore first staged to a file on
-# disk (the driver's copy freed as each is written; the page cache holds the files and gives
-# them back under pressure); the largest is put while the store is still empty, then the
-# others from a read-only map of their files, each file removed once stored. The peak is
+# disk without a name (the driver's copy freed as each is written; the page cache holds the
+# files and gives them back under pressure); the largest is put while the store is still
+# empty, then the others from a read-only map of their files, each closed once stored. The peak is
 # then the data plus the smallest arrays' moment of two copies (about 50 s more for a 6 GB
 # MOSEI file on a disk that writes 200 MB/s). The trials map
 # the stored arrays without copying them (read-only views).
@@ -84,48 +83,51 @@ def share(holder: list[MultData]) -> Any:
     fields_ = [(split, name) for split in data.splits.values() for name in _ARRAYS
                if getattr(split, name).nbytes >= SHARED_MIN_BYTES]
     fields_.sort(key=lambda f: -getattr(f[0], f[1]).nbytes)  # largest first
-    folder = _stage_folder(data_bytes(data))
-    if folder is None:
+    where = _stage_dir(data_bytes(data))
+    if where is None:
         for split, name in fields_:  # put, then replace: the driver's copy freed at once
             setattr(split, name, _Stored(ray.put(getattr(split, name))))
         return ray.put(data)
+    first, *rest = fields_  # the largest goes straight in while the store is empty
+    staged = []
     try:
-        first, *rest = fields_  # the largest goes straight in while the store is empty
-        staged = []
-        for i, (split, name) in enumerate(rest):
+        for split, name in rest:
             a = getattr(split, name)
             if a.dtype.hasobject:  # object arrays (ids) are small: put as they are
                 setattr(split, name, _Stored(ray.put(a)))
                 continue
-            path = os.path.join(folder, f"{i}.npy")
-            np.save(path, a, allow_pickle=False)
+            # a file without a name (O_TMPFILE): nothing is left behind, even by kill -9
+            f = tempfile.TemporaryFile(dir=where)
+            staged.append((split, name, f, a.dtype, a.shape))
+            a.tofile(f)
+            f.flush()
             setattr(split, name, None)  # the driver's copy goes; the file holds it
             del a
-            staged.append((split, name, path))
         setattr(first[0], first[1], _Stored(ray.put(getattr(*first))))
-        for split, name, path in staged:
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        for split, name, f, dtype, shape in staged:
+            mapped = np.memmap(f, dtype=dtype, mode="r", shape=shape)
             setattr(split, name, _Stored(ray.put(np.asarray(mapped))))
-            del mapped  # unmapped, and the file's pages dropped with it
-            os.unlink(path)
+            del mapped  # unmapped; the file's pages go when it is closed
+            f.close()
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for *_, f, _dtype, _shape in staged:
+            f.close()
     return ray.put(data)
 
 
-def _stage_folder(nbytes: int) -> str | None:
-    """A private temporary folder to stage `nbytes` through, or None when staging would not
-    help: small data, a temporary folder in memory (tmpfs), or too little disk."""
+def _stage_dir(nbytes: int) -> str | None:
+    """The temporary folder to stage `nbytes` through, or None when staging would not help:
+    small data, a temporary folder in memory (tmpfs), or too little disk."""
     if nbytes < STAGE_MIN_BYTES:
         return None
     tmp = tempfile.gettempdir()
     try:
         st = os.statvfs(tmp)
-        if st.f_bavail * st.f_frsize < nbytes * 1.1 or _fs_type(tmp) == _TMPFS:
-            return None
-        return tempfile.mkdtemp(prefix="ucrn-stage-", dir=tmp)
     except OSError:
         return None
+    if st.f_bavail * st.f_frsize < nbytes * 1.1 or _fs_type(tmp) == _TMPFS:
+        return None
+    return tmp
 
 
 def _fs_type(path: str) -> str:

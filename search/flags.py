@@ -256,13 +256,8 @@ def check_flags(fl: Flags) -> None:
         if not ok:
             shown = "''" if value == "" else value  # an empty value, visibly
             raise UsageError(f"{name} {shown}: expected {expected}")
-    why = name_problem(fl.name)
-    if why is not None:
-        shown = repr(fl.name) if len(fl.name) <= 60 else f"{fl.name[:40]!r}..."
-        raise UsageError(f"--name {shown}: expected a plain folder name (ASCII letters, "
-                         f"digits, '-', '_', '.'; 1 to {NAME_MAX_CHARS} characters); it {why}")
     try:
-        check_name(fl.name, "--name")  # the folder rule itself, should it grow a new case
+        check_name(fl.name, "--name")
     except ValueError as e:
         raise UsageError(str(e)) from None
     fl.extra_resources  # noqa: B018 - parses --trial-resources, one line if malformed
@@ -385,30 +380,6 @@ def resolve_metric(fl: Flags) -> str:
         (fl.dataset in (None, "synthetic")) and fl.data_path is None
         and PRESETS.get(fl.preset, {}).get("task") == "iemocap")
     return "loss" if iemocap else "MAE"
-
-
-# ucrn.fileio.check_name's rules, each with its own reason (its one message named no rule:
-# a name too long was "expected a plain folder name"); tests/test_config.py keeps them equal.
-NAME_MAX_CHARS = 200  # a folder name, with room for suffixes, under NAME_MAX (255 bytes)
-NAME_FORBIDDEN = "/\\\0%#?"  # the name is also a key in a URI: no escapes or queries
-
-
-def name_problem(name: str) -> str | None:
-    """What is wrong with a search name, as "it ...", in words (None: nothing)."""
-    if not name:
-        return "is empty"
-    if len(name) > NAME_MAX_CHARS:
-        return f"is {len(name)} characters long, over the limit of {NAME_MAX_CHARS}"
-    if name in (".", ".."):
-        return "names the folder itself or its parent"
-    if name != name.strip():
-        return "starts or ends with whitespace"
-    for i, c in enumerate(name):
-        if c in NAME_FORBIDDEN:
-            return f"holds {c!r} (character {i + 1}), which a folder name or URI key cannot"
-        if not c.isprintable() or not c.isascii():
-            return f"holds {c!r} (character {i + 1}), not a printable ASCII character"
-    return None
 
 
 def check_metric_task(metric: str, task: str, valid_labels: Any = None) -> None:

@@ -88,6 +88,8 @@ ID_CASES = {
     "escape": (["\x1b[2Jclip", "clip"], "id 5 (", "control character"),
     "c1-next-line": (["clip\x85", "clip"], "id 5 (", "control character"),
     "line-separator": (["clip\u2028", "clip"], "id 5 (", "control character"),
+    "right-to-left-override": (["clip\u202e1", "clip1"], "id 5 (", "invisible one"),
+    "zero-width-space": (["cl\u200bip", "clip"], "id 5 (", "invisible one"),
     "utf8-vs-latin1": ([b"caf\xc3\xa9", b"caf\xe9"], "ids 5 (", "both read as"),
     "surrogate-vs-its-escape": (["x\udc80", "x\\udc80"], "ids 5 (", "both read as"),
     "number-vs-text": ([7, "7"], "ids 5 (", "both read as"),

@@ -88,6 +88,40 @@ def io_error_line(e: OSError) -> str:
     return one_line(f"{e.strerror or e}{':' + where if where else ''}")
 
 
+_LAST_STOP: list[int] = []  # the signal behind the last KeyboardInterrupt raised here
+
+
+def interrupt(signum: int, frame: object = None) -> NoReturn:
+    """A stop signal as KeyboardInterrupt, remembered in case a callback swallows it."""
+    _LAST_STOP[:] = [signum]
+    raise KeyboardInterrupt
+
+
+def stop_is_never_lost(unraisable: Any) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt raised where Python cannot pass it on (a
+    weakref callback inside an import, a __del__) is delivered again, to the code that runs
+    next; Python would print "Exception ignored" and carry on (a SIGTERM 6 s into a search
+    was lost so, and the search ran to its end). Anything else: Python's own report."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and (
+            threading.current_thread() is threading.main_thread()):
+        # raised again at the next line of the code the callback interrupted (raised here it
+        # would be swallowed again): a one-shot trace function on that code's frames
+        def again(frame: Any, event: str, arg: Any) -> Any:
+            sys.settrace(None)
+            for f in frames:
+                f.f_trace = None
+            raise KeyboardInterrupt
+
+        frames, f = [], sys._getframe(1)
+        while f is not None:
+            f.f_trace, f.f_trace_lines = again, True
+            frames.append(f)
+            f = f.f_back
+        sys.settrace(again)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a batch system's stop, `timeout`, `kill`) behaves as Ctrl-C: the same clean
@@ -95,9 +129,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -193,12 +224,13 @@ def program(target: str) -> NoReturn:
 
     def on_signal(signum: int, frame: object) -> None:
         if not ended:
-            raise KeyboardInterrupt
+            interrupt(signum)
         leave(signum)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
+    sys.unraisablehook = stop_is_never_lost
     try:
         try:
             with signals_held():

@@ -280,6 +280,10 @@ def _endpoint(value: str, scheme: str | None, where: str) -> None:
         port = parts.port
     except ValueError:
         port = -1
+    if parts.username or parts.password:  # the URI's own userinfo is refused likewise
+        raise ValueError(f"{where}: the endpoint {value!r} holds a user or password: "
+                         f"credentials in an endpoint are refused (they would be recorded "
+                         f"with it); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
     if scheme and "://" in value and parts.scheme.lower() != scheme:
         raise ValueError(f"{where}: the endpoint {value!r} and scheme={scheme} disagree; give "
                          f"one of them")
@@ -564,15 +568,36 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.close(fd)
 
 
+NAME_MAX_CHARS = 200  # a folder name, with room for suffixes, under NAME_MAX (255 bytes)
+NAME_FORBIDDEN = "/\\\0%#?"  # the name is also a key in a URI: no escapes or queries
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with a run or search name, as "it ...", in words (None: nothing)."""
+    if not name:
+        return "is empty"
+    if len(name) > NAME_MAX_CHARS:
+        return f"is {len(name)} characters long, over the limit of {NAME_MAX_CHARS}"
+    if name in (".", ".."):
+        return "names the folder itself or its parent"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    for i, c in enumerate(name):
+        if c in NAME_FORBIDDEN:
+            return f"holds {c!r} (character {i + 1}), which a folder name or URI key cannot"
+        if not c.isprintable() or not c.isascii():
+            return f"holds {c!r} (character {i + 1}), not a printable ASCII character"
+    return None
+
+
 def check_name(name: str, flag: str) -> str:
-    """A run or search name becomes one folder: refuse what would escape or vanish."""
-    bad = (not name or name in (".", "..") or any(c in name for c in "/\\\0%#?")
-           or not name.isprintable() or name != name.strip() or len(name) > 200
-           or not name.isascii())  # also a key in a URI: no escapes, fragments or queries
-    if bad:
-        raise ValueError(f"{flag} {name!r}: expected a plain folder name (ASCII letters, "
-                         f"digits, '-', '_', '.'; no '/', '%', '#', '?', not empty, not '.' "
-                         f"or '..')")
+    """A run or search name becomes one folder (and a key in a URI): refuse what would
+    escape or vanish, saying which rule the name breaks."""
+    why = name_problem(name)
+    if why is not None:
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}..."
+        raise ValueError(f"{flag} {shown}: expected a plain folder name (ASCII letters, "
+                         f"digits, '-', '_', '.'; 1 to {NAME_MAX_CHARS} characters); it {why}")
     return name
 
 

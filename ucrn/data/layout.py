@@ -111,7 +111,10 @@ def _decode_id(x: Any) -> str:
 # Control characters (C0, DEL, C1) and line/paragraph separators: NUL cuts an id short in
 # numpy's fixed-width strings and in Arrow (so two ids became one in predict's output), the
 # others break the one-line messages and tables ids are shown in; no dataset's ids hold them.
-_BAD_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# control characters, line separators, and the invisible format characters that reorder or
+# hide text (U+202E turns an id around on screen, U+200B hides inside one)
+_BAD_ID_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u00ad\u061c\u180e"
+                           "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
 _MAX_ID_CHARS = 1000  # numpy stores N ids at the longest one's width: a huge id is GBs
 
 
@@ -157,8 +160,9 @@ def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
             raise _fail(f"{where}: id {i} has {len(text)} characters; expected at most "
                         f"{_MAX_ID_CHARS}")
         if _BAD_ID_CHARS.search(text):
-            raise _fail(f"{where}: id {i} ({_show(rows[i])}) holds a control character; ids "
-                        f"must be printable (NUL would cut it short in the output)")
+            raise _fail(f"{where}: id {i} ({_show(rows[i])}) holds a control character or an "
+                        f"invisible one; ids must be printable and visible (NUL would cut it "
+                        f"short in the output, U+202E would show it reversed)")
         j = seen.setdefault(text, i)
         if j != i:
             if _raw_key(rows[i]) != _raw_key(rows[j]):
