@@ -44,17 +44,17 @@ def load_data(config: dict[str, Any]) -> MultData:
 
 # ---- the data in Ray's object store, held once --------------------------------------------
 # Why: `ray.put(data)` of the whole dataset copies every array into the object store while
-# the driver still holds the loaded arrays: twice the data for the whole search (a 6.0 GB
-# MOSEI-shaped file peaked at 11.9 GB). Each array is put on its own and the driver's copy
+# the driver still holds the loaded arrays: twice the data for the whole search (a 5.92 GiB
+# MOSEI-shaped file peaked at 12.7 GiB). Each array is put on its own and the driver's copy
 # dropped as soon as it is stored. Even so, putting an array needs it twice for a moment
-# (the driver's and the store's), on top of the rest of the data: 1.5x a MOSEI file at the
-# peak. With large data every array but the largest is therefore first staged to a file on
-# disk without a name (the driver's copy freed as each is written; the page cache holds the
+# (the driver's and the store's), on top of the rest of the data: 1.53x a MOSEI file at
+# the peak. With large data every array but the largest is therefore first written to a
+# file without a name (the driver's copy freed as each is written; the page cache holds the
 # files and gives them back under pressure); the largest is put while the store is still
-# empty, then the others from a read-only map of their files, each closed once stored. The peak is
-# then the data plus the smallest arrays' moment of two copies (about 50 s more for a 6 GB
-# MOSEI file on a disk that writes 200 MB/s). The trials map
-# the stored arrays without copying them (read-only views).
+# empty, then the others from read-only maps of their files, each closed once stored. The
+# peak is then the data plus one small array's moment of two copies (measured: 1.30x; about
+# 30 s more before the first trial for that file). The trials map the stored arrays without
+# copying them (read-only views).
 
 SHARED_MIN_BYTES = 1 << 16  # smaller arrays travel inside the data's skeleton
 STAGE_MIN_BYTES = 1 << 30  # below this, the moment of two copies costs too little to stage
