@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from search.flags import Flags
 from search.objstore import join
@@ -101,21 +102,13 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
         # inherit it), not as a job runtime_env: Ray then gives the first trials the worker
         # processes it starts with the node (ray is imported there already), where a job
         # with a runtime_env waits for new ones (1.5 s against 4 to 11 s per trial here).
+        # (this process's own environment is as it was once Ray has started)
         env_vars.update(tune_actor_env(local=True))
-        saved = {k: os.environ.get(k) for k in env_vars}
-        os.environ.update(env_vars)
-        try:  # "local": always a new instance, never a stale /tmp/ray/ray_current_cluster
-            with _ray_stop_as_interrupt():
-                ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                         dashboard_port=port, log_to_driver=False, configure_logging=True,
-                         logging_level="ERROR",
-                         object_store_memory=object_store_bytes(data_bytes))
-        finally:  # this process's own environment as it was
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with patch.dict(os.environ, env_vars), _ray_stop_as_interrupt():
+            # "local": always a new instance, never a stale /tmp/ray/ray_current_cluster
+            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=port, log_to_driver=False, configure_logging=True,
+                     logging_level="ERROR", object_store_memory=object_store_bytes(data_bytes))
     else:
         tune_actor_env(local=False)
         if ":" in address and "://" not in address:

@@ -20,6 +20,7 @@ from ucrn import cli
 from ucrn.config import TrainConfig
 from ucrn.convert import convert_main, to_mmsa
 from ucrn.data import (
+    MMSA_DIRS,
     NPZ_FILES,
     DataError,
     load_dataset,
@@ -32,7 +33,6 @@ from ucrn.train import Trainer, fit
 SMALL = dict(n_train=48, n_valid=16, n_test=16)
 TRAIN = ["--num_epochs", "1", "--d_model", "8", "--heads", "2", "--layers", "1",
          "--threads", "1"]
-MMSA_DIRS = {"mosi": "MOSI", "mosei_senti": "MOSEI", "sims": "SIMS"}
 
 
 def _mmsa_raw(dataset: str = "mosi", seed: int = 0) -> dict:
