@@ -361,6 +361,19 @@ def test_a_stop_inside_signals_held_waits_for_the_end_of_the_block():
         pass
 
 
+def _wait_until_it_catches(pid: int, sig: int, timeout: float = 30) -> None:
+    """Until the process has a handler for `sig` (SigCgt in /proc): a signal before then ends
+    any Python program by default (a fixed sleep raced a loaded machine in CI)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+        if caught >> (sig - 1) & 1:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} set no handler for signal {sig} in {timeout:g} s")
+
+
 def test_a_stop_while_a_command_imports_is_exit_130(tmp_path):
     """A signal in the first seconds (torch being imported) once gave a traceback, a
     RecursionError or death by SIGTERM; now the usual one line and exit 130."""
@@ -368,7 +381,7 @@ def test_a_stop_while_a_command_imports_is_exit_130(tmp_path):
                              str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    time.sleep(0.4)  # Python is up, torch is not imported yet
+    _wait_until_it_catches(proc.pid, signal.SIGTERM)  # torch is not imported yet
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip() == "interrupted", err
