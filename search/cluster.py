@@ -182,9 +182,13 @@ def _ray_logs_to(log_file: Path | None) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in ("ray", "ray.tune", "ray.train", "ucrn.search"):
         lg = logging.getLogger(name)
-        for h in list(lg.handlers):
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+        for h in list(lg.handlers):  # terminal handlers, and an earlier run's (search.run)
+            if isinstance(h, (_QuietFileHandler, logging.NullHandler)) or (
+                    isinstance(h, logging.StreamHandler)
+                    and not isinstance(h, logging.FileHandler)):
                 lg.removeHandler(h)
+                if isinstance(h, _QuietFileHandler):
+                    h.close()
         lg.addHandler(handler)
         lg.propagate = False
 
@@ -298,6 +302,9 @@ class GracefulStop:
         self._tune = False
 
     def __enter__(self) -> GracefulStop:
+        self.old = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self  # search.run from a thread: only the main thread may set handlers
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards it instead
         sigs = (signal.SIGINT, signal.SIGTERM)
         self.old = {sig: signal.signal(sig, self._stop) for sig in sigs}

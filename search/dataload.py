@@ -1,4 +1,4 @@
-"""The data a search (search/driver.py) or a re-training (search/retrain.py) runs on: what a
+"""The data a search (search/driver.py) or a re-training (search/retraining.py) runs on: what a
 given --data-path means, and the dataset loaded once on the driver (a problem is one line)."""
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from search.progress import fmt, make_recorder, storage_failure
 from search.results import METRICS, ResultsStore, TrialBook
 from search.settings import TrialSettings
 from search.space import SpaceError, first_value, load_space, searched, validate_space
+from search.trackers import check_trackers, make_trackers, use_trackers
 from search.warm import WarmStart, warm_start
 from ucrn.config import TrainConfig
 from ucrn.data import MultData
@@ -79,7 +80,7 @@ def _main(argv: list[str], fail_if: dict[str, Any] | None) -> int:
     fl, given = parse_flags(argv)
     check_given(fl, given)
     if fl.retrain:
-        from search.retrain import run_retrain
+        from search.retraining import run_retrain
 
         return run_retrain(fl, fail_if)
     return run_search(fl, fail_if, given)
@@ -198,8 +199,8 @@ def check_trusted(store: ResultsStore) -> None:
     for folder, _dirs, files in os.walk(store.root):
         for name in [None, *files]:
             path = folder if name is None else os.path.join(folder, name)
-            try:
-                st = os.lstat(path)
+            try:  # a link's own mode is always 777: its target's counts (W&B's logs link)
+                st = os.stat(path) if os.path.islink(path) else os.lstat(path)
             except OSError:
                 continue
             shared_group = st.st_mode & 0o020 and not _private_group(st.st_gid)
@@ -296,6 +297,7 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
     with ResultsLock(store, "search") as lock:
         plan = plan_search(fl, store, storage, fail_if, given)
         fl = plan.flags
+        check_trackers(fl.tracker, store, fl.name, saved=fl.resume and "tracker" not in given)
         data = load_data(plan.settings.base)
         check_metric_task(fl.metric, data.task, data.splits["valid"].labels)
         if fl.data_path is not None:  # the format the files turned out to have, recorded
@@ -340,6 +342,7 @@ def run(plan: SearchPlan, holder: list[MultData], lock: ResultsLock) -> int:
                     "data": plan.data_id, "warm_start": plan.warm.record(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S")})
             tuner = _tuner(plan, holder)
+            use_trackers(tuner, make_trackers(fl.tracker, store, fl.name))  # not in tuner.pkl
             print(f"search {fl.name}: {fl.num_samples} trials x up to {fl.max_epochs} epochs, "
                   f"executor {fl.executor}, {fl.metric} ({plan.mode}); searching "
                   f"{', '.join(searched(plan.space))}\nresults: {store.uri}", flush=True)
@@ -363,15 +366,17 @@ def _tuner(plan: SearchPlan, holder: list[MultData]):
     """A new Tuner, or the interrupted one restored from its saved state."""
     from ray import tune
 
+    from search.journal import open_journal
     from search.space import to_tune
 
     fl, store = plan.flags, plan.store
     trainable = make_trainable(fl, holder, plan.settings)
     param_space = to_tune({k: v for k, v in plan.space.items() if isinstance(v, dict)})
+    journal = open_journal(store)  # the Optuna study's file (a restored run's too)
     if not plan.restore:
         recorder = make_recorder(store.location, fl.name, fl.metric, plan.mode, fl.executor,
                                  plan.settings.base, fl.num_samples)
-        return _new_tuner(plan, trainable, param_space, recorder)
+        return _new_tuner(plan, trainable, param_space, recorder, journal)
     try:
         return tune.Tuner.restore(**ray_storage(store.location, "path"), trainable=trainable,
                                   resume_unfinished=True,
@@ -383,12 +388,12 @@ def _tuner(plan: SearchPlan, holder: list[MultData]):
                          f"search under another --name") from None
 
 
-def search_algorithm(plan: SearchPlan):
+def search_algorithm(plan: SearchPlan, journal: str):
     """Optuna's TPE (optionally with the constant liar) or its random sampler, seeded, with
-    the warm start's points."""
+    the warm start's points; its study is the search's journal (search/journal.py)."""
     import optuna
 
-    from search.searchers import ResumableOptuna
+    from search.journal import JournalOptuna
 
     fl, warm = plan.flags, plan.warm
     seed = warm.sampler_seed(fl.seed)
@@ -396,15 +401,19 @@ def search_algorithm(plan: SearchPlan):
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=fl.constant_liar)
-    return ResumableOptuna(sampler=sampler, points_to_evaluate=list(warm.points) or None,
-                           evaluated_rewards=list(warm.rewards) if warm.rewards else None)
+    return JournalOptuna(journal=journal, study_name=fl.name,
+                         num_epochs=plan.settings.base["num_epochs"], sampler=sampler,
+                         points_to_evaluate=list(warm.points) or None,
+                         evaluated_rewards=list(warm.rewards) if warm.rewards else None)
 
 
-def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], recorder: Any):
+def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], recorder: Any,
+               journal: str):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.budget import EpochBudget
+    from search.journal import make_journal_callback
     from search.searchers import ResumableLimiter
 
     fl = plan.flags
@@ -417,11 +426,13 @@ def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], re
         tune_config=tune.TuneConfig(
             metric=fl.metric, mode=plan.mode, num_samples=fl.num_samples,
             reuse_actors=fl.executor == "tune",  # no new process per tiny trial
-            search_alg=ResumableLimiter(search_algorithm(plan),
+            search_alg=ResumableLimiter(search_algorithm(plan, journal),
                                         max_concurrent=fl.max_concurrent or auto_concurrency(fl)),
             scheduler=scheduler),
         run_config=tune.RunConfig(
-            name=fl.name, **ray_storage(plan.storage), callbacks=[recorder], verbose=0,
+            name=fl.name, **ray_storage(plan.storage), verbose=0,
+            callbacks=[recorder, make_journal_callback(plan.store.uri, journal, fl.name,
+                                                       plan.settings.base["num_epochs"])],
             # on a remote store Tune keeps its state locally and uploads it every
             # sync_period: a driver killed in between resumes from an old state
             sync_config=tune.SyncConfig(sync_period=SYNC_S, sync_timeout=SYNC_TIMEOUT_S),

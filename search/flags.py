@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from search.trackers import parse_trackers
 from ucrn.config import DATASETS
 from ucrn.data import DATASET_ALIASES, FORMATS, TARGETS
 from ucrn.errors import OneLineParser, UsageError
@@ -31,7 +32,7 @@ SAVED_CHOICES = {"executor": EXECUTORS, "search_alg": SEARCH_ALGS, "scheduler": 
                  "data_format": FORMATS, "target": TARGETS}
 # how trials run, which a resumed search may change (a smaller machine, another cluster)
 RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures",
-                     "trial_resources")
+                     "trial_resources", "tracker")  # (trackers only watch: add or drop one)
 
 
 def flag(default: Any, help: str, **argparse_kw: Any) -> Any:
@@ -99,6 +100,9 @@ class Flags:
     robust_metrics: bool = flag(False, "record robust_MAE (validation MAE with each modality "
                                 "missing in turn) for every trial (implied by --metric "
                                 "robust_MAE)", action="store_true")
+    tracker: str | None = flag(None, "comma-separated experiment trackers for every trial's "
+                               "epochs and config: tensorboard, mlflow, wandb (docs/"
+                               "trackers.md)", metavar="LIST")
 
     def __post_init__(self) -> None:
         # auto: a one-worker trial runs in its Tune process (start-up 0.1 s in a reused one,
@@ -192,7 +196,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 # flags that shape a search, meaningless for --retrain (which runs one config on seeds)
 SEARCH_ONLY = ("space", "num_samples", "grace_period", "reduction_factor", "search_alg",
-               "scheduler", "constant_liar", "epoch_budget", "warm_start", "metric")
+               "scheduler", "constant_liar", "epoch_budget", "warm_start", "metric", "tracker")
 ASHA_ONLY = ("grace_period", "reduction_factor")
 
 
@@ -261,6 +265,7 @@ def check_flags(fl: Flags) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     fl.extra_resources  # noqa: B018 - parses --trial-resources, one line if malformed
+    parse_trackers(fl.tracker)  # names only; packages: search.trackers.check_trackers
     if fl.executor == "tune" and fl.workers_per_trial > 1:
         raise UsageError("--workers-per-trial > 1 needs --executor train (DDP runs on Ray Train)")
     if fl.executor == "train" and fl.cpus_per_trial <= 0.1:

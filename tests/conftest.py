@@ -59,6 +59,9 @@ def ray_env(tmp_path_factory) -> dict[str, str]:
     env["RAY_AUTH_MODE"] = "token"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    # W&B's logging actors (--tracker wandb) run in these processes: never the network
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true",
+               WANDB_DISABLE_CODE="true", WANDB_ERROR_REPORTING="false")
     return env
 
 

@@ -30,7 +30,7 @@ from search import schema
 from search.driver import SearchPlan, summarise
 from search.flags import Flags
 from search.results import ResultsStore, TrialBook
-from search.retrain import _done_seeds
+from search.retraining import _done_seeds
 from search.space import SpaceError, load_space
 from search.warm import warm_start
 from tests.results_fixture import SPACE, write_fake_retrain, write_fake_search

@@ -160,14 +160,22 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(got[0])  # now, with the handlers the caller had
 
 
+@contextmanager
+def warning_lines() -> Iterator[None]:
+    """Warnings as one `warning:` line each (a command's, or a Python API call's), not
+    Python's two lines with the source file."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        yield
+
+
 def run_main(fn: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's main, turning the project's errors into one line and an exit code
     (and warnings into one `warning:` line each)."""
     args = list(sys.argv[1:] if argv is None else argv)
     with redacted_output():
         try:
-            with warnings.catch_warnings(), sigterm_as_interrupt():
-                warnings.showwarning = _warning_line
+            with warning_lines(), sigterm_as_interrupt():
                 return fn(args)
         except SystemExit as e:  # --help, or a command that chose its code
             return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
