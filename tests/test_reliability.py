@@ -212,12 +212,14 @@ def _driver(address: str, storage: Path, name: str, env: dict, *extra: str):
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _wait_rows(path: Path, n: int, proc, timeout: float = 240) -> None:
+def _wait_rows(path: Path, n: int, proc, timeout: float = 240, running: bool = False) -> None:
+    """Until `path` has n rows (of status "running" if `running`) while `proc` runs."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "driver ended early"
         try:
-            if len(pd.read_parquet(path)) >= n:
+            rows = pd.read_parquet(path)
+            if len(rows[rows.status == "running"] if running else rows) >= n:
                 return
         except (FileNotFoundError, OSError, ValueError):
             pass
@@ -229,10 +231,12 @@ def _wait_rows(path: Path, n: int, proc, timeout: float = 240) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_flushes_and_resumes(ray_head, ray_env, tmp_path, sig):
     name = f"sig{int(sig)}"
+    # epochs enough that trials still run after the second driver's check below (seconds on
+    # a loaded machine), and the signal waits for a running one
     proc = _driver(ray_head, tmp_path, name, ray_env, "--executor", "tune", "--num-samples", "4",
-                   "--max-epochs", "4")
+                   "--max-epochs", "8")
     try:
-        _wait_rows(tmp_path / name / "epochs.parquet", 2, proc)
+        _wait_rows(tmp_path / name / "epochs.parquet", 1, proc)
         # a second driver on the same folder is refused while the first runs
         second = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address",
                                  ray_head, "--storage", str(tmp_path), "--name", name,
@@ -241,6 +245,7 @@ def test_signal_stops_flushes_and_resumes(ray_head, ray_env, tmp_path, sig):
         assert second.returncode == 2, second.stderr
         assert f"in use by another driver: pid {proc.pid}" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
+        _wait_rows(tmp_path / name / "trials.parquet", 1, proc, running=True)
         os.kill(proc.pid, sig)
         rc = proc.wait(timeout=120)
     finally:

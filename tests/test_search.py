@@ -197,15 +197,22 @@ def test_a_missing_checkpoint_is_replaced_by_a_later_one_only(tmp_path):
     assert newer_checkpoint(fs, str(tmp_path / "gone" / "checkpoint_000001")) is None
 
 
-def _actor_pids(address: str, env: dict, class_name: str) -> list[int]:
-    res = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "actors",
-                          "--address", f"http://{_dashboard(address, env)}", "--format", "json",
-                          "--filter", "state=ALIVE", "--limit", "1000"],
-                         capture_output=True, text=True, env=env, timeout=60)
-    actors = json.loads(res.stdout or "[]")
-    pids = [int(a["pid"]) for a in actors if a.get("class_name") == class_name]
-    assert pids, f"no {class_name} actor among {sorted({a.get('class_name') for a in actors})}"
-    return pids
+def _actor_pids(dashboard: str, env: dict, class_name: str, proc, timeout: float = 120
+                ) -> list[int]:
+    """The pids of the alive actors of `class_name`, once there is one (a loaded machine
+    starts Ray Train's worker late) while the driver `proc` runs."""
+    end, seen = time.time() + timeout, set()
+    while time.time() < end and proc.poll() is None:
+        res = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "actors",
+                              "--address", f"http://{dashboard}", "--format", "json",
+                              "--filter", "state=ALIVE", "--limit", "1000"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        actors = json.loads(res.stdout or "[]")
+        pids = [int(a["pid"]) for a in actors if a.get("class_name") == class_name]
+        if pids:
+            return pids
+        seen |= {a.get("class_name") for a in actors}
+    raise AssertionError(f"no {class_name} actor among {sorted(seen)}")
 
 
 def _dashboard(address: str, env: dict) -> str:
@@ -218,6 +225,9 @@ def _dashboard(address: str, env: dict) -> str:
         ray.shutdown()
 
 
+EPOCHS_KILLED = 10
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("executor, process", [("auto", "with_resources.<locals>.ResourceTrainable"),
                                                ("train", "RayTrainWorker")])
@@ -225,11 +235,14 @@ def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, exec
     """The process that trains (the default executor: the Tune trial's own; Ray Train's
     worker) killed mid-trial: the trial restarts from its checkpoint and ends complete.
     (Tune names the trial actor after its resource wrapper, ResourceTrainable.)"""
+    dashboard = _dashboard(ray_head, ray_env)  # before: its seconds let the trial finish
+    # epochs of the tiny model take a fraction of a second: enough of them that the trial
+    # still runs when the actor is found and killed, on a loaded machine too
     proc = _start_driver(ray_head, tmp_path, "w", ray_env, "--num-samples", "1",
-                         "--max-epochs", "6", "--executor", executor)
+                         "--max-epochs", str(EPOCHS_KILLED), "--executor", executor)
     try:
-        _wait_epochs(tmp_path, "w", 2, proc)
-        pids = _actor_pids(ray_head, ray_env, process)
+        _wait_epochs(tmp_path, "w", 1, proc)  # a checkpoint to resume from
+        pids = _actor_pids(dashboard, ray_env, process, proc)
         os.kill(pids[0], signal.SIGKILL)
         assert proc.wait(timeout=600) == 0, (tmp_path / "w.log").read_text()[-3000:]
     finally:
@@ -238,7 +251,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, exec
     trials, epochs = read(tmp_path, "w")
     assert_each_once(trials, epochs, 1)
     row = trials.iloc[0]
-    assert row.status == "completed" and row.epochs_run == 6
+    assert row.status == "completed" and row.epochs_run == EPOCHS_KILLED
     assert row.resumes >= 1  # restarted from its checkpoint, not from scratch
 
 

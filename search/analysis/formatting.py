@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search import schema
+import search.schema as schema
 
 
 def isnull(v: Any) -> bool:

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from search import schema
+import search.schema as schema
 from search.analysis.files import (
     AnalyzeError,
     concat,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search import schema
+import search.schema as schema
 from search.analysis.formatting import fmt
 from search.analysis.loading import Search
 
