@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import difflib
 import html
+import importlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,9 @@ if TYPE_CHECKING:  # pandas loads with the results, not with `import search`
 __all__ = ["SearchResult", "load", "retrain", "run"]
 
 TOP = 10  # trials in the notebook table
+# what a search or re-training imports: loaded before it starts, Ctrl-C held (_preload)
+RUN_MODULES = ("search.flags", "search.driver", "search.retraining", "search.journal",
+               "search.analysis.loading", "ray.tune")
 
 
 @dataclass(eq=False)
@@ -104,6 +110,7 @@ def run(**flags: Any) -> SearchResult:
     Errors are the command line's lines, raised: UsageError before anything runs (bad
     keyword or value, storage, data), RunFailed when it ran and failed; Ctrl-C stops the
     trials, keeps the results and raises KeyboardInterrupt."""
+    _preload(RUN_MODULES, flags.get("tracker"))
     argv = flags_argv(flags)
     _execute(argv)
     return load(_results_path(argv))
@@ -114,6 +121,8 @@ def retrain(path: str | os.PathLike, seeds: Any = None, **flags: Any) -> SearchR
     `run_search.py --retrain PATH --seeds ...`; the search's results, `.retrain` filled."""
     if "retrain" in flags:
         raise UsageError("retrain: the search to re-train is search.retrain's first argument")
+    path = _path_text(path, "search.retrain")
+    _preload(RUN_MODULES)
     argv = flags_argv({"retrain": path, "seeds": seeds, **flags})
     _execute(argv)
     return load(path)
@@ -122,25 +131,84 @@ def retrain(path: str | os.PathLike, seeds: Any = None, **flags: Any) -> SearchR
 def load(path: str | os.PathLike) -> SearchResult:
     """A search's results (finished, interrupted or running) read from STORAGE/NAME: a
     UsageError naming `path` when it holds no search."""
+    _preload(("search.analysis.loading", "search.analysis.tables"))
     from search.analysis.files import filesystem, read_json
     from search.analysis.loading import load_searches
     from search.schema import BEST_CONFIG
+    from ucrn.fileio import is_uri
 
-    where = os.fspath(path)
-    if "://" not in where:
-        where = str(Path(where.removeprefix("file://")).expanduser().resolve())
+    where = _path_text(path, "search.load")
+    if not is_uri(where):  # file:// is a local folder, as --storage file://... is
+        where = str(Path(_strip_file_scheme(where)).expanduser().resolve())
     s = load_searches([where], None)[0]  # AnalyzeError (a UsageError) naming the folder
-    for line in s.warnings:
-        say("warning", line)
+    warnings = list(s.warnings)
     fs, base = filesystem(where)
     best, why = read_json(fs, f"{base}/{BEST_CONFIG}")
     if why is None and not isinstance(best, dict):
-        raise UsageError(f"{s.location}/{BEST_CONFIG}: expected a JSON object of config keys")
+        why = "not a JSON object"
+    if why is not None and not why.startswith("no "):  # there but unusable: said (an empty
+        why = why.replace("search.json ", "")  # dict alone reads as "not finished")
+        warnings.append(f"{s.location}/{BEST_CONFIG}: {why}; best_config is {{}}, the tables "
+                        f"are read as they are")
+    for line in warnings:
+        say("warning", line)
     return SearchResult(
         path=s.location if "://" in where else where, trials=s.trials,
         epochs=_frame(s.epochs), retrain=_frame(s.retrain), robustness=_frame(s.robustness),
         best_config=best if why is None else {}, metric=s.metric, mode=s.mode,
-        warnings=list(s.warnings), _search=s)
+        warnings=warnings, _search=s)
+
+
+def _preload(modules: tuple[str, ...], trackers: Any = None) -> None:
+    """Import what a call needs (torch, Ray, Tune, Optuna, pandas: seconds, once per
+    process) with Ctrl-C held until the imports are done, then raised. Why: an import
+    interrupted half-way stays in sys.modules half-initialised, so every later call in the
+    notebook fails (ImportError: partially initialized module 'torch') or crashes the
+    kernel (a segmentation fault was seen); the command line simply exits. Only the main
+    thread receives signals."""
+    from search.trackers import TRACKERS
+
+    names = [*modules, *(TRACKERS[t] for t in _tracker_names(trackers))]
+    if all(n in sys.modules for n in names):
+        return
+    held: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) if main \
+        else None
+    try:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # a tracker's missing package: its check says so
+                pass
+    finally:
+        if main:  # (None: a handler set outside Python, unknown here)
+            signal.signal(signal.SIGINT, signal.default_int_handler if old is None else old)
+    if held and old is not signal.SIG_IGN:
+        raise KeyboardInterrupt("stopped while loading torch and Ray; nothing ran")
+
+
+def _tracker_names(value: Any) -> list[str]:
+    from search.trackers import TRACKERS
+
+    parts = value.split(",") if isinstance(value, str) else (
+        value if isinstance(value, (list, tuple)) else [])
+    return [n for n in (str(p).strip().lower() for p in parts) if n in TRACKERS]
+
+
+def _path_text(path: Any, where: str) -> str:
+    """A folder or URI given as str or os.PathLike (bytes decoded as the OS does); anything
+    else is a UsageError naming the call, not os.fspath's TypeError from deep inside."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        text = os.fsdecode(path)
+        if text.strip():
+            return text
+    raise UsageError(f"{where}({path!r}): expected a search folder STORAGE/NAME or its URI "
+                     f"(a str or os.PathLike)")
+
+
+def _strip_file_scheme(text: str) -> str:
+    return text[len("file://"):] if text.lower().startswith("file://") else text
 
 
 # ---- keywords as the command line ---------------------------------------------------------
@@ -168,16 +236,33 @@ def flags_argv(given: Mapping[str, Any]) -> list[str]:
                 raise UsageError(f"{key}={value!r}: expected True or False ({flag} is a switch)")
             argv += [flag] if value else []
         elif value is not None:
-            argv.append(f"{flag}={_text(value)}")  # '=': a value may begin with '-'
+            text = _text(value)
+            if isinstance(value, bool):
+                raise UsageError(f"{key}={value!r}: {flag} takes a value, not True or False")
+            if text is None:
+                raise UsageError(f"{key}={value!r}: expected a str, a number, a path, a list or "
+                                 f"tuple of those, or a dict ({flag} takes a value)")
+            argv.append(f"{flag}={text}")  # '=': a value may begin with '-'
     return argv
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, inner: bool = False) -> str | None:
+    """A keyword's value as its flag's text; None for what no flag takes (bytes would be
+    "b'...'", True "True", a nested list flattened, a set in no fixed order)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(value)
+    if inner:
+        return None
     if isinstance(value, (list, tuple)):
-        return ",".join(_text(v) for v in value)
+        parts = [_text(v, inner=True) for v in value]
+        return None if None in parts else ",".join(parts)  # type: ignore[arg-type]
     if isinstance(value, dict):
         return json.dumps(value)
-    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    return None
 
 
 def _results_path(argv: list[str]) -> str:
@@ -190,7 +275,7 @@ def _results_path(argv: list[str]) -> str:
     if fl.retrain:
         return fl.retrain
     storage = fl.storage if is_uri(fl.storage) else str(
-        Path(fl.storage.removeprefix("file://")).expanduser().resolve())
+        Path(_strip_file_scheme(fl.storage)).expanduser().resolve())
     return join(storage, fl.name)
 
 

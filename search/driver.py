@@ -45,7 +45,7 @@ from search.trackers import check_trackers, make_trackers, use_trackers
 from search.warm import WarmStart, warm_start
 from ucrn.config import TrainConfig
 from ucrn.data import MultData
-from ucrn.errors import UsageError, run_main
+from ucrn.errors import UsageError, run_main, say
 from ucrn.fileio import is_uri
 from ucrn.metrics import metric_mode
 
@@ -117,6 +117,7 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
         if not isinstance(saved, dict) or "flags" not in saved:
             raise UsageError(f"--resume: {store.show('search.json')} is damaged (expected an "
                              f"object with 'flags')")
+        _same_place(fl.name, saved, store)
         fl = fl.resumed_from(saved["flags"], store.show("search.json"),
                              given - {"resume", "address", "storage", "name"})
         _check_resumed_flags(fl, given, store)
@@ -128,6 +129,12 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
         if restore:
             check_trusted(store)
             _same_executor(fl, saved["flags"], store)
+        if store.is_local:  # on object storage: its copy, once downloaded (open_journal)
+            from search.journal import JOURNAL, check_journal
+
+            note = check_journal(store.path(JOURNAL), store.show(JOURNAL))
+            if note:
+                say("warning", note)
         saved_data = saved.get("data")
     elif store.exists("search.json"):
         raise UsageError(f"--name {fl.name}: a search already exists at {store.uri}; "
@@ -158,6 +165,32 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
     return SearchPlan(flags=fl, storage=storage, store=store, space=spec,
                       mode=metric_mode(fl.metric), settings=settings, restore=restore,
                       saved_data_id=saved_data)
+
+
+def _same_place(name: str, saved: dict[str, Any], store: ResultsStore) -> None:
+    """A search resumes where it was made: Tune's saved state (its recorder and its trials'
+    storage) holds that folder's path and the Optuna study its name, so a search renamed,
+    moved or copied would be resumed there, writing into the old folder (or one made anew
+    at its path) rather than this one. Where it was made: search.json's `location`, or for
+    a search from before that key, flags.storage when it is an absolute path."""
+    flags = saved.get("flags") if isinstance(saved.get("flags"), dict) else {}
+    was_name = flags.get("name")
+    was = saved.get("location")
+    storage = flags.get("storage")
+    if was is None and isinstance(was_name, str) and isinstance(storage, str) \
+            and not is_uri(storage) and os.path.isabs(storage.removeprefix("file://")):
+        was = os.path.join(storage.removeprefix("file://"), was_name)
+    moved = (store.is_local and isinstance(was, str) and not is_uri(was)
+             and os.path.realpath(was) != store.root)
+    if isinstance(was_name, str) and was_name != name:
+        why = f"the search {was_name!r} (flags.name), in a folder named {name!r}"
+    elif moved:
+        why = f"the search made at {was}"
+    else:
+        return
+    raise UsageError(f"--resume: {store.show('search.json')} is {why}: renamed, moved or "
+                     f"copied? Tune's saved state would write to where it was made; put the "
+                     f"folder back there to resume it, or start a new search")
 
 
 def _check_resumed_flags(fl: Flags, given: set[str], store: ResultsStore) -> None:
@@ -337,7 +370,8 @@ def run(plan: SearchPlan, holder: list[MultData], lock: ResultsLock) -> int:
             check_cluster(fl)
             if not store.exists("search.json"):
                 store.write_json("search.json", {
-                    "flags": fl.saved(), "space": plan.space, "metric": fl.metric,
+                    "flags": fl.saved(), "location": store.location, "space": plan.space,
+                    "metric": fl.metric,
                     "mode": plan.mode, "searched": searched(plan.space),
                     "data": plan.data_id, "warm_start": plan.warm.record(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S")})

@@ -21,8 +21,10 @@ whenever a trial ends; --resume downloads it first.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -37,6 +39,7 @@ from search.progress import storage_guard
 from search.results import ResultsStore
 from search.searchers import ResumableOptuna
 from search.trial import REPLAYED_EPOCH
+from ucrn.errors import UsageError, say
 
 log = logging.getLogger("ucrn.search")
 
@@ -64,6 +67,49 @@ def load_study(path: str | Path, name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=journal_storage(path))
 
 
+def check_journal(path: str | Path, shown: str) -> str | None:
+    """Before a resumed search appends to its journal: a UsageError for a journal it cannot
+    continue, or a note of what was repaired. Why: Optuna's reader skips a last record cut
+    short (a full disk, a killed driver), but its next append joins the half line, and from
+    then on no reader gets past that line; a line that is not a record (edited by hand) stops
+    every reader; a symbolic link would have the appends land in its target."""
+    p = Path(path)
+    if p.is_symlink():
+        raise UsageError(f"--resume: {shown} is a symbolic link (to {os.readlink(p)}); the "
+                         f"search appends only to a journal file of its own: replace the link "
+                         f"with the file itself")
+    if not p.exists():
+        return None  # a search from before the journal, or one deleted: written anew
+    if not p.is_file():
+        raise UsageError(f"--resume: {shown} is not a file; expected the search's Optuna "
+                         f"journal (move it away to resume with a new one)")
+    data = p.read_bytes()
+    whole = data[:data.rfind(b"\n") + 1]
+    for number, line in enumerate(whole.splitlines(), 1):
+        try:
+            record = json.loads(line)
+            bad = None if isinstance(record, dict) and "op_code" in record else "no op_code"
+        except ValueError as e:  # (UnicodeDecodeError too)
+            bad = type(e).__name__
+        if bad is not None:
+            raise UsageError(f"--resume: {shown} line {number} is not an Optuna journal record "
+                             f"({bad}: edited by hand or damaged?), and no reader of the study "
+                             f"gets past it; repair the line, or move the file away to resume "
+                             f"with a new journal of the trials from here on")
+    try:
+        journal_storage(p).get_all_studies()  # a record Optuna cannot apply
+    except Exception as e:  # noqa: BLE001 - any refusal of Optuna's is the file's
+        raise UsageError(f"--resume: {shown} is not a journal Optuna can read ({type(e).__name__}"
+                         f": {' '.join(str(e).split())[:200]}); move it away to resume with a "
+                         f"new journal of the trials from here on") from None
+    if len(whole) == len(data):
+        return None
+    os.truncate(p, len(whole))
+    return (f"{shown}: its last record was cut short ({len(data) - len(whole)} bytes; written "
+            f"as the disk filled or the driver died?) and is dropped, as Optuna's reader drops "
+            f"it, so that the next record does not join it")
+
+
 def open_journal(store: ResultsStore) -> str:
     """This run's local journal: STORAGE/NAME/optuna.journal on a local disk; on object
     storage a temporary copy, downloaded when the store has one (a resumed search)."""
@@ -77,6 +123,9 @@ def open_journal(store: ResultsStore) -> str:
     if store.exists(JOURNAL):
         with store.fs.open_input_stream(store.path(JOURNAL)) as f:
             local.write_bytes(f.read())
+        note = check_journal(local, store.show(JOURNAL))
+        if note:
+            say("warning", note)
     _this_run = str(local)
     return _this_run
 

@@ -79,6 +79,8 @@ def check_trackers(text: str | None, store: Any, search: str, saved: bool = Fals
             why = (f"the {module} package is not installed" if missing else
                    f"the {module} package cannot be imported ({type(e).__name__}: {e})")
             raise UsageError(f"--tracker {name}{shown}: {why} ({INSTALL})") from None
+    if "mlflow" in names:
+        _check_mlflow_uri()
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if "wandb" in names and mode and mode not in WANDB_MODES:
         raise UsageError(f"--tracker wandb: WANDB_MODE={mode}: expected online, offline or "
@@ -91,6 +93,58 @@ def check_trackers(text: str | None, store: Any, search: str, saved: bool = Fals
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise UsageError(f"--tracker {','.join(names)}: cannot write {folder}, where the "
                              f"trackers' files go")
+        for name in names:
+            _check_tracker_file(name, folder)
+
+
+# what each tracker writes under the trackers' folder, and what it must be if it is there
+_TRACKER_FILES = {"tensorboard": ("tensorboard", "folder"), "wandb": ("wandb", "folder"),
+                  "mlflow": ("mlflow.db", "SQLite database")}
+
+
+def _check_tracker_file(name: str, folder: Path) -> None:
+    """A resumed search's tensorboard/, wandb/ or mlflow.db that is something else (a file,
+    a folder, not SQLite) would fail the tracker at its first write, and the search would
+    go on without it: one line before Ray instead."""
+    if name == "mlflow" and os.environ.get("MLFLOW_TRACKING_URI"):
+        return  # not ours: MLflow's server or file
+    entry, kind = _TRACKER_FILES[name]
+    path = folder / entry
+    if not os.path.lexists(path):
+        return
+    if kind == "folder":
+        bad = not path.is_dir()
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+            bad = not path.is_file() or (head and head != b"SQLite format 3\x00")
+        except OSError:
+            bad = True
+    if bad:
+        raise UsageError(f"--tracker {name}: {path} is not the {kind} {name} writes (move it "
+                         f"away, or resume with --tracker '' for none)")
+
+
+def _check_mlflow_uri() -> None:
+    """MLFLOW_TRACKING_URI of a kind MLflow has no store for (a typo, a garbage value) is
+    known before Ray: one line, rather than a search that runs without the tracker asked
+    for. Through MLflow's own registry of stores (plugins included); an MLflow without it
+    leaves the URI to the tracker's warning."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    except ImportError:
+        return
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except Exception:  # noqa: BLE001 - its text repeats the URI unredacted
+        raise UsageError(f"--tracker mlflow: MLFLOW_TRACKING_URI={redact(uri)}: no MLflow "
+                         f"tracking store of that kind; expected http(s)://HOST[:PORT], "
+                         f"sqlite:///FILE, postgresql://..., databricks, or unset (then "
+                         f"STORAGE/NAME/mlflow.db)") from None
 
 
 def tracker_folder(store: Any, name: str) -> Path:
@@ -205,6 +259,27 @@ def _wandb(folder: Path, search: str) -> tuple[Any, dict[str, str], str]:
             finally:
                 if key is not None:
                     os.environ["WANDB_API_KEY"] = key
+
+        def _cleanup_logging_actors(self, timeout: int = 0,
+                                    kill_on_timeout: bool = False) -> None:
+            """Ray's, which drops a logging actor's failure (wandb.init refused: a bad key,
+            no network, W&B down) without a word, so a search ran with nothing logged: here
+            the failure is raised, and the guard makes it one warning."""
+            import ray
+
+            futures = list(self._trial_logging_futures.values())
+            done, _ = ray.wait(futures, num_returns=len(futures), timeout=timeout)
+            failure = None
+            for future in done:
+                try:
+                    ray.get(future)
+                except Exception as e:  # noqa: BLE001 - the first one is reported
+                    failure = failure or e
+            super()._cleanup_logging_actors(0, kill_on_timeout)  # (the wait is done)
+            if failure is not None and not getattr(self, "failed", False):
+                self.failed = True  # once: not again from __del__, where it would print
+                cause = getattr(failure, "cause", None)  # the actor's own exception
+                raise cause if isinstance(cause, Exception) else failure
 
     mode = wandb_mode()
     project = os.environ.get("WANDB_PROJECT") or search

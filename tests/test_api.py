@@ -4,6 +4,7 @@ keywords, its errors as exceptions (never sys.exit), its results as DataFrames."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -214,3 +215,89 @@ def test_run_load_retrain(ray_head, tmp_path, capsys):
     assert_tables_are_the_files(again)
     assert again.trials.equals(result.trials)
     assert "re-trained on seeds [1, 2]" in again._repr_html_()
+
+
+# ---- attack round on issue 26 -------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", [
+    {"name": b"bytes"},  # str(b"x") is "b'x'": once a search named b'bytes'
+    {"seeds": [[1, 2], 3]},  # once flattened to 1,2,3
+    {"seeds": {1, 2}},  # a set has no order
+    {"tracker": True},  # once --tracker True
+    {"num_samples": True},
+    {"storage": object()},
+])
+def test_a_value_no_flag_takes_is_refused_naming_the_keyword(tmp_path, flags):
+    key = next(iter(flags))
+    with pytest.raises(UsageError, match=f"^{key}=") as e:
+        search.run(**({"storage": str(tmp_path)} | flags))
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_load_takes_file_uris_and_names_a_bad_path(tmp_path):
+    """search.load('file:///...') once said 'no bucket'; search.retrain('file:///...')
+    re-trained, then failed the same way reading the results back."""
+    from tests.results_fixture import write_fake_search
+
+    folder = write_fake_search(tmp_path, "s")
+    want = search.load(folder)
+    for spelling in (f"file://{folder}", f"FILE://{folder}", os.fsencode(folder)):
+        assert search.load(spelling) == want
+    for bad in (3, None, "", "  ", ["a"]):
+        with pytest.raises(UsageError, match=r"^search\.load\(.*\): expected a search folder"):
+            search.load(bad)
+    with pytest.raises(UsageError, match=r"^search\.retrain\(None\): expected a search folder"):
+        search.retrain(None, seeds=[1])
+
+
+@pytest.mark.parametrize("content", ["{garbage", "[1, 2]", '"text"'])
+def test_a_damaged_best_config_is_a_warning_not_an_unfinished_search(tmp_path, capsys,
+                                                                      content):
+    """A best_config.json that is not a JSON object: once `{}` without a word (the notebook
+    then said "the search has not finished"), or, for a list, no results at all."""
+    from tests.results_fixture import write_fake_search
+
+    folder = write_fake_search(tmp_path, "s")
+    (folder / "best_config.json").write_text(content)
+    result = search.load(folder)
+    assert result.best_config == {} and len(result.trials) == 8
+    (line,) = [w for w in result.warnings if "best_config.json" in w]
+    assert line.startswith(f"{folder}/best_config.json: ") and "best_config is {}" in line
+    assert f"warning: {line}" in capsys.readouterr().err
+    assert line in result._repr_html_()
+
+
+def test_ctrl_c_while_torch_is_importing_leaves_the_process_usable(tmp_path):
+    """Ctrl-C in a notebook while the first search.run imports torch once left torch half
+    initialised in sys.modules: every later call failed ('partially initialized module
+    torch') or the kernel crashed. The signal (sent here from inside torch's own import)
+    is held until the imports finish, then raised; the next call works."""
+    code = f"""
+import os, signal, sys
+import search
+from ucrn.errors import UsageError
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch.nn":  # inside torch/__init__.py: torch is half initialised
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+try:
+    search.run(storage={str(tmp_path)!r}, num_samples=0)
+except KeyboardInterrupt as e:
+    assert "nothing ran" in str(e), e
+else:
+    raise AssertionError("no KeyboardInterrupt")
+try:
+    search.run(storage={str(tmp_path)!r}, num_samples=0)
+except UsageError as e:
+    assert str(e) == "--num-samples 0: expected an integer >= 1", e
+print("usable")
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "usable", res.stderr[-3000:]

@@ -4,6 +4,7 @@ and what optuna-dashboard shows."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -359,3 +360,125 @@ def test_optuna_dashboard_shows_the_search(journal_search, tmp_path):
         except subprocess.TimeoutExpired:
             os.kill(server.pid, signal.SIGKILL)
             server.wait()
+
+
+# ---- attack round on issue 26: a journal --resume cannot continue -------------------------
+
+def _journal(tmp_path: Path) -> Path:
+    path = tmp_path / "optuna.journal"
+    s = _searcher(path)
+    s.suggest("a")
+    s.on_trial_result("a", {"MAE": 0.9, "epoch": 1})
+    return path
+
+
+def test_a_last_record_cut_short_is_dropped_before_the_next_append(tmp_path):
+    """A journal whose last line was cut (a full disk, a killed driver): Optuna's reader
+    skips it, but its next append joined the half line, and from then on every reader of
+    the study failed ('Expecting : delimiter'). check_journal cuts it first, and says so."""
+    path = _journal(tmp_path)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"op_code":7,"worker_id":"w","trial_id":0,"st')
+    note = journal.check_journal(path, "S/optuna.journal")
+    assert note.startswith("S/optuna.journal: its last record was cut short (") and "\n" not in note
+    assert path.read_bytes() == whole
+    s = _searcher(path)  # the resumed run appends: the study stays readable
+    s.suggest("b")
+    s.on_trial_complete("b", {"MAE": 0.8, "epoch": 1})
+    assert set(_by_tid(path)) == {"a", "b"}
+    assert journal.check_journal(path, "S/optuna.journal") is None  # nothing more to do
+
+
+@pytest.mark.parametrize("damage", ["garbage line", "binary", "not a record", "unknown op",
+                                    "symlink", "folder"])
+def test_a_journal_resume_cannot_continue_is_one_line_and_left_alone(tmp_path, damage):
+    path = _journal(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    if damage == "garbage line":
+        path.write_bytes(path.read_bytes() + b"this is not json\n{\"op_code\": 1}\n")
+    elif damage == "binary":
+        path.write_bytes(path.read_bytes() + b"\x00\xff\xfe\n")
+    elif damage == "not a record":
+        path.write_bytes(path.read_bytes() + b"[1, 2]\n")
+    elif damage == "unknown op":
+        path.write_bytes(path.read_bytes() + b'{"op_code": 99}\n')
+    elif damage == "symlink":  # the appends landed in the link's target
+        path.unlink()
+        path.symlink_to(victim)
+    else:
+        path.unlink()
+        path.mkdir()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(journal.UsageError) as e:
+        journal.check_journal(path, "S/optuna.journal")
+    assert str(e.value).startswith("--resume: S/optuna.journal ") and "\n" not in str(e.value)
+    if damage == "garbage line":
+        lines = len(path.read_bytes().splitlines())
+        assert f"line {lines - 1} is not an Optuna journal record" in str(e.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert victim.read_text() == "precious\n"
+
+
+def test_resume_with_a_damaged_journal_is_refused_before_ray(tmp_path, capsys):
+    """The resumed search once started its trials and then stopped with `error: Expecting
+    value: line 1 column 1 (char 0)` (exit 2), naming no file."""
+    import run_search
+    from search.flags import parse_flags
+
+    folder = tmp_path / "st" / "s"
+    folder.mkdir(parents=True)
+    flags = parse_flags(["--name", "s", "--storage", str(tmp_path / "st")])[0].saved()
+    (folder / "search.json").write_text(json.dumps({"flags": flags, "space": {
+        "lr": {"loguniform": [1e-4, 1e-2]}}}))
+    (folder / "optuna.journal").write_text("garbage\n")
+    assert run_search.main(["--storage", str(tmp_path / "st"), "--name", "s", "--resume",
+                            "--address", "127.0.0.1:1"]) == 2  # (refused before Ray)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --resume: {folder}/optuna.journal line 1 is not an Optuna journal "
+                   "record (JSONDecodeError: edited by hand or damaged?), and no reader of the "
+                   "study gets past it; repair the line, or move the file away to resume with "
+                   "a new journal of the trials from here on"], err
+
+
+@pytest.mark.parametrize("how", ["renamed", "moved"])
+def test_resume_of_a_renamed_or_moved_search_is_refused(tmp_path, capsys, how):
+    """A search folder renamed (or its storage moved, or copied) and resumed there: Tune's
+    saved state still named the old place, and the resumed trials wrote into the old folder
+    (made anew when it was gone), the copy's original changed under it."""
+    import run_search
+    from search.flags import parse_flags
+
+    made = tmp_path / "st" / "a"
+    flags = parse_flags(["--name", "a", "--storage", str(tmp_path / "st")])[0].saved()
+    now = tmp_path / "st" / "b" if how == "renamed" else tmp_path / "elsewhere" / "a"
+    now.mkdir(parents=True)
+    (now / "search.json").write_text(json.dumps({"flags": flags, "location": str(made),
+                                                 "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}))
+    assert run_search.main(["--storage", str(now.parent), "--name", now.name, "--resume",
+                            "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    why = ("the search 'a' (flags.name), in a folder named 'b'" if how == "renamed"
+           else f"the search made at {made}")
+    assert err == [f"error: --resume: {now}/search.json is {why}: renamed, moved or copied? "
+                   "Tune's saved state would write to where it was made; put the folder back "
+                   "there to resume it, or start a new search"], err
+    assert not made.exists() and sorted(p.name for p in now.iterdir()) == ["search.json"]
+
+
+def test_on_object_storage_the_downloaded_journal_is_checked(bucket, tmp_path, capsys):
+    """The same check on the copy --resume downloads: a cut last record dropped (and so
+    uploaded whole later), a line that is not a record one line, the object unchanged."""
+    from search.results import ResultsStore
+
+    store = ResultsStore(f"s3://{bucket}/n")
+    whole = _journal(tmp_path).read_bytes()
+    store.write_bytes("optuna.journal", whole + b'{"op_code":7,"wor')
+    local = journal.open_journal(store)
+    assert Path(local).read_bytes() == whole
+    assert "its last record was cut short" in capsys.readouterr().err
+    store.write_bytes("optuna.journal", b"garbage\n" + whole)
+    with pytest.raises(journal.UsageError, match=r"optuna.journal line 1 is not an Optuna "):
+        journal.open_journal(store)
+    with store.fs.open_input_stream(store.path("optuna.journal")) as f:
+        assert f.read() == b"garbage\n" + whole

@@ -274,3 +274,73 @@ def test_resume_judges_a_link_by_its_target(tmp_path):
     target.chmod(0o666)
     with pytest.raises(UsageError, match="debug-core.log is writable by other users"):
         check_trusted(ResultsStore(str(folder)))
+
+
+# ---- attack round on issue 26 -------------------------------------------------------------
+
+def test_an_mlflow_uri_of_no_known_kind_is_one_line_before_ray(tmp_path, capsys, monkeypatch):
+    """MLFLOW_TRACKING_URI=garbage once ran the whole search without MLflow (a warning at
+    its start); the URI is known before Ray. Its password is never shown."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "notascheme://alice:hunter2pw@host/x")
+    rc = run_search.main(["--storage", str(tmp_path / "st"), "--tracker", "mlflow"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(
+        "error: --tracker mlflow: MLFLOW_TRACKING_URI=notascheme://***@host/x: no MLflow "
+        "tracking store of that kind"), err
+    assert not (tmp_path / "st" / "ucrn-search" / "search.json").exists()
+
+
+@pytest.mark.parametrize(("tracker", "entry", "make"), [
+    ("tensorboard", "tensorboard", lambda p: p.write_text("a file")),
+    ("wandb", "wandb", lambda p: p.write_text("a file")),
+    ("mlflow", "mlflow.db", lambda p: p.write_bytes(b"\x00garbage" * 100)),
+    ("mlflow", "mlflow.db", lambda p: p.mkdir()),
+])
+def test_a_resumed_searchs_tracker_file_of_another_kind_is_one_line(tmp_path, tracker, entry,
+                                                                    make, monkeypatch):
+    """A tensorboard/ that is a file or an mlflow.db that is not SQLite failed the tracker
+    at its first write, and the search went on without it; known before Ray."""
+    from ucrn.errors import UsageError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make(tmp_path / entry)
+    store = SimpleNamespace(is_local=True, root=str(tmp_path), uri=str(tmp_path))
+    with pytest.raises(UsageError, match=f"^--tracker {tracker}: {tmp_path / entry} is not "):
+        trackers.check_trackers(tracker, store, "s")
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "mlflow.db").write_bytes(b"")  # SQLite's own empty database
+    trackers.check_trackers("tensorboard,mlflow,wandb", SimpleNamespace(
+        is_local=True, root=str(tmp_path / "ok"), uri=""), "s")
+
+
+def test_a_failing_wandb_logging_actor_is_one_warning(tmp_path, capsys, monkeypatch):
+    """W&B runs wandb.init in a Ray actor; when it failed (a bad or missing API key, no
+    network) Ray's callback dropped the failure: the search ran with nothing logged and no
+    word. Now the actor's exception is one warning line, once."""
+    import ray
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    callback, _, _ = trackers._wandb(tmp_path, "s")
+
+    class Failed(Exception):
+        pass
+
+    def get(future):
+        raise Failed("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(ray, "wait", lambda futures, num_returns, timeout: (futures, []))
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(ray, "kill", lambda actor: None)
+    trial = type("Trial", (), {"trial_id": "t1", "config": {}})()  # hashable, as Tune's
+    callback._trial_logging_futures = {trial: "future"}
+    callback._logging_future_to_trial = {"future": trial}
+    callback._trial_queues = {trial: SimpleNamespace(put=lambda item: None)}
+    callback._trial_logging_actors = {trial: "actor"}
+    guarded = trackers._guarded("wandb", callback, {})
+    guarded.started.add("t1")
+    guarded.on_trial_complete(0, [], trial)
+    guarded.on_experiment_end([])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert err == ["warning: --tracker wandb failed (Failed: No API key configured. Use `wandb "
+                   "login` to log in.); it records nothing more of this search, which goes on"]
+    assert guarded.inner is None and not callback._trial_logging_futures
