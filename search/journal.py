@@ -347,9 +347,9 @@ def make_journal_callback(uri: str, journal: str, study_name: str, num_epochs: i
                 self.uploaded = time.time()
             except Exception as e:  # noqa: BLE001 - retried at the next upload
                 if not self.warned:
-                    print(f"warning: uploading {self.store.show(JOURNAL)} failed "
-                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                          "retried as the search goes on", flush=True)
+                    say("warning", f"uploading {self.store.show(JOURNAL)} failed "
+                                   f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                                   "retried as the search goes on")
                 self.warned = True
 
     return JournalSync()
