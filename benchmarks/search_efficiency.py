@@ -1,29 +1,24 @@
-"""Does the search earn its keep? TPE + ASHA against the alternatives, at equal epochs.
+"""Does the search earn its keep? Six ways to spend the same epochs, on three tasks.
 
-    python -m benchmarks.search_efficiency --out docs/search       # the full study (~40 min)
-    python -m benchmarks.search_efficiency --out DIR --small        # the methods, 1 seed (CI)
+    python -m benchmarks.search_efficiency --out docs/search                 # everything left
+    python -m benchmarks.search_efficiency --out docs/search --tasks lr      # one part
+    python -m benchmarks.search_efficiency --out docs/search --report        # tables, plots
+    python -m benchmarks.search_efficiency --out DIR --small                 # CI: minutes
 
-Every search runs through the real run_search.py (`--executor tune`, several trials at
-once) against one local Ray head started here in its own session (stopped by its pids),
-on the project's synthetic data, with a space where the hyperparameters matter, and with
-an epoch budget (`--epoch-budget`): every method gets the same compute.
+Every search runs through the real run_search.py (`--executor tune`, 2 trials at once)
+against one local Ray head started here in its own session (stopped by its pids), with an
+epoch budget (`--epoch-budget`): every method gets the same compute. Methods (METHODS):
+random search to full budget (MMSA's tune mode), the 1-epoch baseline (Egele et al. 2023),
+TPE + ASHA (the project's default), TPE with Optuna 5's defaults + ASHA, GPSampler + ASHA,
+TPE + Hyperband. Tasks (TASKS): synthetic data whose labels need different things, each
+with its space. Seeds are paired: seed s seeds the trials and the sampler of every method.
 
-Parts:
-- methods: random search (every trial to full budget / with ASHA), TPE (full / ASHA),
-  TPE + ASHA with Optuna's constant liar; each on the same search seeds. Per search: the
-  best validation MAE against epochs spent and wall time (epochs ordered by when they
-  were reported), and the test MAE of the configuration it finally picks, re-trained for
-  the full epochs (does aggressive selection on validation overfit it?).
-- asha: TPE with other ASHA settings (grace period, reduction factor), for the defaults.
-- parallel: TPE + ASHA with 1, 2 and 4 trials at once (same 2 cores, so each trial gets
-  fewer threads), for how the result changes with parallel workers.
-- warm: a second search (another seed) cold, and warm-started from the first (same
-  data: the first search's trials are evaluated points for TPE).
-
-Output in DIR: search_efficiency.json (every search: flags, curve, trials, wall, test MAE
-of its pick; the summary; the environment), search_efficiency.md (the tables),
-search_efficiency.png (best-so-far validation MAE against epochs spent: median and
-interquartile band over seeds, one line per method), warm_start.png.
+Each finished (task, method, seed) is one record, DIR/run-TASK-METHOD-sSEED.json, written
+atomically once the search and the re-training of its pick on the test split are done; a
+rerun skips every record already there, so the study can be run in parts and stopped at
+any time. After the runs (or with --report alone) DIR/study.md (the tables) and
+DIR/TASK.png (best validation MAE against epochs and against wall time) are rebuilt from
+all records in DIR.
 """
 
 from __future__ import annotations
@@ -32,10 +27,13 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +45,12 @@ if str(ROOT) not in sys.path:  # `python benchmarks/search_efficiency.py` from a
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.processes import RayHead  # noqa: E402
+from benchmarks.study_stats import binned, explained, spearman, wilcoxon_signed_rank  # noqa: E402
 from search.analysis.formatting import markdown_table  # noqa: E402
-from ucrn.errors import OneLineParser, run_main  # noqa: E402
+from ucrn.errors import OneLineParser, UsageError, run_main  # noqa: E402
 from ucrn.fileio import atomic_write  # noqa: E402
 
-# A space where the settings matter: learning rates over three decades, sizes and widths
-# that underfit or train slowly, MJS on or off, dropout that can drown the head.
-SPACE = """\
-lr: {loguniform: [1.0e-5, 3.0e-2]}
+_COMMON = """\
 layers: {int: [1, 3]}
 d_model: {choice: [8, 16, 32]}
 heads: {choice: [1, 2]}
@@ -62,200 +58,293 @@ jsd_weight: {choice: [0.0, 0.1, 1.0]}
 out_dropout: {uniform: [0.0, 0.6]}
 batch_size: {choice: [32, 64, 128]}
 """
+
+
+@dataclass(frozen=True)
+class Task:
+    labels: str  # ucrn.data.synthetic.LABEL_MODELS
+    space: str
+    about: str
+
+
+TASKS: dict[str, Task] = {
+    "lr": Task("fusion", "lr: {loguniform: [1.0e-5, 3.0e-2]}\n" + _COMMON,
+               "mostly linear labels, learning rates over three decades: a good lr is most "
+               "of a good configuration"),
+    "arch": Task("magnitude", "lr: {loguniform: [1.0e-3, 1.0e-2]}\n" + _COMMON,
+                 "labels non-linear in each modality (|latent|), learning rates within one "
+                 "good decade: the model's width and depth decide"),
+    "crossmodal": Task("interaction", "lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
+                       "temp_proj: {choice: [0, 1, 4]}\n" + _COMMON,
+                       "labels in products of two modalities' latents: the cross-modal "
+                       "stages, depth and the temporal projection decide"),
+}
 SMALL_SPACE = """\
 lr: {loguniform: [1.0e-4, 1.0e-2]}
 layers: {choice: [1, 2]}
 d_model: 8
 heads: 2
 """
-METHODS: dict[str, list[str]] = {
-    "random, full budget": ["--search-alg", "random", "--scheduler", "fifo"],
-    "random + ASHA": ["--search-alg", "random"],
-    "TPE, full budget": ["--scheduler", "fifo"],
-    "TPE + ASHA": [],
-    "TPE + ASHA + constant liar": ["--constant-liar"],
+KEEP = 3  # the 1-epoch baseline continues the 3 best: docs/search.md says why
+METHODS: dict[str, tuple[str, list[str]]] = {  # id: (what the docs call it, its flags)
+    "random": ("random, full budget (MMSA's tune mode)",
+               ["--search-alg", "random", "--scheduler", "fifo"]),
+    "1-epoch": (f"1-epoch, then the best {KEEP} to the end",  # --keep: Study.search
+                ["--search-alg", "random", "--scheduler", "one-epoch"]),
+    "tpe-asha": ("TPE + ASHA (the default)", []),
+    "tpe5-asha": ("TPE with Optuna 5's defaults + ASHA", ["--multivariate", "--constant-liar"]),
+    "gp-asha": ("GPSampler + ASHA", ["--search-alg", "gp"]),
+    "tpe-hyperband": ("TPE + Hyperband (3 brackets)", ["--brackets", "3"]),
 }
-ASHA_VARIANTS: dict[str, list[str]] = {  # TPE + ASHA with (grace period, reduction factor)
-    "grace 1, rf 2": ["--grace-period", "1", "--reduction-factor", "2"],
-    "grace 2, rf 2": ["--grace-period", "2", "--reduction-factor", "2"],
-    "grace 1, rf 3": ["--grace-period", "1", "--reduction-factor", "3"],
-    "grace 2, rf 3": ["--grace-period", "2", "--reduction-factor", "3"],
-}
-BASELINE = "random, full budget"  # what researchers do today (MMSA's tune mode)
+DEFAULT = "tpe-asha"
+BASELINE = "random"
+RECORD = "run-{task}-{method}-s{seed}.json"
+
+
+def record_path(out: Path, task: str, method: str, seed: int) -> Path:
+    return out / RECORD.format(task=task, method=method, seed=seed)
+
+
+def pending(out: Path, tasks: list[str], methods: list[str],
+            seeds: list[int]) -> list[tuple[str, str, int]]:
+    """The (task, method, seed) asked for that have no record in `out` yet, in the order
+    they run: task by task, seed by seed, every method of a seed together (paired)."""
+    return [(t, m, s) for t in tasks for s in seeds for m in methods
+            if not record_path(out, t, m, s).exists()]
 
 
 class Study:
-    def __init__(self, out: Path, small: bool, seeds: list[int], budget: int, max_epochs: int,
-                 concurrency: int):
-        self.out, self.small, self.seeds = out, small, seeds
+    def __init__(self, out: Path, small: bool, budget: int, max_epochs: int, concurrency: int,
+                 address: str | None = None):
+        self.out, self.small, self.address = out, small, address
         self.budget, self.max_epochs, self.concurrency = budget, max_epochs, concurrency
-        self.work = Path(tempfile.mkdtemp(prefix="search-efficiency-"))
-        self.space = self.work / "space.yaml"
-        self.space.write_text(SMALL_SPACE if small else SPACE)
-        token = self.work / "auth_token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
+        self.keep = 2 if small else KEEP  # the small budget leaves room for 2
+        self.work = Path(tempfile.mkdtemp(prefix="search-study-"))
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-        self.runs: list[dict[str, Any]] = []
+        if not address:  # its own head, with its own token (a given one: the caller's)
+            token = self.work / "auth_token"
+            token.write_text(secrets.token_hex(32))
+            token.chmod(0o600)
+            self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         self.t0 = time.time()
 
     def log(self, msg: str) -> None:
         print(f"[{time.time() - self.t0:6.0f} s] {msg}", flush=True)
 
-    # ---- one search -----------------------------------------------------------------
+    def data(self, task: str) -> Path:
+        """The task's data file (the `tiny` shapes, data seed 0, its label model)."""
+        from ucrn.data import data_file_name, make_synthetic, write_mult_pickle
 
-    def search(self, head: RayHead, part: str, method: str, seed: int, flags: list[str],
-               concurrency: int | None = None, warm_from: str | None = None) -> dict[str, Any]:
-        c = concurrency or self.concurrency
-        name = f"{part}-{len(self.runs):03d}"
-        argv = [sys.executable, str(ROOT / "run_search.py"), "--address", head.address,
-                "--storage", str(self.work / "results"), "--name", name, "--executor", "tune",
-                "--space", str(self.space), "--seed", str(seed), "--max-epochs",
-                str(self.max_epochs), "--num-samples", "100000", "--epoch-budget",
-                str(self.budget), "--max-concurrent", str(c), "--cpus-per-trial",
-                f"{2 / c:g}", *flags]
-        if warm_from:
-            argv += ["--warm-start", warm_from]
-        t = time.time()
-        res = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=1800)
-        wall = time.time() - t
-        folder = self.work / "results" / name
-        if res.returncode != 0:
-            raise RuntimeError(f"{part} {method} seed {seed}: run_search.py exited "
-                               f"{res.returncode}: {(res.stderr or res.stdout)[-800:]}")
-        run = {"part": part, "method": method, "seed": seed, "concurrency": c,
-               "flags": flags, "folder": str(folder), "wall_s": round(wall, 1),
-               "warm_from": warm_from, **self.read(folder)}
-        self.runs.append(run)
-        self.log(f"{part}: {method}, seed {seed}: {run['trials']} trials, {run['epochs']} "
-                 f"epochs, best val MAE {run['best_val_mae']:.4f}, {wall:.0f} s")
-        return run
+        folder = self.work / "data" / task
+        path = folder / data_file_name("synthetic", False)
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_mult_pickle(make_synthetic("tiny", 0, labels=TASKS[task].labels), path)
+        return folder
 
-    def read(self, folder: Path) -> dict[str, Any]:
-        ep = pd.read_parquet(folder / "epochs.parquet").sort_values("ended_at")
-        tr = pd.read_parquet(folder / "trials.parquet")
-        best = np.minimum.accumulate(ep["MAE"].to_numpy(dtype=float))
-        start = float(ep["ended_at"].iloc[0] - ep["seconds"].iloc[0])
-        return {"trials": int(len(tr)), "epochs": int(len(ep)),
-                "statuses": tr["status"].value_counts().to_dict(),
-                "each_trial_once": bool(tr["trial_id"].is_unique),
-                "each_epoch_once": bool(not ep.duplicated(["trial_id", "epoch"]).any()),
-                "curve_mae": [round(float(x), 6) for x in best],
-                "curve_s": [round(float(x - start), 2) for x in ep["ended_at"]],
-                "best_val_mae": float(best[-1]),
-                "best_config": json.loads((folder / "best_config.json").read_text())}
+    def space(self, task: str) -> Path:
+        path = self.work / f"space-{task}.yaml"
+        path.write_text(SMALL_SPACE if self.small else TASKS[task].space)
+        return path
 
-    def picked_test_mae(self, run: dict[str, Any]) -> float:
-        """The picked configuration re-trained for its full epochs: its test MAE."""
-        from ucrn.config import TrainConfig
-        from ucrn.data import load_dataset
-        from ucrn.train import fit
-
-        cfg = TrainConfig.from_dict({**run["best_config"], "threads": 2, "device": "cpu"})
-        data = load_dataset(**cfg.data_args())
-        return float(fit(cfg, data).test["MAE"])
-
-    # ---- the parts --------------------------------------------------------------------
-
-    def run_all(self) -> dict[str, Any]:
-        head = RayHead(self.env, gpus=0, cpus=2, work=self.work)
+    def run(self, todo: list[tuple[str, str, int]]) -> None:
+        head = None if self.address else RayHead(self.env, gpus=0, cpus=2, work=self.work)
+        address = self.address or head.address
         try:
-            self.log(f"Ray head at {head.address}; work in {self.work}")
-            for seed in self.seeds:
-                for method, flags in METHODS.items():
-                    self.search(head, "methods", method, seed, flags)
-            if not self.small:
-                for seed in self.seeds:
-                    for variant, flags in ASHA_VARIANTS.items():
-                        if variant != "grace 1, rf 2":  # the default: "TPE + ASHA" above
-                            self.search(head, "asha", variant, seed, flags)
-                for seed in self.seeds[:3]:
-                    for c in (1, 2, 4):
-                        self.search(head, "parallel", f"{c} at once", seed, [], concurrency=c)
-                for seed in self.seeds:
-                    first = next(r for r in self.runs if r["part"] == "methods"
-                                 and r["method"] == "TPE + ASHA" and r["seed"] == seed)
-                    self.search(head, "warm", "cold", seed + 100, [])
-                    self.search(head, "warm", "warm-started", seed + 100, [],
-                                warm_from=first["folder"])
+            self.log(f"Ray at {address}; {len(todo)} searches; work in {self.work}")
+            for task, method, seed in todo:
+                rec = self.search(address, task, method, seed)
+                atomic_write(record_path(self.out, task, method, seed),
+                             json.dumps(rec, indent=1).encode())
         finally:
-            head.stop()
-        for run in self.runs:
-            if run["part"] in ("methods", "asha"):
-                run["picked_test_mae"] = self.picked_test_mae(run)
-        return self.summarise()
+            if head is not None:
+                head.stop()
+            shutil.rmtree(self.work, ignore_errors=True)
 
-    # ---- summary ----------------------------------------------------------------------
+    def search(self, address: str, task: str, method: str, seed: int) -> dict[str, Any]:
+        flags = METHODS[method][1]
+        name = f"{task}-{method}-s{seed}"
+        argv = [sys.executable, str(ROOT / "run_search.py"), "--address", address,
+                "--storage", str(self.work / "results"), "--name", name, "--executor", "tune",
+                "--data-path", str(self.data(task)), "--space", str(self.space(task)),
+                "--seed", str(seed), "--max-epochs", str(self.max_epochs), "--num-samples",
+                "100000", "--epoch-budget", str(self.budget), "--max-concurrent",
+                str(self.concurrency), "--cpus-per-trial", f"{2 / self.concurrency:g}",
+                *flags, *(["--keep", str(self.keep)] if method == "1-epoch" else [])]
+        t = time.time()
+        res = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=3600)
+        wall = time.time() - t
+        if res.returncode != 0:
+            raise RuntimeError(f"{name}: run_search.py exited {res.returncode}: "
+                               f"{(res.stderr or res.stdout)[-800:]}")
+        folder = self.work / "results" / name
+        rec = {"task": task, "method": method, "seed": seed, "flags": argv[2:],
+               "budget": self.budget, "max_epochs": self.max_epochs,
+               "concurrency": self.concurrency, "small": self.small, "wall_s": round(wall, 1),
+               **read_search(folder)}
+        rec["picked_test_mae"] = picked_test_mae(rec["best_config"])
+        rec["environment"] = environment()
+        shutil.rmtree(folder, ignore_errors=True)
+        self.log(f"{name}: {rec['trials']} trials, {rec['epochs']} epochs, best val MAE "
+                 f"{rec['best_val_mae']:.4f}, test MAE of its pick "
+                 f"{rec['picked_test_mae']:.4f}, {wall:.0f} s")
+        return rec
 
-    def summarise(self) -> dict[str, Any]:
-        df = pd.DataFrame(self.runs)
-        return summarise(self.runs, _spread(df[(df.part == "methods")
-                                               & (df.method == BASELINE)]))
+
+def read_search(folder: Path) -> dict[str, Any]:
+    """What the study keeps of one search: its best-so-far curve (epochs in the order they
+    ended), every trial (configuration, first-epoch and best value) and its pick."""
+    ep = pd.read_parquet(folder / "epochs.parquet").sort_values("ended_at")
+    tr = pd.read_parquet(folder / "trials.parquet")
+    best = np.minimum.accumulate(ep["MAE"].to_numpy(dtype=float))
+    start = float(ep["ended_at"].iloc[0] - ep["seconds"].iloc[0])
+    space = json.loads((folder / "search.json").read_text())["space"]
+    varied = [k for k, v in space.items() if isinstance(v, dict)]
+    first = ep[ep.epoch == 1].drop_duplicates("trial_id").set_index("trial_id")["MAE"]
+    trials = [{"trial_id": r["trial_id"], "status": r["status"],
+               "epochs": int((ep.trial_id == r["trial_id"]).sum()),
+               "mae_1": _num(first.get(r["trial_id"])), "mae_best": _num(r["MAE"]),
+               **{k: _plain(r[k]) for k in varied if k in r}} for _, r in tr.iterrows()]
+    return {"trials": int(len(tr)), "epochs": int(len(ep)),
+            "statuses": {str(k): int(v) for k, v in tr["status"].value_counts().items()},
+            "each_trial_once": bool(tr["trial_id"].is_unique),
+            "each_epoch_once": bool(not ep.duplicated(["trial_id", "epoch"]).any()),
+            "curve_mae": [round(float(x), 6) for x in best],
+            "curve_s": [round(float(x - start), 2) for x in ep["ended_at"]],
+            "best_val_mae": float(best[-1]),
+            "best_config": json.loads((folder / "best_config.json").read_text()),
+            "trial_table": trials}
 
 
-def summarise(runs: list[dict[str, Any]], spread: dict[str, float]) -> dict[str, Any]:
-    """The tables of the study, from its runs (also from a saved JSON: --from)."""
-    df = pd.DataFrame(runs)
-    tables: dict[str, list[dict[str, Any]]] = {}
-    meth = df[df.part == "methods"]
-    base = meth[meth.method == BASELINE]
-    target = float(np.median(base["best_val_mae"])) if len(base) else float("nan")
-    rows = []
-    base_best = {r.seed: r.best_val_mae for r in base.itertuples()}
-    for method, g in meth.groupby("method", sort=False):
-        reach = [_epochs_to(r["curve_mae"], target) for _, r in g.iterrows()]
-        # paired: the same seed's random full-budget search, whose first proposals are
-        # the same (TPE starts with 10 random ones from the same seed)
-        paired = [_epochs_to(r["curve_mae"], round(base_best[r["seed"]], 6) + 1e-9)
-                  if r["seed"] in base_best else None for _, r in g.iterrows()]
-        rows.append({
-            "method": method, "seeds": len(g),
-            "best val MAE (median)": float(np.median(g.best_val_mae)),
-            "best val MAE (IQR)": _iqr(g.best_val_mae),
-            "test MAE of the pick (mean ± std)": _mean_std(g.picked_test_mae),
-            "trials (median)": float(np.median(g.trials)),
-            "epochs spent (median)": float(np.median(g.epochs)),
-            f"epochs to reach {BASELINE}'s median best (median)":
-                _median_or_none(reach),
-            f"epochs to reach the same seed's {BASELINE} final best (median)":
-                _median_or_none(paired),
-            "wall s (median)": float(np.median(g.wall_s))})
-    tables["methods"] = rows
-    for part, key in (("asha", "method"), ("parallel", "method"), ("warm", "method")):
-        g_part = df[df.part == part]
-        if part == "asha":
-            g_part = pd.concat([meth[meth.method == "TPE + ASHA"].assign(
-                method="grace 1, rf 2"), g_part])
+def _num(v: Any) -> float | None:
+    return None if v is None or pd.isna(v) else round(float(v), 6)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def picked_test_mae(best_config: dict[str, Any]) -> float:
+    """The picked configuration trained again from scratch for its full epochs: its test
+    MAE (does a harder selection on validation overfit it?)."""
+    from ucrn.config import TrainConfig
+    from ucrn.data import load_dataset
+    from ucrn.train import fit
+
+    # one thread: two spin-wait against each other on a busy 2-core machine (20x slower)
+    cfg = TrainConfig.from_dict({**best_config, "threads": 1, "device": "cpu"})
+    return round(float(fit(cfg, load_dataset(**cfg.data_args())).test["MAE"]), 6)
+
+
+def environment() -> dict[str, Any]:
+    import optuna
+    import ray
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "ray": ray.__version__, "optuna": optuna.__version__, "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    from ucrn.safeload import load_json
+
+    recs = [load_json(p, str(p)) for p in sorted(out.glob(RECORD.format(
+        task="*", method="*", seed="*")))]
+    return [r for r in recs if isinstance(r, dict) and {"task", "method", "seed"} <= set(r)]
+
+
+def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task: each method's best validation MAE, epochs and wall time to reach the
+    baseline's final best, the test MAE of its pick, and the paired test against the
+    default; what each hyperparameter explains; how well the first epoch ranks trials."""
+    df = pd.DataFrame(recs)
+    out: dict[str, Any] = {}
+    for task, g in df.groupby("task", sort=False):
+        base = {r.seed: r.best_val_mae for r in g[g.method == BASELINE].itertuples()}
+        default = {r.seed: r.best_val_mae for r in g[g.method == DEFAULT].itertuples()}
         rows = []
-        for name, g in g_part.groupby(key, sort=False):
-            rows.append({"setting": name, "seeds": len(g),
-                         "best val MAE (median)": float(np.median(g.best_val_mae)),
-                         "best val MAE (IQR)": _iqr(g.best_val_mae),
-                         "trials (median)": float(np.median(g.trials)),
-                         "epochs to reach 1.02 x its final best (median)": _median_or_none(
-                             [_epochs_to(c, 1.02 * c[-1]) for c in g.curve_mae]),
-                         "wall s (median)": float(np.median(g.wall_s)),
-                         **({"test MAE of the pick (mean ± std)":
-                             _mean_std(g.picked_test_mae)} if "picked_test_mae" in g
-                            else {})})
-        if rows:
-            tables[part] = rows
-    return {"target_val_mae": target, "tables": tables, "spread": spread}
+        for method in [m for m in METHODS if m in set(g.method)]:
+            m = g[g.method == method].sort_values("seed")
+            reach = [_epochs_to(r.curve_mae, base[r.seed]) if r.seed in base else None
+                     for r in m.itertuples()]
+            reach_s = [_seconds_to(r.curve_mae, r.curve_s, base[r.seed]) if r.seed in base
+                       else None for r in m.itertuples()]
+            paired = [(r.best_val_mae - default[r.seed]) for r in m.itertuples()
+                      if r.seed in default]
+            test = wilcoxon_signed_rank(paired) if method != DEFAULT and paired else None
+            rows.append({
+                "method": METHODS[method][0], "seeds": len(m),
+                "best val MAE, median (IQR)": f"{np.median(m.best_val_mae):.4f} "
+                                              f"({_iqr(m.best_val_mae)})",
+                "epochs to the baseline's final best, median": _median_or_none(reach),
+                "seconds to it, median": _median_or_none(reach_s),
+                "test MAE of the pick, mean ± std": _mean_std(m.picked_test_mae),
+                "trials, median": float(np.median(m.trials)),
+                "epochs, min-max": f"{m.epochs.min()}-{m.epochs.max()}",
+                "wall s, median": float(np.median(m.wall_s)),
+                "against the default: better/worse/tied, Wilcoxon p": (
+                    f"{test['wins']}/{test['losses']}/{test['ties']}, p={test['p']:.3f}"
+                    if test else "-")})
+        out[task] = {"methods": rows, "settings": _settings(g), "first_epoch": _first_epoch(g)}
+    return out
+
+
+def _settings(g: pd.DataFrame) -> dict[str, Any]:
+    """How much of the variance of the final validation MAE each setting explains, over
+    the random full-budget trials of all seeds (random configurations, all to the end)."""
+    trials = [t for r in g[g.method == BASELINE].trial_table for t in r
+              if t["status"] == "completed" and t["mae_best"] is not None]
+    if len(trials) < 10:
+        return {}
+    df = pd.DataFrame(trials)
+    skip = {"trial_id", "status", "epochs", "mae_1", "mae_best"}
+    share = {}
+    for k in [c for c in df.columns if c not in skip]:
+        x = df[k]
+        groups = binned(x.astype(float)) if pd.api.types.is_float_dtype(x) else list(x)
+        share[k] = round(explained(df.mae_best, groups), 3)
+    return {"n": len(df), "explained": dict(sorted(share.items(), key=lambda kv: -kv[1]))}
+
+
+def _first_epoch(g: pd.DataFrame) -> dict[str, Any]:
+    """Does the first epoch rank configurations as the full run does? Spearman's rho
+    within each seed's random full-budget search, and how often the search's best trial
+    is among the first epoch's best KEEP."""
+    rhos, hits = [], []
+    for r in g[g.method == BASELINE].itertuples():
+        t = [x for x in r.trial_table if x["mae_1"] is not None and x["mae_best"] is not None
+             and x["status"] == "completed"]
+        if len(t) < KEEP + 2:
+            continue
+        rhos.append(spearman([x["mae_1"] for x in t], [x["mae_best"] for x in t]))
+        top = sorted(t, key=lambda x: x["mae_1"])[:KEEP]
+        hits.append(min(t, key=lambda x: x["mae_best"]) in top)
+    if not rhos:
+        return {}
+    return {"searches": len(rhos), "spearman_median": round(float(np.nanmedian(rhos)), 3),
+            f"best_in_first_epoch_top{KEEP}": f"{sum(hits)}/{len(hits)}"}
 
 
 def _epochs_to(curve: list[float], target: float) -> int | None:
-    hit = [i + 1 for i, v in enumerate(curve) if v <= target]
+    hit = [i + 1 for i, v in enumerate(curve) if v <= target + 1e-6]  # curves keep 6 digits
     return hit[0] if hit else None
 
 
-def _median_or_none(values: list[int | None]) -> float | str:
+def _seconds_to(curve: list[float], seconds: list[float], target: float) -> float | None:
+    i = _epochs_to(curve, target)
+    return None if i is None else seconds[i - 1]
+
+
+def _median_or_none(values: list[float | None]) -> float | str:
     got = [v for v in values if v is not None]
     if not got:
         return "never"
-    med = float(np.median(got))
+    med = round(float(np.median(got)), 1)
     return med if len(got) == len(values) else f"{med:g} ({len(got)}/{len(values)} seeds)"
 
 
@@ -269,21 +358,9 @@ def _mean_std(s: pd.Series) -> str:
     return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}" if len(v) else "-"
 
 
-def _spread(base: pd.DataFrame) -> dict[str, float]:
-    """How much the settings matter: final validation MAE of the random full-budget
-    trials (each trial a random configuration run to the end)."""
-    maes = []
-    for folder in base.get("folder", []):
-        tr = pd.read_parquet(Path(folder) / "trials.parquet")
-        maes += list(tr.loc[tr.status == "completed", "MAE"].astype(float))
-    if not maes:
-        return {}
-    q = np.percentile(maes, [0, 25, 50, 75, 100])
-    return {"n": len(maes), **{k: round(float(v), 4) for k, v in zip(
-        ("min", "q25", "median", "q75", "max"), q, strict=True)}}
-
-
-def plot(runs: list[dict[str, Any]], part: str, path: Path, budget: int, title: str) -> None:
+def plot(recs: list[dict[str, Any]], task: str, path: Path) -> None:
+    """Best validation MAE so far against epochs spent and against wall time: median and
+    interquartile band over seeds, one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,88 +368,133 @@ def plot(runs: list[dict[str, Any]], part: str, path: Path, budget: int, title: 
 
     from search.analysis.figure import save
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    grid = np.arange(1, budget + 1)
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in runs if r["part"] == part)):
-        curves = []
-        for r in runs:
-            if r["part"] == part and r["method"] == method:
-                c = np.asarray(r["curve_mae"])
-                curves.append(np.concatenate([c, np.full(max(0, budget - len(c)), c[-1])])[
-                    :budget])
-        m = np.vstack(curves)
-        ax.plot(grid, np.median(m, axis=0), color=f"C{i}", lw=2,
-                label=f"{method} ({len(curves)} seeds)")
-        ax.fill_between(grid, np.percentile(m, 25, axis=0), np.percentile(m, 75, axis=0),
-                        color=f"C{i}", alpha=0.15)
-    ax.set_xlabel("epochs spent (all trials)")
-    ax.set_ylabel("best validation MAE so far")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    mine = [r for r in recs if r["task"] == task]
+    budget = max(r["budget"] for r in mine)
+    wall = max(r["curve_s"][-1] for r in mine)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    grids = (np.arange(1, budget + 1), np.linspace(0, wall, 200))
+    for i, method in enumerate(m for m in METHODS if any(r["method"] == m for r in mine)):
+        runs = [r for r in mine if r["method"] == method]
+        for ax, grid, by_time in zip(axes, grids, (False, True), strict=True):
+            m = np.vstack([_on_grid(r, grid, by_time) for r in runs])
+            with warnings.catch_warnings():  # before any search's first epoch: no value
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mid, lo, hi = (np.nanpercentile(m, q, axis=0) for q in (50, 25, 75))
+            ax.plot(grid, mid, color=f"C{i}", lw=2,
+                    label=f"{METHODS[method][0]} ({len(runs)} seeds)")
+            ax.fill_between(grid, lo, hi, color=f"C{i}", alpha=0.12)
+    axes[0].set_xlabel("epochs spent (all trials)")
+    axes[1].set_xlabel("wall time of the search (s)")
+    axes[0].set_ylabel("best validation MAE so far")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"task {task}: {TASKS[task].about if task in TASKS else ''}", fontsize=9)
     fig.tight_layout()
     save(fig, path)
 
+
+def _on_grid(rec: dict[str, Any], grid: np.ndarray, by_time: bool) -> np.ndarray:
+    c = np.asarray(rec["curve_mae"], dtype=float)
+    if not by_time:  # after its last epoch a search keeps its best
+        idx = np.minimum(grid.astype(int), len(c)) - 1
+        return c[idx]
+    s = np.asarray(rec["curve_s"], dtype=float)
+    idx = np.searchsorted(s, grid, side="right") - 1
+    return np.where(idx >= 0, c[np.clip(idx, 0, None)], np.nan)
+
+
+def report(out: Path) -> int:
+    recs = load_records(out)
+    if not recs:
+        pattern = RECORD.format(task="*", method="*", seed="*")
+        raise UsageError(f"--out {out}: no study records ({pattern}) there")
+    summary = summarise(recs)
+    md = []
+    for task, s in summary.items():
+        about = TASKS[task].about if task in TASKS else ""
+        md += [f"### task {task}", "", about, "", markdown_table(pd.DataFrame(s["methods"])), ""]
+        if s["settings"]:
+            md += [f"What each setting explains of the final validation MAE "
+                   f"({s['settings']['n']} random full-budget trials): "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in s["settings"]["explained"].items()),
+                   ""]
+        if s["first_epoch"]:
+            fe = s["first_epoch"]
+            md += [f"First epoch against the full run, within each random search: Spearman "
+                   f"rho median {fe['spearman_median']} over {fe['searches']} searches; the "
+                   f"search's best trial among the first epoch's best {KEEP}: "
+                   f"{fe[f'best_in_first_epoch_top{KEEP}']}", ""]
+        plot(recs, task, out / f"{task}.png")
+    text = "\n".join(md) + "\n"
+    atomic_write(out / "study.md", text.encode())
+    print(text + f"results: {out}")
+    return 0
+
+
+# ---- the command --------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     return run_main(_main, argv)
 
 
+def _pick(text: str | None, known: list[str], flag: str) -> list[str]:
+    if text is None:
+        return known
+    got = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in got if x not in known]
+    if bad or not got:
+        raise UsageError(f"{flag} {text}: expected a comma-separated subset of "
+                         f"{', '.join(known)}")
+    return got
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        out: list[int] = []
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        out = []
+    if not out or min(out) < 0:
+        raise UsageError(f"--seeds {text}: expected seeds like 1-10 or 1,2,5")
+    return sorted(set(out))
+
+
 def _main(argv: list[str]) -> int:
     p = OneLineParser(prog="python -m benchmarks.search_efficiency",
                       description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="folder for the JSON, tables and plots")
-    p.add_argument("--small", action="store_true", help="1 seed, a few epochs (CI)")
-    p.add_argument("--seeds", type=int, default=5, help="search seeds per method (5)")
+    p.add_argument("--out", required=True, help="folder of the records, tables and plots")
+    p.add_argument("--tasks", help=f"subset of {','.join(TASKS)} (default: all)")
+    p.add_argument("--methods", help=f"subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--seeds", default="1-10", help="paired search seeds (default 1-10)")
     p.add_argument("--budget", type=int, default=120, help="epochs per search (120)")
     p.add_argument("--max-epochs", type=int, default=6, help="epochs of a full trial (6)")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (2)")
-    p.add_argument("--from", dest="saved", help="a saved search_efficiency.json: tables and "
-                   "plots again from its runs, no searches")
+    p.add_argument("--small", action="store_true", help="CI: one task, seed 1, every method, "
+                   "an 8-epoch budget of 2-epoch trials")
+    p.add_argument("--address", help="a running Ray head (host:port) to search on; default: "
+                   "one started here (2 CPUs) and stopped at the end")
+    p.add_argument("--report", action="store_true", help="only rebuild the tables and plots "
+                   "from the records in --out")
     a = p.parse_args(argv)
     out = Path(a.out)
-    if a.saved:
-        from ucrn.safeload import load_json
-
-        doc = load_json(Path(a.saved), "--from")
-        doc["summary"] = summarise(doc["runs"], doc["summary"].get("spread", {}))
-        return write_outputs(out, doc, small=not any(r["part"] == "warm" for r in doc["runs"]))
-    seeds = [1] if a.small else list(range(1, a.seeds + 1))
-    budget, max_epochs = (6, 2) if a.small else (a.budget, a.max_epochs)
+    if a.report:
+        return report(out)
+    tasks = _pick(a.tasks, list(TASKS), "--tasks")
+    methods = _pick(a.methods, list(METHODS), "--methods")
+    seeds = _seeds(a.seeds)
+    budget, max_epochs = a.budget, a.max_epochs
+    if a.small:
+        tasks, seeds, budget, max_epochs = tasks[-1:], [1], 8, 2
     out.mkdir(parents=True, exist_ok=True)
-    study = Study(out, a.small, seeds, budget, max_epochs, a.concurrency)
-    summary = study.run_all()
-    import ray
-    import torch
-
-    doc = {"environment": {"python": platform.python_version(), "torch": torch.__version__,
-                           "ray": ray.__version__, "cpus": os.cpu_count(),
-                           "date": time.strftime("%Y-%m-%d"),
-                           "seconds": round(time.time() - study.t0)},
-           "space": study.space.read_text(), "budget": budget, "max_epochs": max_epochs,
-           "concurrency": a.concurrency, "seeds": seeds, "summary": summary,
-           "runs": study.runs}
-    return write_outputs(out, doc, a.small)
-
-
-def write_outputs(out: Path, doc: dict[str, Any], small: bool) -> int:
-    """The JSON of every run, the tables (markdown) and the plots."""
-    summary, runs, budget = doc["summary"], doc["runs"], doc["budget"]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "search_efficiency.json", json.dumps(doc, indent=1, default=str).encode())
-    md = []
-    for part, rows in summary["tables"].items():
-        md += [f"### {part}", "", markdown_table(pd.DataFrame(rows)), ""]
-    md += [f"spread of random full-budget trials' validation MAE: {summary['spread']}"]
-    atomic_write(out / "search_efficiency.md", ("\n".join(md) + "\n").encode())
-    plot(runs, "methods", out / "search_efficiency.png", budget,
-         f"best validation MAE vs epochs spent: median and IQR over {len(doc['seeds'])} seeds")
-    if not small:
-        plot(runs, "warm", out / "warm_start.png", budget,
-             "a second search, cold or warm-started from the first")
-    print("\n".join(md))
-    print(f"results: {out}")
-    return 0
+    todo = pending(out, tasks, methods, seeds)
+    if todo:
+        Study(out, a.small, budget, max_epochs, a.concurrency, a.address).run(todo)
+    else:
+        print("every (task, method, seed) asked for is recorded already")
+    return report(out)
 
 
 if __name__ == "__main__":

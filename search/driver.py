@@ -423,8 +423,10 @@ def _tuner(plan: SearchPlan, holder: list[MultData]):
 
 
 def search_algorithm(plan: SearchPlan, journal: str):
-    """Optuna's TPE (optionally with the constant liar) or its random sampler, seeded, with
-    the warm start's points; its study is the search's journal (search/journal.py)."""
+    """Optuna's TPE, random or GP sampler, seeded, with the warm start's points; its study
+    is the search's journal (search/journal.py). TPE's settings are given in full, so that
+    a search does the same on every Optuna version (Optuna 5 turned `multivariate` and the
+    constant liar on by default)."""
     import optuna
 
     from search.journal import JournalOptuna
@@ -433,8 +435,11 @@ def search_algorithm(plan: SearchPlan, journal: str):
     seed = warm.sampler_seed(fl.seed)
     if fl.search_alg == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif fl.search_alg == "gp":  # learns from COMPLETE trials only (not those ASHA stopped)
+        sampler = optuna.samplers.GPSampler(seed=seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=fl.constant_liar)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=fl.multivariate,
+                                             constant_liar=fl.constant_liar)
     return JournalOptuna(journal=journal, study_name=fl.name,
                          num_epochs=plan.settings.base["num_epochs"], sampler=sampler,
                          points_to_evaluate=list(warm.points) or None,
@@ -444,23 +449,20 @@ def search_algorithm(plan: SearchPlan, journal: str):
 def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], recorder: Any,
                journal: str):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.budget import EpochBudget
     from search.journal import make_journal_callback
+    from search.schedulers import make_scheduler
     from search.searchers import ResumableLimiter
 
     fl = plan.flags
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=fl.max_epochs,
-                               grace_period=fl.grace_period,
-                               reduction_factor=fl.reduction_factor)
-                 if fl.scheduler == "asha" else FIFOScheduler())
+    scheduler, searcher = make_scheduler(fl, plan.mode, search_algorithm(plan, journal))
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=fl.metric, mode=plan.mode, num_samples=fl.num_samples,
             reuse_actors=fl.executor == "tune",  # no new process per tiny trial
-            search_alg=ResumableLimiter(search_algorithm(plan, journal),
+            search_alg=ResumableLimiter(searcher,
                                         max_concurrent=fl.max_concurrent or auto_concurrency(fl)),
             scheduler=scheduler),
         run_config=tune.RunConfig(

@@ -24,8 +24,9 @@ from ucrn.fileio import check_name, is_uri, normalize_uri
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("auto", "train", "tune")
-SEARCH_ALGS = ("tpe", "random")
-SCHEDULERS = ("asha", "fifo")
+SEARCH_ALGS = ("tpe", "random", "gp")
+ONE_EPOCH = "one-epoch"  # the 1-epoch baseline: search/schedulers.py
+SCHEDULERS = ("asha", "fifo", ONE_EPOCH)
 # values a saved search.json may hold (a search records the executor it resolved to; an
 # older or hand-edited "auto" resolves as on the command line)
 SAVED_CHOICES = {"executor": EXECUTORS, "search_alg": SEARCH_ALGS, "scheduler": SCHEDULERS,
@@ -60,6 +61,10 @@ class Flags:
     max_epochs: int = flag(4, "epochs per trial (ASHA's max_t)")
     grace_period: int = flag(1, "ASHA: epochs before a trial can be stopped")
     reduction_factor: float = flag(2.0, "ASHA reduction factor")
+    brackets: int = flag(1, "ASHA: brackets (> 1 is asynchronous Hyperband: each bracket "
+                         "starts stopping trials at a later rung)")
+    keep: int = flag(3, "--scheduler one-epoch: configurations continued to --max-epochs "
+                     "after every sampled one trained one epoch")
     metric: str = flag("auto", "validation metric to optimise, with its natural mode; auto = "
                        "MAE (sentiment) or loss (IEMOCAP)")
     cpus_per_trial: float = flag(1.0, "CPUs for each of the trial's workers (also its torch "
@@ -85,9 +90,13 @@ class Flags:
     seeds: str = flag("1111,1112,1113,1114,1115", "seeds for --retrain")
     trial: str | None = flag(None, "with --retrain: this trial's config instead of the best")
     search_alg: str = flag("tpe", "how configurations are proposed: tpe (Optuna's TPE) | "
-                           "random (Optuna's random sampler)")
+                           "random (Optuna's random sampler) | gp (Optuna's GPSampler)")
     scheduler: str = flag("asha", "asha (stop weak trials at rungs) | fifo (every trial runs "
-                          "all its epochs)")
+                          "all its epochs) | one-epoch (every trial one epoch, then the "
+                          "--keep best to the end)")
+    multivariate: bool = flag(False, "TPE: model the parameters jointly (multivariate TPE, "
+                              "Optuna 5's default) instead of one by one",
+                              action="store_true")
     constant_liar: bool = flag(False, "TPE: treat running trials as if they had the worst "
                                "value seen, so parallel proposals spread out",
                                action="store_true")
@@ -195,9 +204,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 
 # flags that shape a search, meaningless for --retrain (which runs one config on seeds)
-SEARCH_ONLY = ("space", "num_samples", "grace_period", "reduction_factor", "search_alg",
-               "scheduler", "constant_liar", "epoch_budget", "warm_start", "metric", "tracker")
-ASHA_ONLY = ("grace_period", "reduction_factor")
+SEARCH_ONLY = ("space", "num_samples", "grace_period", "reduction_factor", "brackets", "keep",
+               "search_alg", "scheduler", "constant_liar", "multivariate", "epoch_budget",
+               "warm_start", "metric", "tracker")
+ASHA_ONLY = ("grace_period", "reduction_factor", "brackets")
 
 
 def check_given(fl: Flags, given: set[str]) -> None:
@@ -210,8 +220,12 @@ def check_given(fl: Flags, given: set[str]) -> None:
                              f"--robustness-repeats and the resources)")
     elif fl.scheduler != "asha" and given & set(ASHA_ONLY):
         name = next(k for k in ASHA_ONLY if k in given).replace("_", "-")
+        what = "stops no trial" if fl.scheduler == "fifo" else "stops trials by its own rule"
         raise UsageError(f"--{name}: an ASHA setting, with --scheduler {fl.scheduler} (which "
-                         f"stops no trial); leave it out or use --scheduler asha")
+                         f"{what}); leave it out or use --scheduler asha")
+    elif fl.scheduler != "one-epoch" and "keep" in given:
+        raise UsageError(f"--keep: a --scheduler one-epoch setting, with --scheduler "
+                         f"{fl.scheduler}; leave it out or use --scheduler one-epoch")
 
 
 def parse_flags(argv: list[str] | None) -> tuple[Flags, set[str]]:
@@ -249,6 +263,10 @@ def check_flags(fl: Flags) -> None:
         (fl.epoch_budget >= 0, "--epoch-budget", fl.epoch_budget, ">= 0 (0 = none)"),
         (not (fl.constant_liar and fl.search_alg != "tpe"), "--constant-liar", "with "
          f"--search-alg {fl.search_alg}", "--search-alg tpe"),
+        (not (fl.multivariate and fl.search_alg != "tpe"), "--multivariate", "with "
+         f"--search-alg {fl.search_alg}", "--search-alg tpe"),
+        (1 <= fl.brackets <= 8, "--brackets", fl.brackets, "an integer from 1 to 8"),
+        (fl.keep >= 1, "--keep", fl.keep, "an integer >= 1"),
         (not (fl.warm_start and fl.resume), "--warm-start", "with --resume",
          "a new search (a resumed one keeps its own sampler state)"),
         (fl.dataset is None or fl.dataset in (*DATASETS, *DATASET_ALIASES), "--dataset",
@@ -260,6 +278,11 @@ def check_flags(fl: Flags) -> None:
         if not ok:
             shown = "''" if value == "" else value  # an empty value, visibly
             raise UsageError(f"{name} {shown}: expected {expected}")
+    if fl.scheduler == ONE_EPOCH:
+        try:
+            one_epoch_plan(fl.max_epochs, fl.keep, fl.epoch_budget, fl.num_samples)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     try:
         check_name(fl.name, "--name")
     except ValueError as e:
@@ -294,6 +317,21 @@ def check_flags(fl: Flags) -> None:
         if torch.cuda.device_count() == 0:
             raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: this machine has no GPU "
                              "(use 0, or --address of a cluster with GPUs)")
+
+
+def one_epoch_plan(max_epochs: int, keep: int, epoch_budget: int, num_samples: int) -> int:
+    """How many configurations get their first epoch under --scheduler one-epoch: the
+    trials --num-samples allows besides the kept ones, and no more than the epoch budget
+    leaves after the kept ones' full runs. ValueError when fewer than --keep are left."""
+    first, why = num_samples - keep, f"--num-samples {num_samples} leaves"
+    if epoch_budget and epoch_budget - keep * max_epochs < first:
+        first = epoch_budget - keep * max_epochs
+        why = (f"--epoch-budget {epoch_budget}, less the {keep} kept trials' "
+               f"{keep * max_epochs} epochs, leaves")
+    if first < keep:
+        raise ValueError(f"--keep {keep}: {why} {first} first-epoch trials; expected at "
+                         f"least {keep} (raise the budget, or lower --keep or --max-epochs)")
+    return first
 
 
 def parse_resources(text: str | None) -> dict[str, float]:

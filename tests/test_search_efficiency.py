@@ -1,40 +1,123 @@
-"""The search-efficiency study in its small mode: what must hold, not which method wins."""
+"""The search study: its statistics, its tasks' data, and its small mode end to end (what
+must hold, never which method wins)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from benchmarks.study_stats import binned, explained, ranks, spearman, wilcoxon_signed_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_small_study_every_method_finishes_within_the_budget(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "benchmarks.search_efficiency", "--out",
-                          str(tmp_path), "--small"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    doc = json.loads((tmp_path / "search_efficiency.json").read_text())
-    runs = [r for r in doc["runs"] if r["part"] == "methods"]
-    from benchmarks.search_efficiency import METHODS
+def test_wilcoxon_is_exact_and_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d = rng.normal(0.2, 1.0, size=10)
+        mine = wilcoxon_signed_rank(d)
+        ref = stats.wilcoxon(d, method="exact")
+        assert mine["p"] == pytest.approx(ref.pvalue) and mine["W"] == pytest.approx(ref.statistic)
+    every = wilcoxon_signed_rank(np.arange(1, 11) * 0.01)  # all ten one way: 2 / 2^10
+    assert every["p"] == pytest.approx(2 / 1024) and every["losses"] == 10
+    assert every["sign_p"] == pytest.approx(2 / 1024)
+    tied = wilcoxon_signed_rank([0.0, 0.0, -0.1, 0.1])  # zeros dropped, counted as ties
+    assert (tied["n"], tied["ties"], tied["wins"], tied["losses"]) == (2, 2, 1, 1)
+    assert tied["p"] == 1.0 and wilcoxon_signed_rank([0.0] * 10)["p"] == 1.0
 
-    assert sorted(r["method"] for r in runs) == sorted(METHODS)
-    budget, c = doc["budget"], doc["concurrency"]
-    for r in runs:
-        assert r["each_trial_once"] and r["each_epoch_once"], r["method"]
-        # equal compute: the budget, overshot by at most one epoch per concurrent trial
-        assert budget <= r["epochs"] <= budget + c - 1, (r["method"], r["epochs"])
-        assert len(r["curve_mae"]) == r["epochs"]
-        assert r["picked_test_mae"] > 0
-    assert (tmp_path / "search_efficiency.png").read_bytes()[:4] == b"\x89PNG"
-    assert "### methods" in (tmp_path / "search_efficiency.md").read_text()
-    # the tables again from the saved runs, without a search
-    again = tmp_path / "again"
+
+def test_ranks_spearman_and_explained_variance():
+    assert list(ranks([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [5, 5, 5]) != spearman([1, 2, 3], [5, 5, 5])  # NaN
+    y = [1.0, 1.1, 5.0, 5.2, 1.05, 5.1]
+    assert explained(y, ["a", "a", "b", "b", "a", "b"]) > 0.99
+    assert explained([1.0, 5.0, 1.0, 5.0], ["a", "a", "b", "b"]) == 0.0
+    assert sorted(set(binned(np.linspace(0, 1, 50)))) == [0, 1, 2, 3, 4]
+    assert binned([1.0, 2.0, 1.0]) == [1.0, 2.0, 1.0]
+
+
+def test_the_tasks_label_models_need_more_than_a_linear_read_out():
+    from ucrn.data import LABEL_MODELS, make_synthetic
+    from ucrn.data.dataset import DataError
+
+    def linear_gain(labels: str) -> float:
+        raw = make_synthetic("tiny", 0, labels=labels, nonfinite_rate=0)
+        x = {s: np.c_[np.concatenate([raw[s][m].mean(1) for m in ("text", "audio", "vision")],
+                                     1), np.ones(len(raw[s]["labels"]))] for s in raw}
+        y = {s: raw[s]["labels"].ravel() for s in raw}
+        w = np.linalg.lstsq(x["train"], y["train"], rcond=None)[0]
+        const = np.abs(y["test"] - np.median(y["train"])).mean()
+        return 1 - np.abs(x["test"] @ w - y["test"]).mean() / const
+
+    gains = {k: linear_gain(k) for k in LABEL_MODELS}
+    assert gains["fusion"] > 0.4 and gains["interaction"] < 0.1 and gains["magnitude"] < 0.1
+    same = make_synthetic("tiny", 0, labels="interaction")
+    assert np.array_equal(same["valid"]["audio"], make_synthetic("tiny", 0)["valid"]["audio"],
+                          equal_nan=True)  # the features do not depend on the label model
+    with pytest.raises(DataError, match="labels 'squares': expected one of fusion"):
+        make_synthetic("tiny", 0, labels="squares")
+    with pytest.raises(DataError, match="emotion labels"):
+        make_synthetic("iemocap_tiny", 0, labels="interaction")
+
+
+def test_study_flags_are_one_line(tmp_path, capsys):
     from benchmarks.search_efficiency import main
 
-    assert main(["--out", str(again), "--from", str(tmp_path / "search_efficiency.json")]) == 0
-    assert (again / "search_efficiency.md").read_text() == (
-        tmp_path / "search_efficiency.md").read_text()
+    for args, needle in ((["--tasks", "lr,nope"], "--tasks lr,nope: expected a comma"),
+                         (["--methods", ","], "--methods ,: expected a comma"),
+                         (["--seeds", "3-x"], "--seeds 3-x"),
+                         (["--report"], "no study records")):
+        rc = main(["--out", str(tmp_path / "o"), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], (args, err)
+
+
+def test_a_rerun_runs_only_what_is_not_recorded(tmp_path):
+    from benchmarks.search_efficiency import pending, record_path
+
+    record_path(tmp_path, "lr", "random", 2).write_text("{}")
+    todo = pending(tmp_path, ["lr", "arch"], ["random", "gp-asha"], [1, 2])
+    assert todo == [("lr", "random", 1), ("lr", "gp-asha", 1), ("lr", "gp-asha", 2),
+                    ("arch", "random", 1), ("arch", "gp-asha", 1), ("arch", "random", 2),
+                    ("arch", "gp-asha", 2)]
+
+
+@pytest.mark.slow
+def test_small_study_every_method_finishes_within_the_budget(tmp_path, ray_head, ray_env):
+    from benchmarks.search_efficiency import METHODS, load_records, main
+
+    cmd = [sys.executable, "-m", "benchmarks.search_efficiency", "--out", str(tmp_path),
+           "--small", "--address", ray_head]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=ray_env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    recs = load_records(tmp_path)
+    assert sorted(r["method"] for r in recs) == sorted(METHODS)
+    for r in recs:
+        assert r["each_trial_once"] and r["each_epoch_once"], r["method"]
+        # equal compute: the budget, overshot by at most one epoch per concurrent trial
+        assert r["budget"] <= r["epochs"] <= r["budget"] + r["concurrency"] - 1, r
+        assert len(r["curve_mae"]) == r["epochs"] == sum(t["epochs"] for t in r["trial_table"])
+        assert r["picked_test_mae"] > 0 and {"task", "method", "seed"} <= set(r)
+    # the 1-epoch baseline: every trial one epoch, then the best by it run to the end again
+    one = next(r for r in recs if r["method"] == "1-epoch")
+    full = [t for t in one["trial_table"] if t["epochs"] == one["max_epochs"]]
+    short = [t for t in one["trial_table"] if t["epochs"] == 1]
+    assert len(full) == 2 and len(short) + len(full) == one["trials"]
+    best = sorted(short, key=lambda t: t["mae_1"])[:2]
+    assert sorted(t["lr"] for t in full) == pytest.approx(sorted(t["lr"] for t in best))
+    assert (tmp_path / "crossmodal.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "study.md").read_text()
+    assert "### task crossmodal" in report and "Wilcoxon" in report
+    # a rerun has nothing left to run (no Ray, no search); the report is rebuilt the same
+    kept = {p.name: p.read_bytes() for p in tmp_path.glob("run-*.json")}
+    (tmp_path / "study.md").unlink()
+    assert main(["--out", str(tmp_path), "--small"]) == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("run-*.json")} == kept
+    assert (tmp_path / "study.md").read_text() == report
+    assert json.loads(next(iter(kept.values())))["seed"] == 1

@@ -114,10 +114,19 @@ def test_warm_start_from_something_else_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--search-alg", "grid"], "--search-alg grid: expected tpe or random"),
-    (["--scheduler", "hyperband"], "--scheduler hyperband: expected asha or fifo"),
+    (["--search-alg", "grid"], "--search-alg grid: expected tpe or random or gp"),
+    (["--scheduler", "hyperband"], "--scheduler hyperband: expected asha or fifo or one-epoch"),
     (["--epoch-budget", "-1"], "--epoch-budget -1"),
     (["--constant-liar", "--search-alg", "random"], "--constant-liar with --search-alg random"),
+    (["--multivariate", "--search-alg", "gp"], "--multivariate with --search-alg gp"),
+    (["--brackets", "0"], "--brackets 0: expected an integer from 1 to 8"),
+    (["--scheduler", "fifo", "--brackets", "3"], "--brackets: an ASHA setting"),
+    (["--keep", "2"], "--keep: a --scheduler one-epoch setting, with --scheduler asha"),
+    (["--scheduler", "one-epoch", "--keep", "0"], "--keep 0: expected an integer >= 1"),
+    (["--scheduler", "one-epoch", "--keep", "3", "--epoch-budget", "20", "--max-epochs", "6"],
+     "--keep 3: --epoch-budget 20, less the 3 kept trials' 18 epochs, leaves 2 first-epoch"),
+    (["--scheduler", "one-epoch", "--num-samples", "4"],
+     "--keep 3: --num-samples 4 leaves 1 first-epoch trials"),
 ])
 def test_bad_method_flags_are_one_line(args, needle, tmp_path, capsys):
     rc = run_search.main(["--storage", str(tmp_path), *args])
@@ -156,3 +165,85 @@ def test_budget_random_fifo_and_a_warm_start_through_real_searches(ray_head, tmp
     saved = json.loads((tmp_path / "b" / "search.json").read_text())
     assert saved["warm_start"]["mode"] == "rerun" and saved["warm_start"]["points"] == 3
     assert saved["flags"]["constant_liar"] is True
+
+
+class _Proposals:
+    """A stand-in searcher: numbered configurations, and what it was told."""
+
+    metric, mode = "MAE", "min"
+
+    def __init__(self) -> None:
+        self.n, self.completed = 0, []
+
+    def suggest(self, trial_id):
+        self.n += 1
+        return {"lr": float(self.n)}
+
+    def on_trial_result(self, trial_id, result):
+        pass
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.completed.append(trial_id)
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_one_epoch_search_waits_for_every_first_epoch_then_continues_the_best(mode):
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
+
+    from search.schedulers import OneEpochScheduler, OneEpochSearch
+
+    inner = _Proposals()
+    search = OneEpochSearch(inner, first=5, keep=2, metric="MAE", mode=mode)
+    sched = OneEpochScheduler(search)
+    first = {f"t{i}": search.suggest(f"t{i}") for i in range(5)}
+    assert [c["lr"] for c in first.values()] == [1, 2, 3, 4, 5]
+    mae = {"t0": 0.9, "t1": 0.3, "t2": float("nan"), "t3": 0.5, "t4": 0.1}
+    for tid in first:
+        trial = type("T", (), {"trial_id": tid})()
+        assert sched.on_trial_result(None, trial, {"epoch": 1, "MAE": mae[tid]}) == \
+            TrialScheduler.STOP  # every first-phase trial ends after its first epoch
+        search.on_trial_result(tid, {"epoch": 1, "MAE": mae[tid]})
+        if tid != "t4":
+            search.on_trial_complete(tid, {"epoch": 1, "MAE": mae[tid]})
+            assert search.suggest("early") is None  # not before every first epoch is in
+    search.on_trial_complete("t4", None, error=True)  # an error after its first epoch
+    assert search.kept == []
+    search.suggest("c0")
+    # the best two by their first epoch (NaN never), in order; errored ones still count
+    assert search.kept == (["t4", "t1"] if mode == "min" else ["t0", "t3"])
+    search.suggest("c1")
+    assert search.continued == {"c0", "c1"} and search.suggest("c2") == Searcher.FINISHED
+    for tid in ("c0", "c1"):
+        trial = type("T", (), {"trial_id": tid})()
+        for epoch in (1, 2, 3):
+            assert sched.on_trial_result(None, trial, {"epoch": epoch, "MAE": 0.2}) == \
+                TrialScheduler.CONTINUE
+    # its state is what Tune saves and restores (without the wrapped searcher)
+    state = search.get_state()
+    assert "searcher" not in state
+    again = OneEpochSearch(_Proposals(), first=1, keep=1, metric="MAE", mode="min")
+    again.set_state(state)
+    assert again.kept == search.kept and again.continued == search.continued
+
+
+def test_one_epoch_search_proposes_the_kept_configurations_again_through_optuna():
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.schedulers import OneEpochSearch
+
+    inner = OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=3))
+    search = OneEpochSearch(inner, first=6, keep=2, metric=None, mode=None)
+    assert search.set_search_properties("MAE", "min", {
+        "lr": tune.loguniform(1e-4, 1e-1), "layers": tune.choice([1, 2, 3])})
+    configs = {f"t{i}": search.suggest(f"t{i}") for i in range(6)}
+    for i, (tid, cfg) in enumerate(configs.items()):
+        value = abs(cfg["lr"] - 0.01) + i * 1e-6
+        result = {"epoch": 1, "MAE": value, "training_iteration": 1}
+        search.on_trial_result(tid, result)
+        search.on_trial_complete(tid, result)
+    again = [search.suggest("c0"), search.suggest("c1")]
+    assert again == [configs[t] for t in search.kept]
+    assert sorted(search.kept, key=lambda t: abs(configs[t]["lr"] - 0.01)) == search.kept

@@ -17,6 +17,7 @@ import numpy as np
 from ucrn.data import (
     DATASET_TASK,
     FORMATS,
+    LABEL_MODELS,
     MMSA_DIRS,
     NPZ_FILES,
     PRESETS,
@@ -111,6 +112,10 @@ def _synth(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aligned", action="store_true", help="use the preset's aligned variant")
+    p.add_argument("--labels", default="fusion",
+                   help=f"sentiment label model, one of: {', '.join(LABEL_MODELS)} (fusion: "
+                        f"mostly linear; interaction: products across modalities; magnitude: "
+                        f"non-linear per modality)")
     p.add_argument("--format", default="mult", choices=FORMATS[1:],
                    help="mult: DIR/<MulT name>.pkl; mmsa: DIR/<MOSI|...>/Processed/*.pkl; "
                         "npz: DIR/train.npz, valid.npz, test.npz")
@@ -133,13 +138,13 @@ def _synth(argv: list[str]) -> int:
     out = _out(args.out)
     if args.format == "npz":
         _refuse_existing([out / f for f in NPZ_FILES])
-        raw = make_synthetic(name, args.seed)
+        raw = make_synthetic(name, args.seed, labels=args.labels)
         print(write_npz_folder(from_raw(raw, f"synthetic:{name}"), out))
         return 0
     if cfg["task"] == "iemocap" and args.format == "mmsa":
         raise UsageError(f"--format mmsa --preset {args.preset}: MMSA has no IEMOCAP files; "
                          f"use --format mult or npz")
-    raw = make_synthetic(name, args.seed)
+    raw = make_synthetic(name, args.seed, labels=args.labels)
     if args.format == "mmsa":
         path = mmsa_path(out, dataset, cfg["aligned"], cfg["seq_lens"][0])
         raw = to_mmsa(raw, dataset, args.seed)

@@ -22,7 +22,7 @@ from ucrn.data.load import Resolved, load_dataset, resolve_dataset
 from ucrn.data.mmsa import MMSA_DIRS, pickle_layout
 from ucrn.data.mult import data_file_name, load_mult_pickle, resolve_data_file, write_mult_pickle
 from ucrn.data.npz import NPZ_FILES, read_npz_folder, read_npz_split, write_npz_folder
-from ucrn.data.synthetic import PRESETS, make_synthetic, preset_name
+from ucrn.data.synthetic import LABEL_MODELS, PRESETS, make_synthetic, preset_name
 from ucrn.errors import DataError
 
 # The rooms, one per thing a reader looks for:
@@ -52,6 +52,7 @@ __all__ = [
     "MMSA_DIRS",
     "MODALITIES",
     "NPZ_FILES",
+    "LABEL_MODELS",
     "PRESETS",
     "SPLITS",
     "TARGETS",

@@ -53,6 +53,35 @@ PRESETS: dict[str, dict] = {
 # 25% audio, 25% vision; all three linearly 80%; with the two interactions 98%.
 _COEF = dict(text=1.1, audio=1.0, vision=1.0, audio_vision=0.65, text_audio=0.55)
 _LABEL_NOISE = 0.3
+_HALF_NORMAL_MEAN = math.sqrt(2 / math.pi)  # E|s| for s ~ N(0, 1)
+
+
+def _fusion(st: np.ndarray, sa: np.ndarray, sv: np.ndarray) -> tuple[np.ndarray, float]:
+    """The default: mostly linear in the three latents, plus two pairwise products."""
+    c = _COEF
+    y = (c["text"] * st + c["audio"] * sa + c["vision"] * sv + c["audio_vision"] * sa * sv
+         + c["text_audio"] * st * sa)
+    return y, sum(v * v for v in c.values())
+
+
+def _interaction(st: np.ndarray, sa: np.ndarray, sv: np.ndarray) -> tuple[np.ndarray, float]:
+    """Cross-modal: 90% of the signal's variance is in products of two modalities' latents,
+    which no single modality carries (each product has mean 0 given either factor)."""
+    y = st * sa + sa * sv + st * sv + 0.33 * (st + sa + sv)
+    return y, 3 + 3 * 0.33**2
+
+
+def _magnitude(st: np.ndarray, sa: np.ndarray, sv: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unimodal but non-linear: how far each latent is from 0, whatever its sign, with a
+    little of the text latent itself; a linear read-out of pooled features gets ~10%."""
+    dev = [np.abs(s) - _HALF_NORMAL_MEAN for s in (st, sa, sv)]
+    y = 1.6 * (dev[0] + dev[1] + dev[2]) + 0.5 * st
+    return y, 3 * 1.6**2 * (1 - 2 / math.pi) + 0.25
+
+
+# What the sentiment label is a function of (--labels of `ucrn synth`): each returns the
+# noise-free label and its variance, for scaling to a MOSI-like spread.
+LABEL_MODELS = {"fusion": _fusion, "interaction": _interaction, "magnitude": _magnitude}
 _LABEL_STD = 1.4  # MOSI-like spread; ~3% of labels reach the clip at +-3
 _SIGNAL_DIMS = 16  # big feature spaces carry the signal on a subset of dims
 _N_NUISANCE = 2  # per modality, plus one shared across modalities: look like signal, aren't
@@ -143,6 +172,7 @@ def _make_split(
     task: str,
     noise: float,
     nonfinite_rate: float,
+    labels: str = "fusion",
 ) -> dict:
     lat = {m: rng.standard_normal(n) for m in MODALITIES}
     shared = rng.standard_normal(n)
@@ -172,17 +202,9 @@ def _make_split(
     if task == "iemocap":
         out["labels"] = _emotion_labels(rng, lat)
     else:
-        st, sa, sv = lat["text"], lat["audio"], lat["vision"]
-        c = _COEF
-        y = (
-            c["text"] * st
-            + c["audio"] * sa
-            + c["vision"] * sv
-            + c["audio_vision"] * sa * sv
-            + c["text_audio"] * st * sa
-            + _LABEL_NOISE * rng.standard_normal(n)
-        )
-        total = sum(v * v for v in c.values()) + _LABEL_NOISE**2
+        y, var = LABEL_MODELS[labels](lat["text"], lat["audio"], lat["vision"])
+        y = y + _LABEL_NOISE * rng.standard_normal(n)
+        total = var + _LABEL_NOISE**2
         y = np.clip(y * (_LABEL_STD / math.sqrt(total)), -LABEL_RANGE, LABEL_RANGE)
         out["labels"] = y.astype(np.float32).reshape(n, 1, 1)
     ids = np.empty((n, 3), dtype=object)
@@ -206,6 +228,7 @@ def make_synthetic(
     input_dims: tuple[int, int, int] | None = None,
     nonfinite_rate: float = 1e-3,
     noise: float | None = None,
+    labels: str = "fusion",
 ) -> dict:
     """A raw MulT-format dict, deterministic for ``seed``, whose labels reward fusion.
 
@@ -213,7 +236,8 @@ def make_synthetic(
     modality with positive time weights (so pooling recovers it), plus nuisance latents.
     The label mixes all three latents and two pairwise products (see ``_COEF``), so no
     single modality can explain most of it. Audio and vision get ``-inf``/NaN sprinkled
-    at ``nonfinite_rate`` like the real files.
+    at ``nonfinite_rate`` like the real files. ``labels`` picks another label model
+    (LABEL_MODELS: the search study's tasks); the features are the same for all of them.
     """
     if preset not in PRESETS:
         raise _fail(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
@@ -231,6 +255,11 @@ def make_synthetic(
         raise _fail(f"noise: expected a finite value >= 0, got {noise!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise _fail(f"seed: expected a non-negative integer, got {seed!r}")
+    if labels not in LABEL_MODELS:
+        raise _fail(f"labels {labels!r}: expected one of {', '.join(LABEL_MODELS)}")
+    if labels != "fusion" and cfg["task"] == "iemocap":
+        raise _fail(f"labels {labels!r}: preset {preset!r} has emotion labels; label models "
+                    f"are for sentiment presets")
     ss = np.random.SeedSequence(int(seed))
     world_ss, *split_ss = ss.spawn(1 + len(SPLITS))
     world = _world(np.random.default_rng(world_ss), lens, dims)
@@ -245,6 +274,7 @@ def make_synthetic(
             cfg["task"],
             noise_v,
             float(nonfinite_rate),
+            labels,
         )
         for s, n, sseq in zip(SPLITS, sizes, split_ss, strict=True)
     }
