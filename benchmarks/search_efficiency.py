@@ -71,13 +71,14 @@ TASKS: dict[str, Task] = {
     "lr": Task("fusion", "lr: {loguniform: [1.0e-5, 3.0e-2]}\n" + _COMMON,
                "mostly linear labels, learning rates over three decades: a good lr is most "
                "of a good configuration"),
-    "arch": Task("magnitude", "lr: {loguniform: [1.0e-3, 1.0e-2]}\n" + _COMMON,
-                 "labels non-linear in each modality (|latent|), learning rates within one "
-                 "good decade: the model's width and depth decide"),
+    "arch": Task("fusion", "lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
+                 "temp_proj: {choice: [0, 1, 4]}\n" + _COMMON,
+                 "the same labels, learning rates within one good decade: the model's shape, "
+                 "the temporal projection, batch size and dropout decide"),
     "crossmodal": Task("interaction", "lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
                        "temp_proj: {choice: [0, 1, 4]}\n" + _COMMON,
-                       "labels in products of two modalities' latents: the cross-modal "
-                       "stages, depth and the temporal projection decide"),
+                       "labels in products of two modalities' latents: only models that keep "
+                       "time steps through the cross-modal stages (temp_proj 0 or 4) learn them"),
 }
 SMALL_SPACE = """\
 lr: {loguniform: [1.0e-4, 1.0e-2]}

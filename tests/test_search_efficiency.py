@@ -55,7 +55,7 @@ def test_the_tasks_label_models_need_more_than_a_linear_read_out():
         return 1 - np.abs(x["test"] @ w - y["test"]).mean() / const
 
     gains = {k: linear_gain(k) for k in LABEL_MODELS}
-    assert gains["fusion"] > 0.4 and gains["interaction"] < 0.1 and gains["magnitude"] < 0.1
+    assert gains["fusion"] > 0.4 and gains["interaction"] < 0.1
     same = make_synthetic("tiny", 0, labels="interaction")
     assert np.array_equal(same["valid"]["audio"], make_synthetic("tiny", 0)["valid"]["audio"],
                           equal_nan=True)  # the features do not depend on the label model

@@ -114,8 +114,7 @@ def _synth(argv: list[str]) -> int:
     p.add_argument("--aligned", action="store_true", help="use the preset's aligned variant")
     p.add_argument("--labels", default="fusion",
                    help=f"sentiment label model, one of: {', '.join(LABEL_MODELS)} (fusion: "
-                        f"mostly linear; interaction: products across modalities; magnitude: "
-                        f"non-linear per modality)")
+                        f"mostly linear; interaction: products across modalities)")
     p.add_argument("--format", default="mult", choices=FORMATS[1:],
                    help="mult: DIR/<MulT name>.pkl; mmsa: DIR/<MOSI|...>/Processed/*.pkl; "
                         "npz: DIR/train.npz, valid.npz, test.npz")

@@ -53,7 +53,6 @@ PRESETS: dict[str, dict] = {
 # 25% audio, 25% vision; all three linearly 80%; with the two interactions 98%.
 _COEF = dict(text=1.1, audio=1.0, vision=1.0, audio_vision=0.65, text_audio=0.55)
 _LABEL_NOISE = 0.3
-_HALF_NORMAL_MEAN = math.sqrt(2 / math.pi)  # E|s| for s ~ N(0, 1)
 
 
 def _fusion(st: np.ndarray, sa: np.ndarray, sv: np.ndarray) -> tuple[np.ndarray, float]:
@@ -71,17 +70,9 @@ def _interaction(st: np.ndarray, sa: np.ndarray, sv: np.ndarray) -> tuple[np.nda
     return y, 3 + 3 * 0.33**2
 
 
-def _magnitude(st: np.ndarray, sa: np.ndarray, sv: np.ndarray) -> tuple[np.ndarray, float]:
-    """Unimodal but non-linear: how far each latent is from 0, whatever its sign, with a
-    little of the text latent itself; a linear read-out of pooled features gets ~10%."""
-    dev = [np.abs(s) - _HALF_NORMAL_MEAN for s in (st, sa, sv)]
-    y = 1.6 * (dev[0] + dev[1] + dev[2]) + 0.5 * st
-    return y, 3 * 1.6**2 * (1 - 2 / math.pi) + 0.25
-
-
 # What the sentiment label is a function of (--labels of `ucrn synth`): each returns the
 # noise-free label and its variance, for scaling to a MOSI-like spread.
-LABEL_MODELS = {"fusion": _fusion, "interaction": _interaction, "magnitude": _magnitude}
+LABEL_MODELS = {"fusion": _fusion, "interaction": _interaction}
 _LABEL_STD = 1.4  # MOSI-like spread; ~3% of labels reach the clip at +-3
 _SIGNAL_DIMS = 16  # big feature spaces carry the signal on a subset of dims
 _N_NUISANCE = 2  # per modality, plus one shared across modalities: look like signal, aren't
