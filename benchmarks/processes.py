@@ -119,7 +119,7 @@ class RayHead:
              f"--num-gpus={gpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={_free_port()}"],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)
         try:  # a head that does not start, or whose start is interrupted (SIGTERM), is stopped
             deadline = time.time() + 90
             while time.time() < deadline:
@@ -148,6 +148,18 @@ class RayHead:
             pass
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies, however
+    it dies (SIGKILL, a test worker cut off mid-teardown), so no server outlives it."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: stop() by pid is the only guard
+        pass
+
+
 def wait_port(port: int, timeout: float = 30.0) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -165,7 +177,8 @@ class Server:
     def __init__(self, argv: list[str], log: Path, port: int, env: dict | None = None):
         self.port = port
         self.proc = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=env)
+                                     start_new_session=True, env=env,
+                                     preexec_fn=die_with_parent)
         try:
             wait_port(port)
         except TimeoutError:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.processes import kill_session, session_pids  # noqa: F401 - re-exported
+from benchmarks.processes import die_with_parent, kill_session, session_pids  # noqa: F401 - re-exported
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -27,9 +27,11 @@ def free_port() -> int:
 class RayNode:
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log
+        # die_with_parent: a test worker cut off mid-teardown still takes its node down
+        # (`ray start --block` shares its fate with the Ray processes it started)
         self.proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
 
     @property
     def sid(self) -> int:
