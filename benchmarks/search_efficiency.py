@@ -28,6 +28,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,10 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/search_efficiency.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.processes import RayHead  # noqa: E402
+from benchmarks.processes import RayHead, kill_session  # noqa: E402
 from benchmarks.study_stats import binned, explained, spearman, wilcoxon_signed_rank  # noqa: E402
 from search.analysis.formatting import markdown_table  # noqa: E402
-from ucrn.errors import OneLineParser, UsageError, run_main  # noqa: E402
+from ucrn.errors import OneLineParser, RunFailed, UsageError, run_main  # noqa: E402
 from ucrn.fileio import atomic_write  # noqa: E402
 
 _COMMON = """\
@@ -125,6 +126,9 @@ class Study:
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
         if not address:  # its own head, with its own token (a given one: the caller's)
+            # trials at normal priority (Ray starts workers at niceness 15), so that other
+            # low-priority work on the machine takes less from the measured wall times
+            self.env["RAY_worker_niceness"] = "0"
             token = self.work / "auth_token"
             token.write_text(secrets.token_hex(32))
             token.chmod(0o600)
@@ -153,16 +157,21 @@ class Study:
     def run(self, todo: list[tuple[str, str, int]]) -> None:
         head = None if self.address else RayHead(self.env, gpus=0, cpus=2, work=self.work)
         address = self.address or head.address
+        failed = False
         try:
             self.log(f"Ray at {address}; {len(todo)} searches; work in {self.work}")
             for task, method, seed in todo:
                 rec = self.search(address, task, method, seed)
                 atomic_write(record_path(self.out, task, method, seed),
                              json.dumps(rec, indent=1).encode())
+        except RunFailed:
+            failed = True  # its results and output stay in the work folder
+            raise
         finally:
             if head is not None:
                 head.stop()
-            shutil.rmtree(self.work, ignore_errors=True)
+            if not failed:
+                shutil.rmtree(self.work, ignore_errors=True)
 
     def search(self, address: str, task: str, method: str, seed: int) -> dict[str, Any]:
         flags = METHODS[method][1]
@@ -175,11 +184,13 @@ class Study:
                 str(self.concurrency), "--cpus-per-trial", f"{2 / self.concurrency:g}",
                 *flags, *(["--keep", str(self.keep)] if method == "1-epoch" else [])]
         t = time.time()
-        res = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=3600)
+        code, out, err = run_search(argv, self.env)
         wall = time.time() - t
-        if res.returncode != 0:
-            raise RuntimeError(f"{name}: run_search.py exited {res.returncode}: "
-                               f"{(res.stderr or res.stdout)[-800:]}")
+        if code != 0:
+            (self.work / f"{name}.log").write_text(out + err)
+            last = (err or out).strip().splitlines()[-1:] or ["no output"]
+            raise RunFailed(f"{name}: run_search.py exited {code}: {last[0]}; its output is "
+                            f"in {self.work / name}.log")
         folder = self.work / "results" / name
         rec = {"task": task, "method": method, "seed": seed, "flags": argv[2:],
                "budget": self.budget, "max_epochs": self.max_epochs,
@@ -192,6 +203,25 @@ class Study:
                  f"{rec['best_val_mae']:.4f}, test MAE of its pick "
                  f"{rec['picked_test_mae']:.4f}, {wall:.0f} s")
         return rec
+
+
+def run_search(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """One search in its own session; interrupted (Ctrl-C, SIGTERM to the study), it is
+    told to stop as a user would (SIGINT: it saves what it has and exits) and waited for,
+    so that it never outlives the study nor trains on a Ray head being stopped."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=3600)
+    except BaseException:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except BaseException:
+            kill_session(proc.pid)
+            proc.wait()
+        raise
+    return proc.returncode, out, err
 
 
 def read_search(folder: Path) -> dict[str, Any]:
