@@ -121,3 +121,41 @@ def test_small_study_every_method_finishes_within_the_budget(tmp_path, ray_head,
     assert {p.name: p.read_bytes() for p in tmp_path.glob("run-*.json")} == kept
     assert (tmp_path / "study.md").read_text() == report
     assert json.loads(next(iter(kept.values())))["seed"] == 1
+
+
+STOPPED_STUDY = """
+import sys, time
+sys.path.insert(0, {root!r})
+from benchmarks.search_efficiency import run_search
+from ucrn.errors import sigterm_as_interrupt
+child = ("import signal, sys, time; signal.signal(signal.SIGINT, lambda *a: (open("
+         "{flag!r} + '.stopped', 'w').close(), sys.exit(130))); open({flag!r}, 'w').close(); "
+         "time.sleep(120)")
+with sigterm_as_interrupt():
+    try:
+        run_search([sys.executable, "-c", child], {{}})
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_a_stopped_study_stops_its_search_first(tmp_path):
+    """SIGTERM to the study: its running search (in its own session, so a terminal's Ctrl-C
+    does not reach it twice) is told to stop and waited for, never left running."""
+    import signal
+    import time
+
+    flag = tmp_path / "child-started"
+    study = subprocess.Popen([sys.executable, "-c", STOPPED_STUDY.format(
+        root=str(ROOT), flag=str(flag))], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not flag.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    children = [int(p) for p in Path(f"/proc/{study.pid}/task/{study.pid}/children")
+                .read_text().split()]
+    study.send_signal(signal.SIGTERM)
+    out, _ = study.communicate(timeout=60)
+    assert "interrupted" in out and len(children) == 1
+    assert Path(f"{flag}.stopped").exists()  # told to stop as a user would, not killed
+    assert not Path(f"/proc/{children[0]}").exists() or \
+        Path(f"/proc/{children[0]}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
