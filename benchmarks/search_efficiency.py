@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,31 +90,110 @@ d_model: 8
 heads: 2
 """
 KEEP = 3  # the 1-epoch baseline continues the 3 best: docs/search.md says why
+BRACKETS = 3  # of the 4 that 6-epoch trials with ASHA's default rungs (1, 2, 4) allow
 METHODS: dict[str, tuple[str, list[str]]] = {  # id: (what the docs call it, its flags)
     "random": ("random, full budget (MMSA's tune mode)",
                ["--search-alg", "random", "--scheduler", "fifo"]),
-    "1-epoch": (f"1-epoch, then the best {KEEP} to the end",  # --keep: Study.search
-                ["--search-alg", "random", "--scheduler", "one-epoch"]),
+    "1-epoch": ("1-epoch, then the best {keep} to the end",
+                ["--search-alg", "random", "--scheduler", "one-epoch", "--keep", "{keep}"]),
     "tpe-asha": ("TPE + ASHA (the default)", []),
     "tpe5-asha": ("TPE with Optuna 5's defaults + ASHA", ["--multivariate", "--constant-liar"]),
     "gp-asha": ("GPSampler + ASHA", ["--search-alg", "gp"]),
-    "tpe-hyperband": ("TPE + Hyperband (3 brackets)", ["--brackets", "3"]),
+    "tpe-hyperband": ("TPE + Hyperband ({brackets} brackets)", ["--brackets", "{brackets}"]),
 }
 DEFAULT = "tpe-asha"
 BASELINE = "random"
 RECORD = "run-{task}-{method}-s{seed}.json"
 
 
+# what makes records comparable: a folder holds one study's records, all made with these
+SETTINGS = ("budget", "max_epochs", "concurrency", "keep", "small")
+
+
 def record_path(out: Path, task: str, method: str, seed: int) -> Path:
     return out / RECORD.format(task=task, method=method, seed=seed)
 
 
-def pending(out: Path, tasks: list[str], methods: list[str],
-            seeds: list[int]) -> list[tuple[str, str, int]]:
+def label(method: str, small: bool = False) -> str:
+    return METHODS[method][0].format(**variant(small))
+
+
+def variant(small: bool) -> dict[str, int]:
+    """The 1-epoch baseline's --keep and Hyperband's brackets: the small mode's 8-epoch
+    budget of 2-epoch trials leaves room for 2 of each (2-epoch trials have one rung)."""
+    return {"keep": 2, "brackets": 2} if small else {"keep": KEEP, "brackets": BRACKETS}
+
+
+def check_record(rec: Any) -> str | None:
+    """What is wrong with a loaded record (a key and what was expected), or None: records
+    are files a person can edit, and the report trusts nothing it did not check."""
+    def num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    def count(v: Any, low: int = 1) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(rec, dict):
+        return "expected a JSON object"
+    rules = [("task", rec.get("task") in TASKS, f"one of {', '.join(TASKS)}"),
+             ("method", rec.get("method") in METHODS, f"one of {', '.join(METHODS)}"),
+             ("seed", count(rec.get("seed"), 0), "an integer >= 0"),
+             *((k, count(rec.get(k)), "an integer >= 1")
+               for k in ("budget", "max_epochs", "concurrency", "keep", "epochs", "trials")),
+             ("small", isinstance(rec.get("small"), bool), "true or false"),
+             *((k, num(rec.get(k)), "a finite number")
+               for k in ("best_val_mae", "picked_test_mae", "wall_s")),
+             *((k, isinstance(rec.get(k), list) and len(rec[k]) == rec.get("epochs")
+                and all(num(v) for v in rec[k]), "a list of finite numbers, one per epoch")
+               for k in ("curve_mae", "curve_s")),
+             ("trial_table", isinstance(rec.get("trial_table"), list)
+              and all(isinstance(t, dict) for t in rec["trial_table"]), "a list of objects")]
+    for key, ok, expected in rules:
+        if not ok:
+            return f"{key}={_short(rec.get(key))}: expected {expected}"
+    return None
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A record, checked; one line naming the file and the key otherwise."""
+    from ucrn.safeload import load_json
+
+    rec = load_json(path, "record")
+    why = check_record(rec)
+    if why:
+        raise UsageError(f"record {path}: {why}; fix or delete the file (a deleted record "
+                         f"is run again)")
+    if path.name != record_path(path.parent, rec["task"], rec["method"], rec["seed"]).name:
+        raise UsageError(f"record {path}: holds task {rec['task']}, method {rec['method']}, "
+                         f"seed {rec['seed']}, which is not its name; fix or delete the file")
+    return rec
+
+
+def pending(out: Path, tasks: list[str], methods: list[str], seeds: list[int],
+            settings: dict[str, Any]) -> list[tuple[str, str, int]]:
     """The (task, method, seed) asked for that have no record in `out` yet, in the order
-    they run: task by task, seed by seed, every method of a seed together (paired)."""
-    return [(t, m, s) for t in tasks for s in seeds for m in methods
-            if not record_path(out, t, m, s).exists()]
+    they run: task by task, seed by seed, every method of a seed together (paired). A
+    record made with other settings (another budget, --small) is refused, never counted."""
+    todo = []
+    for t in tasks:
+        for s in seeds:
+            for m in methods:
+                path = record_path(out, t, m, s)
+                if not path.exists() and not path.is_symlink():
+                    todo.append((t, m, s))
+                    continue
+                rec = read_record(path)
+                other = {k: rec[k] for k in SETTINGS if rec[k] != settings[k]}
+                if other:
+                    mine = {k: settings[k] for k in other}
+                    raise UsageError(f"record {path}: made with {other}, this run has {mine}; "
+                                     f"one folder holds one study: use another --out")
+    return todo
 
 
 class Study:
@@ -120,7 +201,7 @@ class Study:
                  address: str | None = None):
         self.out, self.small, self.address = out, small, address
         self.budget, self.max_epochs, self.concurrency = budget, max_epochs, concurrency
-        self.keep = 2 if small else KEEP  # the small budget leaves room for 2
+        self.keep = variant(small)["keep"]
         self.work = Path(tempfile.mkdtemp(prefix="search-study-"))
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
@@ -134,6 +215,10 @@ class Study:
             token.chmod(0o600)
             self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         self.t0 = time.time()
+
+    def settings(self) -> dict[str, Any]:
+        return {"budget": self.budget, "max_epochs": self.max_epochs,
+                "concurrency": self.concurrency, "keep": self.keep, "small": self.small}
 
     def log(self, msg: str) -> None:
         print(f"[{time.time() - self.t0:6.0f} s] {msg}", flush=True)
@@ -182,7 +267,7 @@ class Study:
                 "--seed", str(seed), "--max-epochs", str(self.max_epochs), "--num-samples",
                 "100000", "--epoch-budget", str(self.budget), "--max-concurrent",
                 str(self.concurrency), "--cpus-per-trial", f"{2 / self.concurrency:g}",
-                *flags, *(["--keep", str(self.keep)] if method == "1-epoch" else [])]
+                *(f.format(**variant(self.small)) for f in flags)]
         t = time.time()
         code, out, err = run_search(argv, self.env)
         wall = time.time() - t
@@ -193,8 +278,7 @@ class Study:
                             f"in {self.work / name}.log")
         folder = self.work / "results" / name
         rec = {"task": task, "method": method, "seed": seed, "flags": argv[2:],
-               "budget": self.budget, "max_epochs": self.max_epochs,
-               "concurrency": self.concurrency, "small": self.small, "wall_s": round(wall, 1),
+               **self.settings(), "wall_s": round(wall, 1),
                **read_search(folder)}
         rec["picked_test_mae"] = picked_test_mae(rec["best_config"])
         rec["environment"] = environment()
@@ -282,11 +366,21 @@ def environment() -> dict[str, Any]:
 # ---- the report ---------------------------------------------------------------------------
 
 def load_records(out: Path) -> list[dict[str, Any]]:
-    from ucrn.safeload import load_json
+    """The folder's records; a damaged one is a warning line and left out of the report."""
+    from ucrn.errors import say
+    from ucrn.safeload import SafeLoadError
 
-    recs = [load_json(p, str(p)) for p in sorted(out.glob(RECORD.format(
-        task="*", method="*", seed="*")))]
-    return [r for r in recs if isinstance(r, dict) and {"task", "method", "seed"} <= set(r)]
+    recs = []
+    for path in sorted(out.glob(RECORD.format(task="*", method="*", seed="*"))):
+        try:
+            recs.append(read_record(path))
+        except (UsageError, SafeLoadError) as e:
+            say("warning", f"{e} (left out of the report)")
+    kinds = {tuple(r[k] for k in SETTINGS) for r in recs}
+    if len(kinds) > 1:
+        raise UsageError(f"--out {out}: records of {len(kinds)} different settings "
+                         f"({', '.join(SETTINGS)}: {sorted(kinds)}); one folder holds one study")
+    return recs
 
 
 def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -309,7 +403,7 @@ def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
                       if r.seed in default]
             test = wilcoxon_signed_rank(paired) if method != DEFAULT and paired else None
             rows.append({
-                "method": METHODS[method][0], "seeds": len(m),
+                "method": label(method, bool(m.small.iloc[0])), "seeds": len(m),
                 "best val MAE, median (IQR)": f"{np.median(m.best_val_mae):.4f} "
                                               f"({_iqr(m.best_val_mae)})",
                 "epochs to the baseline's final best, median": _median_or_none(reach),
@@ -412,7 +506,7 @@ def plot(recs: list[dict[str, Any]], task: str, path: Path) -> None:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mid, lo, hi = (np.nanpercentile(m, q, axis=0) for q in (50, 25, 75))
             ax.plot(grid, mid, color=f"C{i}", lw=2,
-                    label=f"{METHODS[method][0]} ({len(runs)} seeds)")
+                    label=f"{label(method, runs[0]['small'])} ({len(runs)} seeds)")
             ax.fill_between(grid, lo, hi, color=f"C{i}", alpha=0.12)
     axes[0].set_xlabel("epochs spent (all trials)")
     axes[1].set_xlabel("wall time of the search (s)")
@@ -481,16 +575,64 @@ def _pick(text: str | None, known: list[str], flag: str) -> list[str]:
 
 
 def _seeds(text: str) -> list[int]:
+    out: set[int] = set()
     try:
-        out: list[int] = []
         for part in text.split(","):
             lo, _, hi = part.partition("-")
-            out += list(range(int(lo), int(hi or lo) + 1))
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first or len(out) + last - first >= MAX_SEEDS:
+                raise ValueError
+            out.update(range(first, last + 1))
     except ValueError:
-        out = []
-    if not out or min(out) < 0:
-        raise UsageError(f"--seeds {text}: expected seeds like 1-10 or 1,2,5")
-    return sorted(set(out))
+        raise UsageError(f"--seeds {text}: expected seeds like 1-10 or 1,2,5 (from 0, at most "
+                         f"{MAX_SEEDS})") from None
+    return sorted(out)
+
+
+MAX_SEEDS = 1000
+
+
+def check_args(a: Any) -> None:
+    """Every value before any search: one line, nothing started."""
+    from search.flags import check_address, one_epoch_plan
+
+    for name, value, low, high in (("--budget", a.budget, 1, 100_000),
+                                   ("--max-epochs", a.max_epochs, 1, 1000),
+                                   ("--concurrency", a.concurrency, 1, 64)):
+        if not low <= value <= high:
+            raise UsageError(f"{name} {value}: expected an integer from {low} to {high}")
+    if not a.out.strip():
+        raise UsageError("--out '': expected a folder")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {a.out}: is a file, expected a folder")
+    try:
+        one_epoch_plan(a.max_epochs, variant(a.small)["keep"], a.budget, 100_000)
+    except ValueError as e:
+        raise UsageError(f"method 1-epoch: {e}") from None
+    check_address(a.address)
+
+
+@contextmanager
+def study_lock(out: Path) -> Iterator[None]:
+    """One study at a time per folder: two would run the same searches on the same cores
+    (each one's timings distorted by the other) and overwrite each other's records."""
+    import fcntl
+
+    path = out / ".study.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UsageError(f"--out {out}: another study is running on it (pid {holder}); "
+                             f"wait for it, or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _main(argv: list[str]) -> int:
@@ -510,22 +652,26 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--report", action="store_true", help="only rebuild the tables and plots "
                    "from the records in --out")
     a = p.parse_args(argv)
+    if a.small:
+        a.budget, a.max_epochs = 8, 2
+    check_args(a)
     out = Path(a.out)
     if a.report:
         return report(out)
     tasks = _pick(a.tasks, list(TASKS), "--tasks")
     methods = _pick(a.methods, list(METHODS), "--methods")
-    seeds = _seeds(a.seeds)
-    budget, max_epochs = a.budget, a.max_epochs
-    if a.small:
-        tasks, seeds, budget, max_epochs = tasks[-1:], [1], 8, 2
+    seeds = [1] if a.small else _seeds(a.seeds)
+    tasks = tasks[-1:] if a.small else tasks
     out.mkdir(parents=True, exist_ok=True)
-    todo = pending(out, tasks, methods, seeds)
-    if todo:
-        Study(out, a.small, budget, max_epochs, a.concurrency, a.address).run(todo)
-    else:
-        print("every (task, method, seed) asked for is recorded already")
-    return report(out)
+    with study_lock(out):
+        study = Study(out, a.small, a.budget, a.max_epochs, a.concurrency, a.address)
+        todo = pending(out, tasks, methods, seeds, study.settings())
+        if todo:
+            study.run(todo)
+        else:
+            shutil.rmtree(study.work, ignore_errors=True)
+            print("every (task, method, seed) asked for is recorded already")
+        return report(out)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def plan_search(fl: Flags, store: ResultsStore, storage: str,
             raise UsageError(f"--resume: {store.show('search.json')} is damaged (expected an "
                              f"object with 'flags')")
         _same_place(fl.name, saved, store)
+        _flags_unedited(saved, store)
         fl = fl.resumed_from(saved["flags"], store.show("search.json"),
                              given - {"resume", "address", "storage", "name"})
         _check_resumed_flags(fl, given, store)
@@ -191,6 +192,26 @@ def _same_place(name: str, saved: dict[str, Any], store: ResultsStore) -> None:
     raise UsageError(f"--resume: {store.show('search.json')} is {why}: renamed, moved or "
                      f"copied? Tune's saved state would write to where it was made; put the "
                      f"folder back there to resume it, or start a new search")
+
+
+def flags_digest(flags: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()
+
+
+def _flags_unedited(saved: dict[str, Any], store: ResultsStore) -> None:
+    """A resumed search runs with the settings it started with (Tune restores its own
+    searcher and scheduler), so search.json's flags edited since would be a false record
+    of what ran; searches older than the digest are taken as they are."""
+    digest = saved.get("flags_sha256")
+    if digest is not None and (not isinstance(saved["flags"], dict)
+                               or digest != flags_digest(saved["flags"])):
+        raise UsageError(f"--resume: {store.show('search.json')}: its flags were edited after "
+                         f"the search started (they no longer match flags_sha256); a resumed "
+                         f"search keeps the settings it started with: undo the edit, or start "
+                         f"a new search under another --name")
 
 
 def _check_resumed_flags(fl: Flags, given: set[str], store: ResultsStore) -> None:
@@ -370,7 +391,8 @@ def run(plan: SearchPlan, holder: list[MultData], lock: ResultsLock) -> int:
             check_cluster(fl)
             if not store.exists("search.json"):
                 store.write_json("search.json", {
-                    "flags": fl.saved(), "location": store.location, "space": plan.space,
+                    "flags": fl.saved(), "flags_sha256": flags_digest(fl.saved()),
+                    "location": store.location, "space": plan.space,
                     "metric": fl.metric,
                     "mode": plan.mode, "searched": searched(plan.space),
                     "data": plan.data_id, "warm_start": plan.warm.record(),

@@ -218,6 +218,8 @@ def check_given(fl: Flags, given: set[str]) -> None:
             raise UsageError(f"--{idle[0].replace('_', '-')}: a search flag; --retrain runs the "
                              f"chosen configuration on seeds (its flags: --seeds, --trial, "
                              f"--robustness-repeats and the resources)")
+    elif fl.resume:
+        return  # the search's own scheduler is known only from search.json: resumed_from
     elif fl.scheduler != "asha" and given & set(ASHA_ONLY):
         name = next(k for k in ASHA_ONLY if k in given).replace("_", "-")
         what = "stops no trial" if fl.scheduler == "fifo" else "stops trials by its own rule"
@@ -279,10 +281,20 @@ def check_flags(fl: Flags) -> None:
             shown = "''" if value == "" else value  # an empty value, visibly
             raise UsageError(f"{name} {shown}: expected {expected}")
     if fl.scheduler == ONE_EPOCH:
+        if fl.max_epochs < 2:
+            raise UsageError(f"--scheduler one-epoch with --max-epochs {fl.max_epochs}: the kept "
+                             f"configurations would only repeat their first epoch; expected "
+                             f"--max-epochs >= 2")
         try:
             one_epoch_plan(fl.max_epochs, fl.keep, fl.epoch_budget, fl.num_samples)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    rungs = asha_rungs(fl.max_epochs, fl.grace_period, fl.reduction_factor)
+    if fl.scheduler == "asha" and fl.brackets > rungs + 1:
+        raise UsageError(f"--brackets {fl.brackets}: with --max-epochs {fl.max_epochs}, "
+                         f"--grace-period {fl.grace_period} and --reduction-factor "
+                         f"{fl.reduction_factor:g} ASHA has {rungs} rung(s), room for at most "
+                         f"{rungs + 1} bracket(s) (the last stops no trial)")
     try:
         check_name(fl.name, "--name")
     except ValueError as e:
@@ -317,6 +329,16 @@ def check_flags(fl: Flags) -> None:
         if torch.cuda.device_count() == 0:
             raise UsageError(f"--gpus-per-trial {fl.gpus_per_trial}: this machine has no GPU "
                              "(use 0, or --address of a cluster with GPUs)")
+
+
+def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> int:
+    """How many rungs ASHA's first bracket has: epochs grace * rf^k below max_epochs."""
+    if not (math.isfinite(reduction_factor) and reduction_factor > 1 and grace_period >= 1):
+        return 0
+    k, t = 0, float(grace_period)
+    while t < max_epochs:
+        k, t = k + 1, t * reduction_factor
+    return k
 
 
 def one_epoch_plan(max_epochs: int, keep: int, epoch_budget: int, num_samples: int) -> int:

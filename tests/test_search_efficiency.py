@@ -2,6 +2,7 @@
 must hold, never which method wins)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.study_stats import binned, explained, ranks, spearman, wilcoxon_signed_rank
+from ucrn.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,23 +70,92 @@ def test_the_tasks_label_models_need_more_than_a_linear_read_out():
 def test_study_flags_are_one_line(tmp_path, capsys):
     from benchmarks.search_efficiency import main
 
+    (tmp_path / "file").write_text("x")
     for args, needle in ((["--tasks", "lr,nope"], "--tasks lr,nope: expected a comma"),
                          (["--methods", ","], "--methods ,: expected a comma"),
-                         (["--seeds", "3-x"], "--seeds 3-x"),
+                         (["--seeds", "3-x"], "--seeds 3-x"), (["--seeds", "5-1"], "--seeds 5-1"),
+                         (["--seeds", "1-99999999999"], "at most 1000"),
+                         (["--budget", "0"], "--budget 0: expected an integer from 1"),
+                         (["--concurrency", "0"], "--concurrency 0: expected an integer"),
+                         (["--budget", "10"], "method 1-epoch: --keep 3: --epoch-budget 10"),
+                         (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nobody answers"),
                          (["--report"], "no study records")):
         rc = main(["--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and needle in err[0], (args, err)
+    for out, needle in (("", "--out '': expected a folder"), (str(tmp_path / "file"), "is a file")):
+        assert main(["--out", out, "--report"]) == 2
+        assert needle in capsys.readouterr().err
 
 
-def test_a_rerun_runs_only_what_is_not_recorded(tmp_path):
-    from benchmarks.search_efficiency import pending, record_path
+def _record(**over):
+    from benchmarks.search_efficiency import SETTINGS
 
-    record_path(tmp_path, "lr", "random", 2).write_text("{}")
-    todo = pending(tmp_path, ["lr", "arch"], ["random", "gp-asha"], [1, 2])
+    rec = {"task": "lr", "method": "random", "seed": 1, "budget": 120, "max_epochs": 6,
+           "concurrency": 2, "keep": 3, "small": False, "epochs": 2, "trials": 1,
+           "best_val_mae": 0.5, "picked_test_mae": 0.6, "wall_s": 3.0, "curve_mae": [0.7, 0.5],
+           "curve_s": [1.0, 2.0], "trial_table": [], **over}
+    assert set(SETTINGS) <= set(rec)
+    return rec
+
+
+def _write(folder: Path, rec: dict) -> Path:
+    from benchmarks.search_efficiency import record_path
+
+    path = record_path(folder, rec["task"], rec["method"], rec["seed"])
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_a_rerun_runs_only_what_is_not_recorded_and_never_mixes_settings(tmp_path):
+    from benchmarks.search_efficiency import SETTINGS, pending
+
+    settings = {k: _record()[k] for k in SETTINGS}
+    _write(tmp_path, _record(seed=2))
+    todo = pending(tmp_path, ["lr", "arch"], ["random", "gp-asha"], [1, 2], settings)
     assert todo == [("lr", "random", 1), ("lr", "gp-asha", 1), ("lr", "gp-asha", 2),
                     ("arch", "random", 1), ("arch", "gp-asha", 1), ("arch", "random", 2),
                     ("arch", "gp-asha", 2)]
+    _write(tmp_path, _record(seed=3, budget=8, small=True))  # a --small record
+    with pytest.raises(UsageError, match="made with {'budget': 8, 'small': True}, this run"):
+        pending(tmp_path, ["lr"], ["random"], [3], settings)
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"curve_mae": None}, "curve_mae=None: expected a list of finite numbers"),
+    ({"curve_mae": [0.5]}, "curve_mae=[0.5]: expected"),
+    ({"trial_table": None}, "trial_table=None"),
+    ({"trials": "many"}, "trials='many'"),
+    ({"best_val_mae": float("nan")}, "best_val_mae=nan"),
+    ({"seed": "1"}, "seed='1'"),
+    ({"method": "bar"}, "method='bar'"),
+    ({"task": "../../escaped"}, "task='../../escaped'"),
+])
+def test_a_damaged_record_is_one_line_and_left_out_of_the_report(over, needle, tmp_path, capsys):
+    from benchmarks.search_efficiency import load_records, pending, read_record
+
+    good = _write(tmp_path, _record())
+    bad = tmp_path / "run-lr-random-s7.json"
+    bad.write_text(json.dumps(_record(**{"seed": 7, **over})))
+    with pytest.raises(UsageError) as e:
+        read_record(bad)
+    assert f"record {bad}: {needle}" in str(e.value) and "fix or delete" in str(e.value)
+    with pytest.raises(UsageError, match="fix or delete the file"):  # never run over it
+        pending(tmp_path, ["lr"], ["random"], [7], {})
+    recs = load_records(tmp_path)
+    assert [r["seed"] for r in recs] == [1] and good.exists() and bad.exists()
+    assert "left out of the report" in capsys.readouterr().err
+
+
+def test_two_studies_on_one_folder_are_refused(tmp_path):
+    from benchmarks.search_efficiency import study_lock
+
+    with study_lock(tmp_path):
+        with pytest.raises(UsageError, match=rf"another study is running on it \(pid {os.getpid()}"):
+            with study_lock(tmp_path):
+                pass
+    with study_lock(tmp_path):  # free again once the first has ended
+        pass
 
 
 @pytest.mark.slow

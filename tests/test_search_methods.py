@@ -127,6 +127,11 @@ def test_warm_start_from_something_else_is_one_line(tmp_path, capsys):
      "--keep 3: --epoch-budget 20, less the 3 kept trials' 18 epochs, leaves 2 first-epoch"),
     (["--scheduler", "one-epoch", "--num-samples", "4"],
      "--keep 3: --num-samples 4 leaves 1 first-epoch trials"),
+    (["--scheduler", "one-epoch", "--max-epochs", "1", "--num-samples", "10"],
+     "--scheduler one-epoch with --max-epochs 1: the kept configurations would only repeat"),
+    (["--brackets", "3", "--max-epochs", "2"], "--brackets 3: with --max-epochs 2, --grace-period"
+     " 1 and --reduction-factor 2 ASHA has 1 rung(s), room for at most 2 bracket(s)"),
+    (["--resume", "--keep", "2", "--name", "none"], "--resume: no search named 'none'"),
 ])
 def test_bad_method_flags_are_one_line(args, needle, tmp_path, capsys):
     rc = run_search.main(["--storage", str(tmp_path), *args])
@@ -247,3 +252,18 @@ def test_one_epoch_search_proposes_the_kept_configurations_again_through_optuna(
     again = [search.suggest("c0"), search.suggest("c1")]
     assert again == [configs[t] for t in search.kept]
     assert sorted(search.kept, key=lambda t: abs(configs[t]["lr"] - 0.01)) == search.kept
+
+
+def test_flags_edited_in_search_json_are_refused_on_resume(tmp_path):
+    """Tune restores its own searcher and scheduler: flags edited in search.json would be a
+    false record of what ran, so they are refused (an older search.json has no digest)."""
+    from search.driver import _flags_unedited, flags_digest
+    from ucrn.errors import UsageError
+
+    store = ResultsStore(tmp_path)
+    flags = {"scheduler": "one-epoch", "keep": 2, "search_alg": "tpe"}
+    _flags_unedited({"flags": flags, "flags_sha256": flags_digest(flags)}, store)
+    _flags_unedited({"flags": {**flags, "keep": 3}}, store)  # made before the digest
+    with pytest.raises(UsageError, match="its flags were edited after the search started"):
+        _flags_unedited({"flags": {**flags, "keep": 3}, "flags_sha256": flags_digest(flags)},
+                        store)

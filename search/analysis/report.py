@@ -63,7 +63,7 @@ def build_sections(searches: list[Search], top: int,
         sections.append(Section(f"Top {min(top, len(board))} trials of {s.label} "
                                 f"(validation metrics)", [board]))
         sections.append(_importance_section(s, imps[s.label]))
-        sections.append(Section(f"ASHA ({s.label})", asha_text(asha_savings(s))))
+        sections.append(Section(f"Early stopping ({s.label})", asha_text(asha_savings(s))))
         sections.append(Section(f"Per-epoch MJS ({s.label})", [mjs_epochs(s, top)[1]]))
         if s.retrain is not None:
             per_seed, summary, seeds = retrain_tables(s)

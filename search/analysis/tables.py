@@ -114,13 +114,13 @@ def asha_savings(s: Search) -> dict[str, Any]:
 def asha_text(a: dict[str, Any]) -> list[str]:
     lines = [f"epochs run: {a['epochs_run']} of {a['budget']} (trials x max epochs) = "
              f"{a['used_pct']:.1f}%; saved {100 - a['used_pct']:.1f}%",
-             f"epochs saved by ASHA stops: {a['saved_by_asha']}; by diverged/errored trials: "
-             f"{a['saved_other']}"]
+             f"epochs saved by stopped trials (ASHA, or the 1-epoch baseline's discards): "
+             f"{a['saved_by_asha']}; by diverged/errored trials: {a['saved_other']}"]
     if a["stopped_per_rung"]:
         lines.append("stopped at rung (epochs run): " + ", ".join(
             f"{k}: {v} trial(s)" for k, v in a["stopped_per_rung"].items()))
     else:
-        lines.append("no trial was stopped by ASHA")
+        lines.append("no trial was stopped early")
     if not a["budget_known"]:
         lines.append("note: no num_epochs for some trials: their max epochs is taken as the "
                      "most epochs any trial ran")
