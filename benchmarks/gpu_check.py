@@ -85,6 +85,9 @@ PACKING_ORDER: tuple[tuple[str, float], ...] = (
 # "searches" one value; a space of fixed values only stops run_search.py after Ray starts)
 FIXED_SPACE = "lr: {choice: [0.001]}\nd_model: 30\nheads: 3\nlayers: 5\nbatch_size: 32\n"
 FAKE_SPACE = "lr: {choice: [0.001]}\nd_model: 12\nheads: 2\nlayers: 1\nbatch_size: 32\n"
+# --fake-gpu's 16-trial search: the same small model, lr searched (the default space's
+# models took most of the check's CPU time, and it measures nothing there)
+FAKE_ASHA_SPACE = FAKE_SPACE.replace("{choice: [0.001]}", "{loguniform: [1.0e-4, 1.0e-2]}")
 # start-up of one search's trials besides compute (s): Ray job, trial process, imports,
 # data; `train` adds Ray Train's controller and worker group (docs/benchmarks.md)
 STARTUP_GUESS = {"tune": 10.0, "train": 25.0}
@@ -598,8 +601,10 @@ class GpuCheck:
         xml = self.out / "gpu_tests.xml"
         xml.unlink(missing_ok=True)
         # -v, not -q: each result is printed as it comes, so a run cut off by its time
-        # limit (no junit XML then) still says which tests passed
-        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-v",
+        # limit (no junit XML then) still says which tests passed; -n 0: in this process,
+        # one after the other (the project's 2 xdist workers cost 2 more start-ups of torch,
+        # and print progress lines that _PROGRESS does not read)
+        cmd = [sys.executable, "-m", "pytest", "-n", "0", "-m", "gpu", "tests/test_gpu.py", "-v",
                f"--junitxml={xml}", "-o", "junit_logging=system-out", "-p", "no:cacheprovider"]
         timeout = self._cap(200 if self.cuda else 150, keep=120 if self.cuda else 20)
         self.log(f"$ {' '.join(cmd)}  (timeout {timeout:.0f} s)")
@@ -876,6 +881,10 @@ class GpuCheck:
                "--storage", str(storage), "--name", "asha16", "--preset", preset,
                "--num-samples", "16", "--max-epochs", str(epochs), "--gpus-per-trial", "0.25",
                "--cpus-per-trial", "1", "--executor", executor, "--max-failures", "0"]
+        if self.fake_gpu:
+            space = self.work / "fake_asha.yaml"
+            space.write_text(FAKE_ASHA_SPACE)
+            cmd += ["--space", str(space)]
         self.log(f"  16 trials x <= {epochs} epochs, 0.25 GPU each, ASHA, executor {executor} "
                  f"(timeout {timeout:.0f} s)")
         try:

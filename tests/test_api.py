@@ -196,8 +196,10 @@ def test_graceful_stop_outside_the_main_thread():
 
 @pytest.mark.slow
 def test_run_load_retrain(ray_head, tmp_path, capsys):
+    space = tmp_path / "space.yaml"  # small models: what the API returns is the point here
+    space.write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\nlayers: 1\nd_model: 8\nheads: 2\n")
     result = search.run(storage=str(tmp_path), name="api", num_samples=3, max_epochs=1,
-                        max_concurrent=2, address=ray_head)
+                        max_concurrent=2, address=ray_head, space=str(space))
     out = capsys.readouterr().out
     assert "best trial" in out and "search api: 3 trials" in out  # the terminal's progress
     assert result.path == str(tmp_path / "api")

@@ -73,7 +73,12 @@ def two_nodes(request, ray_env, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("two_nodes", [2], indirect=True)
-def test_two_node_loopback_search(two_nodes, ray_env, tmp_path):
+def test_two_node_search_then_lost_node_trial_retried_on_head(two_nodes, ray_env, tmp_path):
+    """Trials pinned to the second node; then, on the same cluster (each one costs a minute
+    of start-up), the second node stopped (by its process ids) while a trial trains there:
+    the trial resumes from its checkpoint on the head and the search completes."""
+    import time
+
     address, ids = two_nodes.address, two_nodes.ids
     assert set(ids) == {"head", "second"}
     storage = tmp_path / "shared"  # a path both nodes see (NFS or object storage on a real cluster)
@@ -91,18 +96,8 @@ def test_two_node_loopback_search(two_nodes, ray_env, tmp_path):
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert len(epochs) == int(trials.epochs_run.sum())
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("two_nodes", [1], indirect=True)
-def test_lost_node_trial_retried_on_head(two_nodes, ray_env, tmp_path):
-    """Stop the second node (by its process ids) while a trial trains there: the trial
-    resumes from its checkpoint on the head and the search completes."""
-    import time
-
-    # 1 CPU per node, 2 trials of 0.01 (trial driver) + 0.9 (worker): one worker per node;
-    # once the second node is gone both drivers may sit on the head beside one worker
-    address, ids = two_nodes.address, two_nodes.ids
-    storage = tmp_path / "shared"
+    # the lost node: 1 CPU per node, 2 one-CPU trials (the tune executor): one per node;
+    # once the second node is gone both run on the head in turn
     log = open(tmp_path / "driver.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",

@@ -5,6 +5,8 @@ whole searches (both executors, kill -9 and --resume, the store going down mid-s
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -303,12 +305,13 @@ def _wait_objects(bucket: str, prefix: str, n: int, proc, timeout: float = 240) 
     raise TimeoutError(prefix)
 
 
-def _resume_finishes_each_trial_once(ray_head, storage, name, ray_env, n: int,
+def _resume_finishes_each_trial_once(ray_head, storage, name, n: int,
                                      lost_uploads: bool = False) -> None:
-    res = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--address", ray_head,
-                          "--storage", storage, "--name", name, "--resume"], env=ray_env,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    out = io.StringIO()  # the resume in this process: no driver start-up of its own
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = run_search.main(["--address", ray_head, "--storage", storage, "--name", name,
+                              "--resume"])
+    assert rc == 0, out.getvalue()[-5000:]
     base = storage.split("?")[0]
     trials = _table(f"{base}/{name}/trials.parquet")
     epochs = _table(f"{base}/{name}/epochs.parquet")
@@ -347,7 +350,7 @@ def test_kill_9_of_the_driver_then_resume_on_s3(bucket, ray_head, ray_env, tmp_p
     # state that names a deleted checkpoint. Made certain here: each named one is moved to
     # the next number, as if the trial had gone on; the resume restores from that one.
     assert _supersede(bucket, _named_checkpoints(bucket, "k/k/"))
-    _resume_finishes_each_trial_once(ray_head, storage, "k", ray_env, 4)
+    _resume_finishes_each_trial_once(ray_head, storage, "k", 4)
 
 
 def _named_checkpoints(bucket: str, prefix: str) -> list[str]:
@@ -400,7 +403,7 @@ def test_the_store_going_down_mid_search_then_resume(bucket, ray_head, ray_env, 
     front = proxy(port, s3, tmp_path / "proxy.log")
     storage = f"s3://{bucket}/d?endpoint_override=127.0.0.1:{port}&scheme=http"
     proc = _driver(ray_head, storage, "d", ray_env, tmp_path / "d.log", "--executor", "tune",
-                   "--space", str(space), "--num-samples", "6", "--max-epochs", "3",
+                   "--space", str(space), "--num-samples", "4", "--max-epochs", "3",
                    "--max-concurrent", "1")
     try:
         _wait_objects(bucket, "d/d/epochs.parquet/", 2, proc)
@@ -418,8 +421,7 @@ def test_the_store_going_down_mid_search_then_resume(bucket, ray_head, ray_env, 
     assert len(before) >= 2 and not before.duplicated(["trial_id", "epoch"]).any()
     front = proxy(port, s3, tmp_path / "proxy.log")
     try:
-        _resume_finishes_each_trial_once(ray_head, storage, "d", ray_env, 6,
-                                         lost_uploads=True)
+        _resume_finishes_each_trial_once(ray_head, storage, "d", 4, lost_uploads=True)
     finally:
         front.stop()
 

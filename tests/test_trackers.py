@@ -21,7 +21,15 @@ from search import trackers
 from search.flags import parse_flags
 
 NAME = "tracked"
-SEARCHED = ("lr", "layers", "heads", "batch_size")  # some of the default space's parameters
+SEARCHED = ("lr", "layers", "heads", "batch_size")  # searched floats and ints
+# the default space's kinds of values over small models: its epochs cost several times these
+SPACE = """\
+lr: {loguniform: [1.0e-4, 1.0e-2]}
+layers: {int: [1, 2]}
+heads: {choice: [1, 2]}
+batch_size: {choice: [32, 64]}
+d_model: 8
+"""
 # distinctive secrets in the driver's environment: nothing the search writes may hold them
 SECRETS = {"WANDB_API_KEY": "ucrn-test-wandb-key-6f1c0e2a9b", "MLFLOW_TRACKING_TOKEN":
            "ucrn-test-mlflow-token-3d7a58c4e1"}
@@ -31,6 +39,7 @@ SECRETS = {"WANDB_API_KEY": "ucrn-test-wandb-key-6f1c0e2a9b", "MLFLOW_TRACKING_T
 def tracked(ray_head, tmp_path_factory):
     """One finished 2-trial, 2-epoch search with every tracker, W&B offline."""
     storage = tmp_path_factory.mktemp("trackers")
+    (storage / "space.yaml").write_text(SPACE)
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         for key, value in {**SECRETS, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
@@ -39,6 +48,7 @@ def tracked(ray_head, tmp_path_factory):
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_PROJECT"):
             mp.delenv(key, raising=False)
         rc = run_search.main(["--address", ray_head, "--storage", str(storage), "--name", NAME,
+                              "--space", str(storage / "space.yaml"),
                               "--num-samples", "2", "--max-epochs", "2", "--scheduler", "fifo",
                               "--tracker", "tensorboard,mlflow,wandb"])
     assert rc == 0, out.getvalue()[-3000:]
