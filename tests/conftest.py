@@ -42,13 +42,23 @@ def _sigterm_as_interrupt(signum, frame):
 
 
 @pytest.fixture(autouse=True)
-def _sigterm_tears_down():
+def _sigterm_tears_down(request):
     """A test session stopped with SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C:
     the session fixtures stop the Ray head and the S3 server they started (by pid) instead
-    of leaving them running. Set before every test: ray.init in a test replaces it."""
+    of leaving them running. Set before every test: ray.init in a test replaces it.
+    SIGINT is Python's default before every test too: tests that send it expect
+    KeyboardInterrupt, and subprocesses inherit an ignored SIGINT. A test that leaves it
+    otherwise is named in a warning (one in-process search per worker was seen to)."""
     if signal.getsignal(signal.SIGTERM) is not _sigterm_as_interrupt:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
+    left = signal.getsignal(signal.SIGINT)
+    if left is not signal.default_int_handler:
+        import warnings
+
+        warnings.warn(f"{request.node.nodeid} left SIGINT handled by {left!r}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
