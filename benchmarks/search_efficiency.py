@@ -80,8 +80,9 @@ TASKS: dict[str, Task] = {
                  "the temporal projection, batch size and dropout decide"),
     "crossmodal": Task("interaction", "lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
                        "temp_proj: {choice: [0, 1, 4]}\n" + _COMMON,
-                       "labels in products of two modalities' latents: only models that keep "
-                       "time steps through the cross-modal stages (temp_proj 0 or 4) learn them"),
+                       "labels in products of two modalities' latents, which no single "
+                       "modality carries: meant to reward the cross-modal stages, depth and "
+                       "the temporal projection"),
 }
 SMALL_SPACE = """\
 lr: {loguniform: [1.0e-4, 1.0e-2]}
