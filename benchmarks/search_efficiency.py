@@ -51,7 +51,7 @@ from benchmarks.processes import RayHead, kill_session  # noqa: E402
 from benchmarks.study_stats import binned, explained, spearman, wilcoxon_signed_rank  # noqa: E402
 from search.analysis.formatting import markdown_table  # noqa: E402
 from ucrn.errors import OneLineParser, RunFailed, UsageError, run_main  # noqa: E402
-from ucrn.fileio import atomic_write  # noqa: E402
+from ucrn.fileio import Held, atomic_write, take_flock  # noqa: E402
 
 _COMMON = """\
 layers: {int: [1, 3]}
@@ -203,11 +203,18 @@ class Study:
         self.out, self.small, self.address = out, small, address
         self.budget, self.max_epochs, self.concurrency = budget, max_epochs, concurrency
         self.keep = variant(small)["keep"]
+        self.work = Path()  # made by run(), removed at its end
+        self.env: dict[str, str] = {}
+        self.t0 = time.time()
+
+    def _start(self) -> None:
+        """The work folder (data, spaces, results of the search running) and the searches'
+        environment."""
         self.work = Path(tempfile.mkdtemp(prefix="search-study-"))
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-        if not address:  # its own head, with its own token (a given one: the caller's)
+        if not self.address:  # its own head, with its own token (a given one: the caller's)
             # trials at normal priority (Ray starts workers at niceness 15), so that other
             # low-priority work on the machine takes less from the measured wall times
             self.env["RAY_worker_niceness"] = "0"
@@ -215,7 +222,6 @@ class Study:
             token.write_text(secrets.token_hex(32))
             token.chmod(0o600)
             self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-        self.t0 = time.time()
 
     def settings(self) -> dict[str, Any]:
         return {"budget": self.budget, "max_epochs": self.max_epochs,
@@ -241,6 +247,7 @@ class Study:
         return path
 
     def run(self, todo: list[tuple[str, str, int]]) -> None:
+        self._start()
         head = None if self.address else RayHead(self.env, gpus=0, cpus=2, work=self.work)
         address = self.address or head.address
         failed = False
@@ -440,20 +447,21 @@ def _settings(g: pd.DataFrame) -> dict[str, Any]:
 def _first_epoch(g: pd.DataFrame) -> dict[str, Any]:
     """Does the first epoch rank configurations as the full run does? Spearman's rho
     within each seed's random full-budget search, and how often the search's best trial
-    is among the first epoch's best KEEP."""
+    is among the first epoch's best `keep` (the 1-epoch baseline's setting in the records)."""
+    keep = int(g["keep"].iloc[0])
     rhos, hits = [], []
     for r in g[g.method == BASELINE].itertuples():
         t = [x for x in r.trial_table if x["mae_1"] is not None and x["mae_best"] is not None
              and x["status"] == "completed"]
-        if len(t) < KEEP + 2:
+        if len(t) < keep + 2:
             continue
         rhos.append(spearman([x["mae_1"] for x in t], [x["mae_best"] for x in t]))
-        top = sorted(t, key=lambda x: x["mae_1"])[:KEEP]
+        top = sorted(t, key=lambda x: x["mae_1"])[:keep]
         hits.append(min(t, key=lambda x: x["mae_best"]) in top)
     if not rhos:
         return {}
     return {"searches": len(rhos), "spearman_median": round(float(np.nanmedian(rhos)), 3),
-            f"best_in_first_epoch_top{KEEP}": f"{sum(hits)}/{len(hits)}"}
+            "keep": keep, "best_in_first_epoch_top": f"{sum(hits)}/{len(hits)}"}
 
 
 def _epochs_to(curve: list[float], target: float) -> int | None:
@@ -549,8 +557,8 @@ def report(out: Path) -> int:
             fe = s["first_epoch"]
             md += [f"First epoch against the full run, within each random search: Spearman "
                    f"rho median {fe['spearman_median']} over {fe['searches']} searches; the "
-                   f"search's best trial among the first epoch's best {KEEP}: "
-                   f"{fe[f'best_in_first_epoch_top{KEEP}']}", ""]
+                   f"search's best trial among the first epoch's best {fe['keep']}: "
+                   f"{fe['best_in_first_epoch_top']}", ""]
         plot(recs, task, out / f"{task}.png")
     text = "\n".join(md) + "\n"
     atomic_write(out / "study.md", text.encode())
@@ -618,19 +626,16 @@ def check_args(a: Any) -> None:
 def study_lock(out: Path) -> Iterator[None]:
     """One study at a time per folder: two would run the same searches on the same cores
     (each one's timings distorted by the other) and overwrite each other's records."""
-    import fcntl
-
-    path = out / ".study.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UsageError(f"--out {out}: another study is running on it (pid {holder}); "
-                             f"wait for it, or use another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        fd = take_flock(out / ".study.lock", str(os.getpid()).encode())
+    except Held as held:
+        raise UsageError(f"--out {out}: another study is running on it (pid "
+                         f"{held.args[0].strip() or '?'}); wait for it, or use another "
+                         f"--out") from None
+    except OSError as e:
+        raise UsageError(f"--out {out}: could not take the lock .study.lock ({e.strerror})") \
+            from None
+    try:
         yield
     finally:
         os.close(fd)
@@ -670,7 +675,6 @@ def _main(argv: list[str]) -> int:
         if todo:
             study.run(todo)
         else:
-            shutil.rmtree(study.work, ignore_errors=True)
             print("every (task, method, seed) asked for is recorded already")
         return report(out)
 

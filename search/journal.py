@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.progress import storage_guard
 from search.results import ResultsStore
-from search.searchers import ResumableOptuna
+from search.searchers import ResumableOptuna, optuna_params
 from search.trial import REPLAYED_EPOCH
 from ucrn.errors import UsageError, say
 
@@ -158,11 +158,9 @@ def close_trial(study: optuna.Study, frozen: FrozenTrial, status: str | None,
 def _config(result: dict[str, Any] | None) -> dict[str, Any]:
     """A Tune result's trial config, flattened ("a/b") as Optuna's space is; Tune passes
     results flattened to on_trial_complete ("config/lr") and nested to on_trial_result."""
-    from ray.tune.utils.util import flatten_dict
-
     result = result or {}
     if isinstance(result.get("config"), dict):
-        return flatten_dict(result["config"], delimiter="/")
+        return optuna_params(result["config"])
     return {k.removeprefix("config/"): v for k, v in result.items() if k.startswith("config/")}
 
 

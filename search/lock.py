@@ -37,7 +37,7 @@ from typing import Any
 
 from search.objstore import ConditionalObject, Unsupported
 from ucrn.errors import UsageError, signals_held
-from ucrn.fileio import answered, display_uri
+from ucrn.fileio import Held, answered, display_uri, take_flock
 
 LOCK_FILE, LEASE_FILE = ".lock", ".lease"
 # Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
@@ -116,33 +116,21 @@ class ResultsLock:
             pass
 
     def _acquire_local(self) -> None:
-        import fcntl
-
         root = self.store.root
         self._made_folder = not os.path.exists(root)
         os.makedirs(root, exist_ok=True)
         path = os.path.join(root, LOCK_FILE)
-        for _ in range(5):  # the file may be unlinked by its holder between open and lock
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                self._cleanup_folder()
-                raise UsageError(f"{self.where} is in use by another driver: "
-                                 f"{_describe(holder)}; wait for it to end or stop it") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, json.dumps(_holder(self.purpose)).encode())
-                self._fd = fd
-                return
-            os.close(fd)
-        raise UsageError(f"{self.where}: could not take the lock {path} (it keeps changing)")
+        try:
+            self._fd = take_flock(path, json.dumps(_holder(self.purpose)).encode())
+        except Held as held:
+            self._cleanup_folder()
+            raise UsageError(f"{self.where} is in use by another driver: "
+                             f"{_describe(_parse_holder(held.args[0]))}; wait for it to end "
+                             f"or stop it") from None
+        except OSError as e:
+            self._cleanup_folder()
+            raise UsageError(f"{self.where}: could not take the lock {path} ({e.strerror})") \
+                from None
 
     def _refuse_if_held(self, current: Any) -> None:
         if isinstance(current, dict) and not _stale(current):
@@ -295,10 +283,9 @@ def _stale(holder: dict[str, Any]) -> bool:
     return False
 
 
-def _read_holder(fd: int) -> dict[str, Any]:
+def _parse_holder(text: str) -> dict[str, Any]:
     try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = json.loads(os.read(fd, 4096).decode() or "{}")
+        data = json.loads(text or "{}")
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except ValueError:
         return {}

@@ -20,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search.flags import ONE_EPOCH, one_epoch_plan
+from search.searchers import optuna_params
 
 
 class OneEpochSearch(Searcher):
@@ -54,7 +55,7 @@ class OneEpochSearch(Searcher):
             study = getattr(self.searcher, "_ot_study", None)
             for tid in self.kept:  # Optuna asks these next, in this order
                 if study is not None:
-                    study.enqueue_trial(_params(self.phase1[tid]), skip_if_exists=False)
+                    study.enqueue_trial(optuna_params(self.phase1[tid]), skip_if_exists=False)
         if len(self.continued) >= len(self.kept):
             return Searcher.FINISHED
         config = self.searcher.suggest(trial_id)
@@ -98,13 +99,6 @@ class OneEpochSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
-
-
-def _params(config: dict) -> dict:
-    """A Tune configuration as Optuna's flat parameter names ("a/b" for nested keys)."""
-    from ray.tune.utils.util import flatten_dict
-
-    return flatten_dict(config, delimiter="/")
 
 
 class OneEpochScheduler(FIFOScheduler):

@@ -18,6 +18,11 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import flatten_dict
 
 
+def optuna_params(config: dict) -> dict:
+    """A Tune configuration under Optuna's flat parameter names ("a/b" for nested keys)."""
+    return flatten_dict(config, delimiter="/")
+
+
 class ResumableLimiter(ConcurrencyLimiter):
     """At most `max_concurrent` running trials; after a restore, the running ones are
     counted from their reports, not from the saved (possibly older or newer) list."""
@@ -57,7 +62,7 @@ class ResumableOptuna(OptunaSearch):
             return
         self._completed_trials.add(trial_id)
         value = (result or {}).get(self.metric)
-        config = flatten_dict((result or {}).get("config") or {}, delimiter="/")
+        config = optuna_params((result or {}).get("config") or {})
         if value is None or not isinstance(self._space, dict) \
                 or not set(self._space) <= set(config):
             return  # nothing Optuna could learn from

@@ -159,7 +159,8 @@ def test_two_studies_on_one_folder_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_study_every_method_finishes_within_the_budget(tmp_path, ray_head, ray_env):
+def test_small_study_every_method_finishes_within_the_budget(tmp_path, ray_head, ray_env,
+                                                            monkeypatch):
     from benchmarks.search_efficiency import METHODS, load_records, main
 
     cmd = [sys.executable, "-m", "benchmarks.search_efficiency", "--out", str(tmp_path),
@@ -188,7 +189,11 @@ def test_small_study_every_method_finishes_within_the_budget(tmp_path, ray_head,
     # a rerun has nothing left to run (no Ray, no search); the report is rebuilt the same
     kept = {p.name: p.read_bytes() for p in tmp_path.glob("run-*.json")}
     (tmp_path / "study.md").unlink()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
     assert main(["--out", str(tmp_path), "--small"]) == 0
+    assert not list(scratch.iterdir())  # nothing to run: no work folder made
     assert {p.name: p.read_bytes() for p in tmp_path.glob("run-*.json")} == kept
     assert (tmp_path / "study.md").read_text() == report
     assert json.loads(next(iter(kept.values())))["seed"] == 1
