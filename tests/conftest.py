@@ -111,12 +111,3 @@ def bucket(s3):
     name = f"b{secrets.token_hex(6)}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
-    """Each xdist worker's half starts with its share of the long modules and ends with
-    short tests, so that both end together (tests/schedule.py)."""
-    from tests.schedule import order
-
-    items[:] = order(items)
