@@ -592,8 +592,12 @@ def take_flock(path: str | os.PathLike, holder: bytes) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder, 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder, 0)
+            except OSError:  # a full disk: the lock is not left held by a lost descriptor
+                os.close(fd)
+                raise
             return fd
         os.close(fd)
     raise OSError(errno.EAGAIN, "the lock file keeps being replaced", str(path))
