@@ -79,19 +79,38 @@ def pss_bytes(pids: list[int]) -> int:
     return total
 
 
+# a Ray node's orderly stop takes about 2.5 s; one that has lost its cluster's other nodes
+# can wait far longer for them: nothing of a benchmark's or test's node is worth the wait
+RAY_NODE_GRACE = 3.0
+
+
 def kill_session(sid: int, grace: float = 8.0) -> None:
-    """SIGTERM the session's processes, then SIGKILL what is left after `grace` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in session_pids(sid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+    """Stop the session's processes: SIGTERM to its leader first, up to `grace` seconds for
+    it to stop its own children; then SIGTERM to what is left (2 s), then SIGKILL.
+
+    Leader first because `ray start --block` shuts its node down in order on SIGTERM (about
+    3 s), while a SIGTERM to all of a node's processes at once leaves its GCS and
+    autoscaler waiting on each other until the SIGKILL: 8 s lost on every stop."""
+    if sid in session_pids(sid):
+        _signal([sid], signal.SIGTERM)
+        deadline = time.time() + grace
+        while time.time() < deadline and sid in session_pids(sid):
+            time.sleep(0.1)
+    for sig, wait in ((signal.SIGTERM, min(grace, 2.0)), (signal.SIGKILL, 5.0)):
+        _signal(session_pids(sid), sig)
         deadline = time.time() + wait
         while time.time() < deadline and session_pids(sid):
-            time.sleep(0.2)
+            time.sleep(0.1)
         if not session_pids(sid):
             return
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _free_port() -> int:
@@ -135,7 +154,7 @@ class RayHead:
             raise
 
     def stop(self) -> None:
-        kill_session(self.proc.pid)
+        kill_session(self.proc.pid, grace=RAY_NODE_GRACE)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -7,13 +7,15 @@ processes of that session, found through /proc: never by name, never `ray stop`.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.processes import die_with_parent, kill_session, session_pids  # noqa: F401 - re-exported
+from benchmarks.processes import RAY_NODE_GRACE, die_with_parent, kill_session, session_pids  # noqa: F401 - re-exported
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -37,8 +39,18 @@ class RayNode:
     def sid(self) -> int:
         return self.proc.pid
 
+    def lose(self) -> None:
+        """The node lost as a machine is lost: every process of its session SIGKILLed at
+        once (no orderly shutdown that lets its running tasks finish first)."""
+        for pid in session_pids(self.sid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.stop()
+
     def stop(self, address: str | None = None) -> None:
-        kill_session(self.sid)
+        kill_session(self.sid, grace=RAY_NODE_GRACE)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

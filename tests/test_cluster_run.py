@@ -32,7 +32,7 @@ def node_ids(address: str) -> dict[str, str]:
 
 class TwoNodes:
     """A head (1 CPU) and a second node (1 CPU, custom resource `second_node`) on loopback,
-    each its own `ray start` session; `stop_second()` ends the second node's processes."""
+    each its own `ray start` session; `stop_second()` ends the second node's processes (`lost=True`: all at once, by SIGKILL)."""
 
     def __init__(self, env: dict[str, str], logs: Path, second_node: int):
         port = free_port()
@@ -52,9 +52,9 @@ class TwoNodes:
             self.stop()
             raise
 
-    def stop_second(self) -> None:
+    def stop_second(self, lost: bool = False) -> None:
         if self.second is not None:
-            self.second.stop()
+            self.second.lose() if lost else self.second.stop()
             self.second = None
 
     def stop(self) -> None:
@@ -117,7 +117,7 @@ def test_two_node_search_then_lost_node_trial_retried_on_head(two_nodes, ray_env
             time.sleep(0.5)
         else:
             raise TimeoutError("no epoch ran on the second node")
-        two_nodes.stop_second()
+        two_nodes.stop_second(lost=True)
         assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
