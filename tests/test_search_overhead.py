@@ -47,3 +47,32 @@ def test_small_benchmark_prints_startup_per_executor(ray_head, ray_env, tmp_path
     # a Ray Train trial starts its own controller and worker processes: slower to start
     assert runs["train"]["parts_median_s"]["ray"] > runs["tune"]["parts_median_s"]["ray"]
     assert doc["environment"]["ray"] and doc["ratios_train_over_tune"]["wall"] > 0
+
+
+CENSUS = """
+import sys
+from ray.air._internal import usage
+from ray.tune import Callback
+census = usage.tag_callbacks
+from search.cluster import skip_callback_census
+skip_callback_census()
+usage.tag_callbacks([Callback()])
+print("skipped:", sorted(m for m in ("mlflow", "wandb") if m in sys.modules))
+census([Callback()])
+print("census:", sorted(m for m in ("mlflow", "wandb") if m in sys.modules))
+"""
+
+
+def test_a_search_start_does_not_import_the_tracker_packages():
+    """Tune's callback census for Ray's usage statistics imports mlflow and wandb where
+    they are installed (3 s of every search's start); a search skips it. The census itself
+    is run after, to show what is skipped where the packages are installed."""
+    import importlib.util
+
+    res = subprocess.run([sys.executable, "-c", CENSUS], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = dict(ln.split(": ", 1) for ln in res.stdout.splitlines() if ": " in ln)
+    assert lines["skipped"] == "[]"
+    installed = [m for m in ("mlflow", "wandb") if importlib.util.find_spec(m)]
+    assert lines["census"] == str(installed)
