@@ -16,6 +16,13 @@ from tests.raynodes import RayNode, free_port, wait_for_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One torch thread in every process of the session (the two test workers, the commands
+# and drivers they start, the Ray heads' workers) unless one is set: the suite runs two
+# workers on 2 cores, and two-thread torch in each spins on the other's cores (OpenMP's
+# busy wait); a test that needs another count sets its own.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 # Ray 2.60 heads use token authentication by default. The test session makes its own token
 # (a fresh machine has no ~/.ray/auth_token, and the user's is left alone) and sets the mode
 # here, before any test module imports Ray: Ray reads the client's auth mode once, at import.
@@ -69,6 +76,9 @@ def ray_env(tmp_path_factory) -> dict[str, str]:
     env["RAY_AUTH_MODE"] = "token"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    # a driver joining a head gets idle workers started for it, which a job with a
+    # runtime_env (every search's) never uses: 1 s of CPU per search on 2 cores
+    env["RAY_prestart_worker_first_driver"] = "0"
     # W&B's logging actors (--tracker wandb) run in these processes: never the network
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true",
                WANDB_DISABLE_CODE="true", WANDB_ERROR_REPORTING="false")

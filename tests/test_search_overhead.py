@@ -30,7 +30,9 @@ def test_small_benchmark_prints_startup_per_executor(ray_head, ray_env, tmp_path
     assert set(rows) == {"train", "tune"}
     for cells in rows.values():
         trials, reused, slots, wall, loop, median, worst = cells[1:8]
-        assert int(trials) == 2 and int(slots) == 2 and int(reused) == 0  # one wave
+        # the second trial may start in the first one's process (Tune reuses actors) when
+        # its own process is slower to start than the first trial's one epoch
+        assert int(trials) == 2 and int(slots) == 2 and 0 <= int(reused) <= 1
         assert 0 < float(median) <= float(worst) < float(wall)
         assert 0 < float(loop) <= float(wall)
         assert cells[-1].endswith("%")
