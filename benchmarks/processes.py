@@ -8,44 +8,58 @@ machine). Used by the tests' Ray nodes and by the benchmarks' Ray heads and sear
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes whose session id is `sid`."""
-    pids = []
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (read as bytes: a process may
+    name itself in any bytes), or None if it is gone. [0] state, [1] parent, [3] session,
+    [19] start time in clock ticks."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int | str, fields: list[bytes]) -> bool:
+    """Not a zombie, or a zombie main thread whose other threads still run (a process
+    whose main thread has exited shows as Z but goes on)."""
+    if fields[0] not in (b"Z", b"X"):
+        return True
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any((f := _stat(f"{pid}/task/{t}")) is not None and f[0] not in (b"Z", b"X")
+               for t in tasks)
+
+
+def _processes() -> Iterator[tuple[int, list[bytes]]]:
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":  # fields[3] = session id, [0] = state
-            pids.append(int(entry))
-    return pids
+        if entry.isdigit() and (fields := _stat(entry)) is not None and len(fields) > 19:
+            yield int(entry), fields
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes whose session id is `sid`."""
+    return [pid for pid, f in _processes() if int(f[3]) == sid and _alive(pid, f)]
 
 
 def tree_pids(root: int) -> list[int]:
     """`root` and every live process descended from it (a search's driver: the Ray it
     started, and Ray's workers)."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))  # [1] = parent
+    for pid, f in _processes():
+        if _alive(pid, f):
+            children.setdefault(int(f[1]), []).append(pid)
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -54,12 +68,21 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (with its pid, an identity no
+    later process can have), or None if it is gone."""
+    f = _stat(pid)
+    return int(f[19]) if f is not None and len(f) > 19 else None
+
+
 def start_time(pid: int) -> float | None:
     """When process `pid` started (seconds since the epoch), or None if it is gone."""
+    ticks = start_ticks(pid)
     try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
+        return None
+    if ticks is None:
         return None
     return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
 
@@ -84,33 +107,53 @@ def pss_bytes(pids: list[int]) -> int:
 RAY_NODE_GRACE = 3.0
 
 
-def kill_session(sid: int, grace: float = 8.0) -> None:
+def kill_session(sid: int, grace: float = 8.0, started: int | None = None) -> list[int]:
     """Stop the session's processes: SIGTERM to its leader first, up to `grace` seconds for
-    it to stop its own children; then SIGTERM to what is left (2 s), then SIGKILL.
+    it to stop its own children; then SIGTERM to what is left (2 s at most), then SIGKILL
+    (5 s at most). Returns the pids still alive after all that (none, unless some could not
+    be signalled).
 
     Leader first because `ray start --block` shuts its node down in order on SIGTERM (about
     3 s), while a SIGTERM to all of a node's processes at once leaves its GCS and
-    autoscaler waiting on each other until the SIGKILL: 8 s lost on every stop."""
+    autoscaler waiting on each other until the SIGKILL: 8 s lost on every stop.
+    `started` (`start_ticks` of the leader, read when it was started): a live process
+    `sid` that started at another time is someone else's on a reused pid, and the session
+    we started is over (a pid still used as a session id is never reused): nothing to do.
+    Each round signals the session's processes anew and its process group at once, so a
+    process that forks meanwhile does not escape; it ends after two empty scans."""
+    if sid <= 0 or sid == os.getsid(0):
+        raise ValueError(f"kill_session({sid}): not a session this process started")
+    now = start_ticks(sid)
+    if started is not None and now is not None and now != started:
+        return []
+    grace = max(grace, 0.0) if grace == grace else 0.0  # NaN: none
+    clock = time.monotonic
     if sid in session_pids(sid):
         _signal([sid], signal.SIGTERM)
-        deadline = time.time() + grace
-        while time.time() < deadline and sid in session_pids(sid):
+        _signal([sid], signal.SIGCONT)  # a stopped leader runs its handler
+        deadline = clock() + grace
+        while clock() < deadline and sid in session_pids(sid):
             time.sleep(0.1)
     for sig, wait in ((signal.SIGTERM, min(grace, 2.0)), (signal.SIGKILL, 5.0)):
-        _signal(session_pids(sid), sig)
-        deadline = time.time() + wait
-        while time.time() < deadline and session_pids(sid):
-            time.sleep(0.1)
-        if not session_pids(sid):
-            return
+        deadline, empty = clock() + wait, 0
+        while clock() < deadline or empty == 1:
+            left = session_pids(sid)
+            empty = 0 if left else empty + 1
+            if empty == 2:
+                return []
+            with contextlib.suppress(OSError):
+                os.killpg(sid, sig)
+            _signal(left, sig)
+            if sig == signal.SIGTERM:
+                _signal(left, signal.SIGCONT)
+            time.sleep(0.05)
+    return session_pids(sid)
 
 
 def _signal(pids: list[int], sig: int) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _free_port() -> int:
@@ -139,6 +182,7 @@ class RayHead:
              f"--dashboard-port={_free_port()}"],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env,
             start_new_session=True, preexec_fn=die_with_parent)
+        self.started = start_ticks(self.proc.pid)
         try:  # a head that does not start, or whose start is interrupted (SIGTERM), is stopped
             deadline = time.time() + 90
             while time.time() < deadline:
@@ -154,7 +198,7 @@ class RayHead:
             raise
 
     def stop(self) -> None:
-        kill_session(self.proc.pid, grace=RAY_NODE_GRACE)
+        kill_session(self.proc.pid, grace=RAY_NODE_GRACE, started=self.started)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -198,6 +242,7 @@ class Server:
         self.proc = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env,
                                      preexec_fn=die_with_parent)
+        self.started = start_ticks(self.proc.pid)
         try:
             wait_port(port)
         except TimeoutError:
@@ -205,7 +250,7 @@ class Server:
             raise
 
     def stop(self) -> None:
-        kill_session(self.proc.pid)
+        kill_session(self.proc.pid, started=self.started)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -15,7 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.processes import RAY_NODE_GRACE, die_with_parent, kill_session, session_pids  # noqa: F401 - re-exported
+from benchmarks.processes import (  # noqa: F401 - kill_session, session_pids re-exported
+    RAY_NODE_GRACE,
+    die_with_parent,
+    kill_session,
+    session_pids,
+    start_ticks,
+)
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -34,6 +40,7 @@ class RayNode:
         self.proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, preexec_fn=die_with_parent)
+        self.started = start_ticks(self.proc.pid)
 
     @property
     def sid(self) -> int:
@@ -50,7 +57,7 @@ class RayNode:
         self.stop()
 
     def stop(self, address: str | None = None) -> None:
-        kill_session(self.sid, grace=RAY_NODE_GRACE)
+        kill_session(self.sid, grace=RAY_NODE_GRACE, started=self.started)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
