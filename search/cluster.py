@@ -45,7 +45,7 @@ def skip_callback_census() -> None:
     """Tune counts the callbacks of every search for Ray's usage statistics by comparing
     them with Ray's MLflow, W&B and Comet callbacks, which means importing those
     integrations, and with them mlflow and wandb where they are installed (the trackers
-    extra): 3 s of CPU at the start of every search, for a count that only says "custom
+    extra): 1.6 to 3 s of CPU at the start of every search, for a count that says "custom
     callback" of ours. The count is skipped; nothing else in Tune reads it."""
     try:
         from ray.air._internal import usage

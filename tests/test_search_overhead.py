@@ -67,8 +67,9 @@ print("census:", sorted(m for m in ("mlflow", "wandb") if m in sys.modules))
 
 def test_a_search_start_does_not_import_the_tracker_packages():
     """Tune's callback census for Ray's usage statistics imports mlflow and wandb where
-    they are installed (3 s of every search's start); a search skips it. The census itself
-    is run after, to show what is skipped where the packages are installed."""
+    they are installed (1.6 to 3 s of CPU at every search's start); a search skips it.
+    The census itself runs after, to show what is skipped where the packages are
+    installed."""
     import importlib.util
 
     res = subprocess.run([sys.executable, "-c", CENSUS], cwd=ROOT, capture_output=True,
