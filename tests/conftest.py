@@ -87,10 +87,15 @@ def ray_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory, ray_env):
-    """A 2-CPU Ray head on loopback; yields its address; stopped even if tests fail."""
+    """A 1-CPU Ray head on loopback; yields its address; stopped even if tests fail.
+
+    One CPU: a search on it runs one trial at a time in one trial process, where two CPUs
+    gave two (5 s of imports each) for no gain on a machine whose two cores already run
+    the suite's two workers (a 6-trial search: 26.8 CPU-s against 48.8, and sooner). A
+    test that needs two trials at once asks for 0.5 CPU each."""
     logs = tmp_path_factory.mktemp("ray-head")
     port = free_port()
-    node = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+    node = RayNode(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                     "--num-gpus=0", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                     f"--dashboard-port={free_port()}"], ray_env, logs / "head.log")
     address = f"127.0.0.1:{port}"

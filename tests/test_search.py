@@ -140,7 +140,7 @@ def test_tune_executor_and_ddp(ray_head, tmp_path):
     assert (trials.executor == "tune").all()
 
     assert search(ray_head, tmp_path, "ddp", "--workers-per-trial", "2", "--space", space,
-                  "--num-samples", "1", "--max-epochs", "2") == 0
+                  "--cpus-per-trial", "0.5", "--num-samples", "1", "--max-epochs", "2") == 0
     trials, epochs = read(tmp_path, "ddp")
     assert trials.status.tolist() == ["completed"] and sorted(epochs.epoch) == [1, 2]
 

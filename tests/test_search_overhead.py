@@ -20,7 +20,7 @@ def test_small_benchmark_prints_startup_per_executor(ray_head, ray_env, tmp_path
     out_json = tmp_path / "overhead.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.search_overhead", "--small", "--executor", "both",
-         "--address", ray_head, "--json", str(out_json)],
+         "--address", ray_head, "--cpus-per-trial", "0.5", "--json", str(out_json)],
         cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
