@@ -152,16 +152,19 @@ def _start_driver(address: str, storage: Path, name: str, env: dict, *extra: str
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _wait_epochs(storage: Path, name: str, at_least: int, proc, timeout: float = 240) -> None:
+def _wait_epochs(storage: Path, name: str, at_least: int, proc, timeout: float = 240,
+                 running: bool = False) -> None:
+    """Until the search has `at_least` epochs (and, if `running`, a trial still running)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, (storage / f"{name}.log").read_text()[-3000:]
         try:
-            if len(pd.read_parquet(storage / name / "epochs.parquet")) >= at_least:
+            if len(pd.read_parquet(storage / name / "epochs.parquet")) >= at_least and (
+                    not running or (read(storage, name)[0].status == "running").any()):
                 return
         except (FileNotFoundError, OSError, ValueError):
             pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise TimeoutError((storage / f"{name}.log").read_text()[-3000:])
 
 
@@ -169,10 +172,12 @@ def _wait_epochs(storage: Path, name: str, at_least: int, proc, timeout: float =
 def test_killed_driver_resumes_each_trial_once(ray_head, ray_env, tmp_path):
     from tests.raynodes import kill_session
 
+    # the kill follows a read that shows a trial running (the 1-CPU head runs one trial at
+    # a time: once, the first one finished between the third epoch seen and the kill)
     proc = _start_driver(ray_head, tmp_path, "k", ray_env, "--num-samples", "5",
-                         "--space", small_space(tmp_path), *FAST)
+                         "--space", small_space(tmp_path), *FAST[2:], "--max-epochs", "6")
     try:
-        _wait_epochs(tmp_path, "k", 3, proc)
+        _wait_epochs(tmp_path, "k", 3, proc, running=True)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
