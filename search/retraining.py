@@ -212,7 +212,10 @@ def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
             tuner = tune.Tuner(
                 trainable, param_space={"seed": tune.grid_search(plan.todo)},
                 tune_config=tune.TuneConfig(
-                    max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl)),
+                    max_concurrent_trials=fl.max_concurrent or auto_concurrency(fl),
+                    # seed after seed in one process, as a search's trials (its imports
+                    # are seconds of each new process's start)
+                    reuse_actors=fl.executor == "tune"),
                 run_config=tune.RunConfig(
                     name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
                     **ray_storage(join(store.location, "retrain_runs")), callbacks=[recorder],
