@@ -82,6 +82,11 @@ def test_default_search(small_search):
     assert best["num_epochs"] == 4 and "lr" in best and "threads" in best
     assert trials.MAE.min() < 0.9 * constant_mae()
     assert "best trial" in out and "results:" in out
+    # Tune's own per-trial loggers are off (the driver wrote them at every report)
+    trial_dirs = list((storage / name).glob("tune_trial_*"))
+    assert len(trial_dirs) == 6
+    assert not [f for d in trial_dirs for f in d.iterdir() if f.name.startswith(
+        ("result.json", "progress.csv", "params.", "events.out"))]
 
 
 @pytest.mark.slow
