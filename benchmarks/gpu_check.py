@@ -722,7 +722,7 @@ class GpuCheck:
         asha_reserve = (60.0 if self.quick else 90.0) * (
             2 if self.ns.asha_executor == "train" else 1)
         budget = self.remaining() - asha_reserve
-        order = [c for c in PACKING_ORDER if not self.quick or c[1] in (1.0, 0.25)]
+        order = [c for c in PACKING_ORDER if c[1] in self.ns.packings]
         if self.fake_gpu:  # Ray Train sets up NCCL for a GPU worker: no CPU build has it
             order = [c for c in order if c[0] == "tune"]
         # one trial alone: an epoch is its training samples at the speed step's rate, plus
@@ -1291,6 +1291,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--asha-executor", choices=("tune", "train"), default="tune",
                    help="executor of the 16-trial search (default tune: start-up fits the "
                         "budget)")
+    fractions = sorted({f for _, f in PACKING_ORDER}, reverse=True)
+    p.add_argument("--packings", default=None, metavar="LIST",
+                   help="comma-separated GPU shares per trial for the packing step, of "
+                        f"{','.join(f'{f:g}' for f in fractions)} (default: all; --quick: 1,0.25)")
     p.add_argument("--fake-gpu", action="store_true",
                    help="(development, no CUDA) run steps 4-5 against a Ray head that "
                         "advertises 1 GPU; trials train on the CPU: checks the machinery, "
@@ -1302,6 +1306,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if bad or not names:
             p.error(f"--only {ns.only}: expected some of {', '.join(n for n, _ in STEPS)}")
         ns.only = names
+    if ns.packings is None:
+        ns.packings = [1.0, 0.25] if ns.quick else fractions
+    else:
+        text = ns.packings
+        try:
+            ns.packings = [float(f) for f in text.split(",") if f.strip()]
+        except ValueError:
+            ns.packings = []
+        if not ns.packings or not set(ns.packings) <= set(fractions):
+            p.error(f"--packings {text}: expected some of "
+                    f"{','.join(f'{f:g}' for f in fractions)}")
     if ns.budget_s is None:
         ns.budget_s = 300.0 if ns.quick else 420.0
     if not (ns.budget_s > 0 and math.isfinite(ns.budget_s)):

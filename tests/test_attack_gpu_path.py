@@ -308,6 +308,13 @@ def test_gpu_check_arguments(tmp_path):
         with pytest.raises(UsageError, match="--out: .*expected a folder"):
             gpu_check.parse_args(["--out", bad])
     assert gpu_check.parse_args(["--out", str(tmp_path / "o")]).out == tmp_path / "o"
+    out = ["--out", str(tmp_path / "o")]
+    for bad in ("0.3", "x,1", ",", "nan"):
+        with pytest.raises(UsageError, match=f"--packings {bad}: expected some of 1,0.5"):
+            gpu_check.parse_args([*out, "--packings", bad])
+    assert gpu_check.parse_args([*out, "--packings", "0.25,1"]).packings == [0.25, 1.0]
+    assert gpu_check.parse_args([*out, "--quick"]).packings == [1.0, 0.25]
+    assert len(gpu_check.parse_args(out).packings) == 4
 
 
 def test_a_junit_file_cut_off_falls_back_to_the_progress_lines(tmp_path):
