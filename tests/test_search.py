@@ -219,17 +219,19 @@ def _actor_pids(dashboard: str, env: dict, class_name: str, proc, timeout: float
                 ) -> list[int]:
     """The pids of the alive actors of `class_name`, once there is one (a loaded machine
     starts Ray Train's worker late) while the driver `proc` runs."""
+    from ray.util.state import list_actors
+
     end, seen = time.time() + timeout, set()
     while time.time() < end and proc.poll() is None:
-        res = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "actors",
-                              "--address", f"http://{dashboard}", "--format", "json",
-                              "--filter", "state=ALIVE", "--limit", "1000"],
-                             capture_output=True, text=True, env=env, timeout=60)
-        actors = json.loads(res.stdout or "[]")
-        pids = [int(a["pid"]) for a in actors if a.get("class_name") == class_name]
+        # in this process (Ray's state API over HTTP): `ray list actors` was a new process
+        # of about 2 CPU-s a poll, and a loaded machine polls many times
+        actors = list_actors(address=f"http://{dashboard}", filters=[("state", "=", "ALIVE")],
+                             limit=1000, timeout=60, raise_on_missing_output=False)
+        pids = [int(a.pid) for a in actors if a.class_name == class_name]
         if pids:
             return pids
-        seen |= {a.get("class_name") for a in actors}
+        seen |= {a.class_name for a in actors}
+        time.sleep(0.3)
     raise AssertionError(f"no {class_name} actor among {sorted(seen)}")
 
 
@@ -243,7 +245,7 @@ def _dashboard(address: str, env: dict) -> str:
         ray.shutdown()
 
 
-EPOCHS_KILLED = 10
+EPOCHS_KILLED = 20  # of the small space's model: 0.2-0.5 s each (the default's: 2-4 s)
 
 
 @pytest.mark.slow
@@ -257,7 +259,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, exec
     # epochs of the tiny model take a fraction of a second: enough of them that the trial
     # still runs when the actor is found and killed, on a loaded machine too
     proc = _start_driver(ray_head, tmp_path, "w", ray_env, "--num-samples", "1",
-                         "--max-epochs", str(EPOCHS_KILLED), "--executor", executor)
+                         "--space", small_space(tmp_path), "--max-epochs", str(EPOCHS_KILLED),
+                         "--executor", executor)
     try:
         _wait_epochs(tmp_path, "w", 1, proc)  # a checkpoint to resume from
         pids = _actor_pids(dashboard, ray_env, process, proc)
@@ -271,6 +274,11 @@ def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, exec
     row = trials.iloc[0]
     assert row.status == "completed" and row.epochs_run == EPOCHS_KILLED
     assert row.resumes >= 1  # restarted from its checkpoint, not from scratch
+    # the time between two epochs' results beyond the epoch's own: Ray Train's controller
+    # collected a report every 2 s by default (search.trial.TRAIN_POLL_S)
+    e = epochs.sort_values("epoch")
+    wait = (e.ended_at.diff() - e.seconds).dropna()
+    assert len(wait) >= EPOCHS_KILLED // 2 and wait.median() < 1.0, wait.tolist()
 
 
 @pytest.mark.parametrize(
@@ -409,3 +417,12 @@ def test_search_on_robust_mae(ray_head, tmp_path, capsys):
     assert analyze.main([str(tmp_path / "rob"), "--out", str(tmp_path / "rep")]) == 0
     assert "MAE vs robust_MAE, Pareto front (rob)" in capsys.readouterr().out
     assert (tmp_path / "rep" / "tradeoff.png").stat().st_size > 5000
+
+
+def test_trial_env_sets_ray_trains_poll_unless_the_environment_does(monkeypatch):
+    from search.trial import TRAIN_POLL_S, trial_env
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert trial_env(1)["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == TRAIN_POLL_S
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    assert trial_env(1)["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
