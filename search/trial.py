@@ -30,6 +30,7 @@ from search.dataload import fetch
 from search.objstore import ray_storage
 from search.settings import TrialSettings
 from ucrn.config import TrainConfig
+from ucrn.errors import UsageError
 from ucrn.train import fit
 
 STATE_FILE = "state.pt"
@@ -302,10 +303,18 @@ def trial_env(threads: int) -> dict[str, str]:
     """Environment for trial processes: thread caps, Ray Train's preemption watcher off
     (it polls node drain state; useless off spot instances and it slows start-up), and its
     controller's poll every TRAIN_POLL_S unless the environment sets one."""
+    poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
+    try:
+        ok = 0 < float(poll) < math.inf
+    except ValueError:
+        ok = False
+    if not ok:  # Ray Train's controller would fail on it inside every trial
+        raise UsageError(f"environment variable RAY_TRAIN_HEALTH_CHECK_INTERVAL_S={poll!r}: "
+                         "expected a positive number of seconds (default "
+                         f"{TRAIN_POLL_S})")
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
-                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S),
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll,
             "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
                                                        str(Path(__file__).resolve().parents[1]))
                                           if p)}

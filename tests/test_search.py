@@ -426,3 +426,10 @@ def test_trial_env_sets_ray_trains_poll_unless_the_environment_does(monkeypatch)
     assert trial_env(1)["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == TRAIN_POLL_S
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
     assert trial_env(1)["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
+    from ucrn.errors import UsageError
+
+    for bad in ("", "abc", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", bad)
+        with pytest.raises(UsageError, match=f"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S={bad!r}: "
+                                             "expected a positive number"):
+            trial_env(1)
