@@ -126,3 +126,48 @@ def bucket(s3):
     name = f"b{secrets.token_hex(6)}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, an order in which the workers end together.
+
+    The work-stealing scheduler gives each worker a contiguous share of the collection and
+    lets an idle one take the tail of another's queue, so a slow end-to-end test near the
+    end of a share ran alone at the end of the session (80 s with one core idle, once). The
+    modules with slow tests are dealt out to the shares (fewest slow tests first, each to
+    the share with fewer), slow tests first within a module, and the fast-only modules
+    fill each share up to its size: both queues end in fast tests, which the idle worker
+    takes over. A module stays in one piece (its fixtures are made once) unless it
+    straddles a share's end."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2 or len(items) < 2 * workers:
+        return
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(str(item.path), []).append(item)
+
+    def slow(item) -> bool:
+        return item.get_closest_marker("slow") is not None
+
+    for group in modules.values():
+        group.sort(key=lambda item: not slow(item))  # stable: slow ones first
+    n_slow = {m: sum(map(slow, group)) for m, group in modules.items()}
+    shares: list[list] = [[] for _ in range(workers)]
+    slow_in = [0] * workers
+    # modules of one or two slow tests first: those are the longest single tests (a
+    # benchmark or a whole cluster each); a queue's last slow tests are the shorter ones
+    for m in sorted((m for m in modules if n_slow[m]), key=lambda m: n_slow[m]):
+        i = min(range(workers), key=lambda k: (slow_in[k], len(shares[k])))
+        shares[i] += modules[m]
+        slow_in[i] += n_slow[m]
+    fast = [item for m, group in modules.items() if not n_slow[m] for item in group]
+    size = len(items) // workers  # share k starts at k * size (the last takes the rest)
+    order: list = []
+    for k, share in enumerate(shares):
+        room = max(0, (size if k < workers - 1 else len(fast)) - len(share))
+        order += share + fast[:room]
+        fast = fast[room:]
+    order += fast
+    assert len(order) == len(items)
+    items[:] = order

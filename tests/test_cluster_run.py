@@ -30,6 +30,24 @@ def node_ids(address: str) -> dict[str, str]:
         ray.shutdown()
 
 
+def wait_for_free_cpus(address: str, cpus: float, timeout: float = 120) -> None:
+    """Until the cluster has `cpus` CPUs free: a finished job's actors and placement groups
+    are released some seconds after its driver exits on a loaded machine, and a search
+    started meanwhile sees fewer CPUs than the nodes have."""
+    import time
+
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        end = time.time() + timeout
+        while ray.available_resources().get("CPU", 0) < cpus:
+            assert time.time() < end, f"CPUs free: {ray.available_resources().get('CPU', 0)}"
+            time.sleep(0.5)
+    finally:
+        ray.shutdown()
+
+
 class TwoNodes:
     """A head (1 CPU) and a second node (1 CPU, custom resource `second_node`) on loopback,
     each its own `ray start` session; `stop_second()` ends the second node's processes (`lost=True`: all at once, by SIGKILL)."""
@@ -98,7 +116,10 @@ def test_two_node_search_then_lost_node_trial_retried_on_head(two_nodes, ray_env
     assert len(epochs) == int(trials.epochs_run.sum())
 
     # the lost node: 1 CPU per node, 2 one-CPU trials (the tune executor): one per node;
-    # once the second node is gone both run on the head in turn
+    # once the second node is gone both run on the head in turn. Both CPUs free first:
+    # else the second trial waited for the first one's process on the head (Tune reuses
+    # it) and nothing ran on the second node (once, on a loaded machine)
+    wait_for_free_cpus(address, 2)
     log = open(tmp_path / "driver.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--storage",
