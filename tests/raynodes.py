@@ -79,9 +79,20 @@ def wait_for_nodes(address: str, n: int, env: dict[str, str], timeout: float = 9
     (`env` is the nodes' environment: the token of this process's, which is the same.)"""
     from ray._raylet import GcsClient
 
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r}: expected HOST:PORT of a Ray head")
     deadline = time.time() + timeout
     seen = "no answer"
     while time.time() < deadline:
+        try:
+            # the client's constructor waits about 40 s for a GCS that is not there,
+            # whatever the timeout: it is made once something listens on the port
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError as e:
+            seen = f"nothing listens there ({e.strerror or e})"
+            time.sleep(0.5)
+            continue
         try:
             nodes = GcsClient(address=address).get_all_node_info(timeout=5)
             alive = sum(info.state == 0 for info in nodes.values())  # 0: ALIVE

@@ -134,3 +134,17 @@ def test_no_session_but_one_we_started(sid):
     sid = os.getsid(0) if sid == "own" else sid
     with pytest.raises(ValueError, match="not a session this process started"):
         kill_session(sid)
+
+
+def test_wait_for_nodes_fails_within_its_timeout_where_no_head_is():
+    """The GCS client's constructor waited about 40 s for a GCS that is not there: a head
+    that did not come up was reported only then, whatever the timeout."""
+    from tests.raynodes import free_port, wait_for_nodes
+
+    for address in (f"127.0.0.1:{free_port()}", "nosuchhost.invalid:6379"):
+        t = time.monotonic()
+        with pytest.raises(RuntimeError, match=f"at {address} did not come up .*nothing listens"):
+            wait_for_nodes(address, 1, {}, timeout=2)
+        assert time.monotonic() - t < 10
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        wait_for_nodes("127.0.0.1", 1, {}, timeout=2)
