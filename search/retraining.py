@@ -10,6 +10,7 @@ just the seeds that have no row yet.
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from search.cluster import (
     trial_settings,
 )
 from search.dataload import data_bytes, load_data
-from search.flags import Flags, check_address, check_flags
+from search.flags import Flags, auto_executor, check_address, check_flags
 from search.lock import ResultsLock
 from search.objstore import check_remote, join, ray_storage
 from search.progress import make_recorder
@@ -62,9 +63,30 @@ class RetrainPlan:
 
     @property
     def resume_command(self) -> str:
+        """The command that finishes this run: with the flags it was given that decide
+        what the remaining seeds record or how they run (a re-training keeps no file of
+        its flags, so a resume without them ran the rest with the defaults)."""
         trial = f" --trial {self.trial_id}" if self.trial_id != "best" else ""
-        return (f"python run_search.py --retrain {self.flags.retrain}{trial} "
-                f"--seeds {','.join(map(str, self.seeds))} --resume")
+        kept = "".join(f" {arg}" for arg in _kept_flags(self.flags))
+        return (f"python run_search.py --retrain {shlex.quote(self.flags.retrain)}{trial} "
+                f"--seeds {','.join(map(str, self.seeds))}{kept} --resume")
+
+
+# the flags of a re-training that its resume must repeat: what the remaining seeds record
+# (the robustness repeats) and the resources and executor they run with
+RESUME_KEEPS = ("robustness_repeats", "executor", "cpus_per_trial", "gpus_per_trial",
+                "workers_per_trial", "trial_resources", "max_concurrent", "max_failures")
+
+
+def _kept_flags(fl: Flags) -> list[str]:
+    out = []
+    for name in RESUME_KEEPS:
+        value = getattr(fl, name)
+        default = (auto_executor(fl.workers_per_trial) if name == "executor"
+                   else Flags.__dataclass_fields__[name].default)
+        if value != default:
+            out.append(f"--{name.replace('_', '-')} {shlex.quote(str(value))}")
+    return out
 
 
 def run_retrain(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:

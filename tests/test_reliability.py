@@ -563,7 +563,7 @@ def test_sigterm_during_retrain_keeps_finished_seeds(ray_head, ray_env, tmp_path
             os.kill(proc.pid, signal.SIGKILL)
     out = (tmp_path / "retrain.log").read_text()
     assert rc == 130, out[-3000:]
-    assert "--resume" in out and "Traceback" not in out
+    assert "--seeds 5,6,7 --max-concurrent 1 --resume" in out and "Traceback" not in out
     first = pd.read_parquet(folder / "retrain.parquet")
     assert 1 <= len(first) < 3 and first.checkpoint.map(lambda p: Path(p).is_file()).all()
     assert run_search.main([*retrain, "--resume"]) == 0
@@ -571,3 +571,20 @@ def test_sigterm_during_retrain_keeps_finished_seeds(ray_head, ray_env, tmp_path
     assert sorted(rows.seed) == [5, 6, 7]
     kept = rows.set_index("seed").loc[first.seed, "retrain_trial"]
     assert list(kept) == list(first.retrain_trial)  # finished seeds were not run again
+
+
+def test_a_retraining_resume_line_repeats_the_flags_that_decide_its_runs():
+    """A re-training keeps no file of its flags: its resume line named only --retrain and
+    --seeds, and the rest ran with the default robustness repeats (attack round)."""
+    import shlex
+
+    from search.flags import parse_flags
+    from search.retraining import RESUME_KEEPS, _kept_flags
+
+    argv = ["--retrain", "res/s", "--robustness-repeats", "0", "--max-concurrent", "1",
+            "--executor", "train", "--trial-resources", '{"gpu_node": 1}',
+            "--cpus-per-trial", "0.5", "--max-failures", "0"]
+    fl, _ = parse_flags(argv)
+    again, _ = parse_flags(["--retrain", "res/s", *shlex.split(" ".join(_kept_flags(fl)))])
+    assert all(getattr(again, k) == getattr(fl, k) for k in RESUME_KEEPS)
+    assert _kept_flags(parse_flags(["--retrain", "res/s", "--executor", "tune"])[0]) == []
