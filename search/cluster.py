@@ -114,7 +114,11 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
     keep_credentials_out_of_ray_logs()
     skip_callback_census()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines, not Tune's tables
-    os.environ.setdefault(TUNE_LOGGERS_OFF, "1")
+    if os.environ.setdefault(TUNE_LOGGERS_OFF, "1") not in ("0", "1"):
+        # Ray turns the loggers on for anything but "1" ("true" would have meant on)
+        raise UsageError(f"environment variable {TUNE_LOGGERS_OFF}="
+                         f"{os.environ[TUNE_LOGGERS_OFF]!r}: expected 1 (Tune's per-trial "
+                         "loggers off, the default) or 0 (on)")
     env_vars = trial_env(threads)
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None

@@ -297,6 +297,9 @@ def retrain_key(trial_id: str, seed: int, leaf: str = "") -> str:
 # worker's report waits in a queue of one until then, so with the default no epoch of the
 # `train` executor took under 2 s: a 0.25-s epoch of a small model took 2.0 s.
 TRAIN_POLL_S = "0.2"
+# what the environment may set instead: below, the controller polls busily; above, a
+# report waits that long (1e6: no epoch ever arrived), or Ray's timer overflows (1e308)
+TRAIN_POLL_RANGE = (0.01, 60.0)
 
 
 def trial_env(threads: int) -> dict[str, str]:
@@ -305,13 +308,13 @@ def trial_env(threads: int) -> dict[str, str]:
     controller's poll every TRAIN_POLL_S unless the environment sets one."""
     poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
     try:
-        ok = 0 < float(poll) < math.inf
+        ok = TRAIN_POLL_RANGE[0] <= float(poll) <= TRAIN_POLL_RANGE[1]
     except ValueError:
         ok = False
-    if not ok:  # Ray Train's controller would fail on it inside every trial
+    if not ok:  # Ray Train's controller fails on it, or holds every epoch that long
         raise UsageError(f"environment variable RAY_TRAIN_HEALTH_CHECK_INTERVAL_S={poll!r}: "
-                         "expected a positive number of seconds (default "
-                         f"{TRAIN_POLL_S})")
+                         f"expected seconds from {TRAIN_POLL_RANGE[0]:g} to "
+                         f"{TRAIN_POLL_RANGE[1]:g} (default {TRAIN_POLL_S})")
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll,

@@ -428,8 +428,19 @@ def test_trial_env_sets_ray_trains_poll_unless_the_environment_does(monkeypatch)
     assert trial_env(1)["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
     from ucrn.errors import UsageError
 
-    for bad in ("", "abc", "0", "-1", "nan", "inf"):
+    for bad in ("", "abc", "0", "-1", "nan", "inf", "1e-9", "61", "1e6", "1e308"):
         monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", bad)
         with pytest.raises(UsageError, match=f"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S={bad!r}: "
-                                             "expected a positive number"):
+                                             "expected seconds from 0.01 to 60"):
             trial_env(1)
+
+
+def test_tune_loggers_variable_is_one_or_zero(monkeypatch):
+    """Ray turns its per-trial loggers on for any value but "1": "true" meant on."""
+    from search.cluster import TUNE_LOGGERS_OFF, start_ray
+    from ucrn.errors import UsageError
+
+    for bad in ("true", "", " 1", "yes"):
+        monkeypatch.setenv(TUNE_LOGGERS_OFF, bad)
+        with pytest.raises(UsageError, match=f"{TUNE_LOGGERS_OFF}={bad!r}: expected 1 "):
+            start_ray(None, 1, None)
