@@ -59,7 +59,7 @@ def skip_callback_census() -> None:
 # file in each trial's folder, written by the driver at every report and copied to the
 # storage at every sync) are off unless the environment turns them on ("0"): the Parquet
 # files and --tracker hold the same. They were half of the driver's CPU in a 200-trial
-# search (41.9 against 19.3 CPU-s; 61 against 39 s of wall time: docs/benchmarks.md).
+# search (41-44 against 20-23 CPU-s; 56-63 against 40-45 s of wall time: docs/benchmarks.md).
 TUNE_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 _TUNE_ENV: dict[str, Any] = {}  # Tune's own copy of what it puts in trial actors' environment
