@@ -281,8 +281,10 @@ class Trainer:
 
     def _reseed_rank(self, epoch: int) -> None:
         """DDP ranks > 0 draw their own random numbers (dropout, augmentation); without this
-        every rank drew the same masks. Called at the start and after a restore (the
-        checkpoint holds rank 0's generator state)."""
+        every rank drew the same masks. Called at the start of every epoch, from the epoch's
+        number: the checkpoint holds rank 0's generator state only, and a rank reseeded just
+        once at a restore drew other masks than in an uninterrupted run (a killed worker's
+        trial then resumed to other results)."""
         if self.rank > 0:
             torch.manual_seed(rank_seed(self.cfg.seed, self.rank, epoch))
 
@@ -296,6 +298,7 @@ class Trainer:
         """One pass over the training split. Returns (mean loss, mean MJS); the only host
         sync is at the end."""
         cfg, split = self.cfg, self.splits["train"]
+        self._reseed_rank(self.epoch)
         self.net.train()
         perm = torch.randperm(split.n, generator=self.shuffle)  # on the host, as the data
         per_rank = max(1, cfg.batch_size // self.world)
