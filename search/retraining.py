@@ -13,7 +13,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # The same building blocks as search/driver.py (both runs are plan -> run -> summarise on
@@ -60,6 +60,7 @@ class RetrainPlan:
     todo: list[int]  # those without a row yet
     metric: str
     settings: TrialSettings
+    diverged: list[int] = field(default_factory=list)  # seeds this run saw diverge
 
     @property
     def resume_command(self) -> str:
@@ -245,6 +246,9 @@ def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
             )
             stop.tune_started()
             tuner.fit()
+            plan.diverged.extend(sorted(
+                int(t["seed"]) for t in (recorder.book.trials if recorder.book else {}).values()
+                if t.get("status") == "diverged" and t.get("seed") is not None))
             return 0
         finally:  # inside the signal handling: a second signal here still exits 130
             ray.shutdown()
@@ -255,8 +259,14 @@ def summarise(plan: RetrainPlan) -> int:
     rows = [done[s] for s in plan.seeds if s in done]
     missing = [s for s in plan.seeds if s not in done]
     if missing:
+        diverged = [s for s in missing if s in plan.diverged]
+        retry = [s for s in missing if s not in diverged]
+        why = (f"; seeds {diverged} diverged (the training loss or the validation MAE became "
+               "non-finite), which a --resume would repeat: the configuration "
+               f"({plan.trial_id}) needs another learning rate or clip" if diverged else "")
+        again = f"; run again with --resume for seeds {retry}" if retry else ""
         print(f"error: {len(missing)} of {len(plan.seeds)} re-training runs did not finish "
-              f"(seeds {missing}); run again with --resume", file=sys.stderr)
+              f"(seeds {missing}){why}{again}", file=sys.stderr)
     if not rows:
         return 1
     keys = [k for k in rows[0] if _is_metric(k)]

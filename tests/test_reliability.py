@@ -205,6 +205,13 @@ def test_diverged_and_errored_trials_are_recorded(ray_head, tmp_path, capsys):
         best = pd.read_json(tmp_path / "f" / "best_config.json", typ="series")
         assert best["lr"] < 1 and best["batch_size"] == 32
     assert len(errored) and len(diverged), trials[["lr", "batch_size", "status"]]
+    # re-training a diverged trial: the seeds diverge again, and a --resume would repeat it
+    rc = run_search.main(["--address", ray_head, "--retrain", str(tmp_path / "f"), "--trial",
+                          diverged.trial_id.iloc[0], "--seeds", "1,2", "--executor", "tune",
+                          "--robustness-repeats", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "seeds [1, 2] diverged" in err, err[-2000:]
+    assert "run again with --resume" not in err, err[-2000:]
 
 
 def _driver(address: str, storage: Path, name: str, env: dict, *extra: str,
