@@ -215,7 +215,7 @@ def test_a_missing_checkpoint_is_replaced_by_a_later_one_only(tmp_path):
     assert newer_checkpoint(fs, str(tmp_path / "gone" / "checkpoint_000001")) is None
 
 
-def _actor_pids(dashboard: str, env: dict, class_name: str, proc, timeout: float = 120
+def _actor_pids(dashboard: str, class_name: str, proc, timeout: float = 120
                 ) -> list[int]:
     """The pids of the alive actors of `class_name`, once there is one (a loaded machine
     starts Ray Train's worker late) while the driver `proc` runs."""
@@ -263,7 +263,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, exec
                          "--executor", executor)
     try:
         _wait_epochs(tmp_path, "w", 1, proc)  # a checkpoint to resume from
-        pids = _actor_pids(dashboard, ray_env, process, proc)
+        pids = _actor_pids(dashboard, process, proc)
         os.kill(pids[0], signal.SIGKILL)
         assert proc.wait(timeout=600) == 0, (tmp_path / "w.log").read_text()[-3000:]
     finally:
