@@ -76,6 +76,12 @@ def _random_bytes(path: Path, ckpt: Path) -> None:
     path.write_bytes(os.urandom(2048))
 
 
+def _odd_protocol(path: Path, ckpt: Path) -> None:
+    """A pickle of protocol 167: torch warns about it before it fails (about 1 in 256 random files
+    starts so), and its warning was a second line."""
+    path.write_bytes(b"\x80\xa7" + os.urandom(2048))
+
+
 def _truncated(path: Path, ckpt: Path) -> None:
     path.write_bytes(ckpt.read_bytes()[:1500])
 
@@ -87,9 +93,10 @@ def _no_state_dict(path: Path, ckpt: Path) -> None:
 
 
 @pytest.mark.parametrize("make,needle", [(_random_bytes, "not a readable checkpoint"),
+                                         (_odd_protocol, "not a readable checkpoint"),
                                          (_truncated, "not a readable checkpoint"),
                                          (_no_state_dict, "'state_dict'")],
-                         ids=["random-bytes", "truncated", "missing-key"])
+                         ids=["random-bytes", "odd-protocol", "truncated", "missing-key"])
 def test_bad_checkpoint_is_one_line_and_no_output(make, needle, trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     make(bad, trained / "p" / "checkpoint.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zipfile
 from typing import Any, BinaryIO
 
@@ -62,13 +63,20 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *,
         _check_zip(fh, label, max_bytes)
         import torch
 
-        try:
-            obj = torch.load(fh, weights_only=True, map_location=map_location)
-        except MemoryError:
-            raise _err(f"{label}: refused: ran out of memory loading the checkpoint") from None
-        except Exception as exc:  # noqa: BLE001 - truncated, random bytes, not a torch file
-            raise _err(f"{label}: not a readable checkpoint (truncated or corrupt?): "
-                       f"{type(exc).__name__}: {_torch_reason(exc)}") from None
+        # torch warns about what it finds in junk (e.g. "Detected pickle protocol 167") before
+        # it fails: kept back, so that a bad file is the one line below; a load that works
+        # passes its warnings on
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                obj = torch.load(fh, weights_only=True, map_location=map_location)
+            except MemoryError:
+                raise _err(f"{label}: refused: ran out of memory loading the checkpoint") from None
+            except Exception as exc:  # noqa: BLE001 - truncated, random bytes, not a torch file
+                raise _err(f"{label}: not a readable checkpoint (truncated or corrupt?): "
+                           f"{type(exc).__name__}: {_torch_reason(exc)}") from None
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(obj, dict):
         raise _err(f"{label}: expected a dict (a checkpoint bundle), got {type(obj).__name__}")
     return obj
