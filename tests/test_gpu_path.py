@@ -322,23 +322,42 @@ def test_rank_seeds_differ():
     assert len(seeds) == 12 and all(0 <= x < 2**63 for x in seeds)
 
 
-def _ddp_rank(rank: int, world: int, store: str, out: str) -> None:
+def _in_group(rank: int, world: int, store: str, out: str, body) -> None:
+    """`body()` in a gloo process group of `world` ranks; its result saved to `out`.
+
+    Its objects (DDP modules hold the group) are gone and every rank is done before the
+    group is destroyed: a rank that exited with a DDP module still holding the group
+    aborted at exit ("terminate called without an active exception"; 1 run in 3)."""
+    import gc
+
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        data = load_dataset("synthetic", None, preset="tiny", seed=0)
-        tr = Trainer(TrainConfig(**SMALL, embed_dropout=0.5), data)
-        weights = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
-        draws = torch.rand(8)
-        ckpt = tr.checkpoint()  # what rank 0 saves; every rank restores from it
-        dist.broadcast_object_list(obj := [ckpt], src=0)
-        tr.restore(obj[0])
-        after = torch.rand(8)
-        torch.save({"weights": weights, "draws": draws, "after": after}, out)
+        torch.save(body(), out)
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _masks_body() -> dict:
+    import torch.distributed as dist
+
+    data = load_dataset("synthetic", None, preset="tiny", seed=0)
+    tr = Trainer(TrainConfig(**SMALL, embed_dropout=0.5), data)
+    weights = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+    draws = torch.rand(8)
+    ckpt = tr.checkpoint()  # what rank 0 saves; every rank restores from it
+    dist.broadcast_object_list(obj := [ckpt], src=0)
+    tr.restore(obj[0])
+    after = torch.rand(8)
+    return {"weights": weights, "draws": draws, "after": after}
+
+
+def _ddp_rank(rank: int, world: int, store: str, out: str) -> None:
+    _in_group(rank, world, store, out, _masks_body)
 
 
 @pytest.mark.slow
@@ -351,33 +370,32 @@ def test_ddp_ranks_draw_their_own_masks(tmp_path):
     assert not torch.equal(r0["after"], r1["after"])
 
 
-def _ddp_resume_rank(rank: int, world: int, store: str, out: str) -> None:
+def _resume_body() -> dict:
     """Three epochs in one go, then one epoch, rank 0's checkpoint, a new Trainer restored
     from it and two epochs more: the train losses of each rank (DDP averages them)."""
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        data = load_dataset("synthetic", None, preset="tiny", seed=0)
-        cfg = TrainConfig(**{**SMALL, "embed_dropout": 0.3, "out_dropout": 0.3})
-        whole = Trainer(cfg, data)
-        straight = []
-        for _ in range(3):
-            straight.append(whole.train_epoch()[0])
-            whole.epoch += 1  # as ucrn.train.fit counts them
-        first = Trainer(cfg, data)
-        resumed = [first.train_epoch()[0]]
-        first.epoch = 1
-        dist.broadcast_object_list(obj := [first.checkpoint()], src=0)
-        again = Trainer(cfg, data)
-        again.restore(obj[0])
-        for _ in range(2):
-            resumed.append(again.train_epoch()[0])
-            again.epoch += 1
-        torch.save({"straight": straight, "resumed": resumed}, out)
-    finally:
-        dist.destroy_process_group()
+    data = load_dataset("synthetic", None, preset="tiny", seed=0)
+    cfg = TrainConfig(**{**SMALL, "embed_dropout": 0.3, "out_dropout": 0.3})
+    whole = Trainer(cfg, data)
+    straight = []
+    for _ in range(3):
+        straight.append(whole.train_epoch()[0])
+        whole.epoch += 1  # as ucrn.train.fit counts them
+    first = Trainer(cfg, data)
+    resumed = [first.train_epoch()[0]]
+    first.epoch = 1
+    dist.broadcast_object_list(obj := [first.checkpoint()], src=0)
+    again = Trainer(cfg, data)
+    again.restore(obj[0])
+    for _ in range(2):
+        resumed.append(again.train_epoch()[0])
+        again.epoch += 1
+    return {"straight": straight, "resumed": resumed}
+
+
+def _ddp_resume_rank(rank: int, world: int, store: str, out: str) -> None:
+    _in_group(rank, world, store, out, _resume_body)
 
 
 def _two_ranks(tmp_path: Path, target) -> list[dict]:
