@@ -22,6 +22,7 @@ from search.cluster import (
     check_cluster,
     make_trainable,
     start_ray,
+    stop_ray,
     trial_settings,
 )
 from search.dataload import data_bytes, load_data, with_data_path
@@ -381,8 +382,6 @@ def run_search(fl: Flags, fail_if: dict[str, Any] | None = None,
 
 def run(plan: SearchPlan, holder: list[MultData], lock: ResultsLock) -> int:
     """The search on Ray; 0 when Tune finished, 1 when the results storage failed."""
-    import ray
-
     fl, store = plan.flags, plan.store
     start_ray(fl.address, plan.settings.base["threads"], _log_file(store),
               data_bytes(holder[0]))
@@ -415,7 +414,7 @@ def run(plan: SearchPlan, holder: list[MultData], lock: ResultsLock) -> int:
                 return 1
             return 0
         finally:  # inside the signal handling: a second signal here still exits 130
-            ray.shutdown()
+            stop_ray()
 
 
 def _tuner(plan: SearchPlan, holder: list[MultData]):

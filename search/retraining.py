@@ -25,6 +25,7 @@ from search.cluster import (
     check_cluster,
     make_trainable,
     start_ray,
+    stop_ray,
     trial_settings,
 )
 from search.dataload import data_bytes, load_data
@@ -203,7 +204,6 @@ def _is_metric(k: str) -> bool:
 
 
 def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
-    import ray
     from ray import tune
 
     fl, store = plan.flags, plan.store
@@ -251,7 +251,7 @@ def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
                 if t.get("status") == "diverged" and t.get("seed") is not None))
             return 0
         finally:  # inside the signal handling: a second signal here still exits 130
-            ray.shutdown()
+            stop_ray()
 
 
 def summarise(plan: RetrainPlan) -> int:

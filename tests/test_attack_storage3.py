@@ -312,15 +312,16 @@ def _driver(ray_head: str, storage: str, env: dict, log: Path, *extra: str):
                             start_new_session=True)
 
 
-def _stop_after_an_epoch(proc, bucket: str, sig: int, epochs: int) -> int:
+def _stop_after_an_epoch(proc, bucket: str, sig: int, trials: int) -> int:
+    """`sig` to the driver once `trials` trials have epoch files (one file a trial)."""
     end = time.time() + 240
     while time.time() < end and proc.poll() is None:
-        if len(_keys(bucket, "g/g/epochs.parquet/")) >= epochs:
-            time.sleep(1)
+        if len(_keys(bucket, "g/g/epochs.parquet/")) >= trials:
+            time.sleep(0.5)
             os.kill(proc.pid, sig)
             return proc.wait(timeout=120)
         time.sleep(0.3)
-    raise AssertionError(f"no epoch {epochs} before the end (exit {proc.poll()})")
+    raise AssertionError(f"no trial {trials} before the end (exit {proc.poll()})")
 
 
 @pytest.mark.slow
@@ -333,8 +334,10 @@ def test_the_lease_is_gone_after_sigterm_sigint_and_a_resume(bucket, ray_head, r
     space.write_text(SPACE)
     storage = f"s3://{bucket}/./g"
     log = tmp_path / "g.log"
+    # 4 epochs a trial: the stops come while trials are left to run (with 2, a quiet machine
+    # had run every trial before the first stop, and the --resume had none left to wait for)
     args = ("--executor", "tune", "--space", str(space), "--num-samples", "4",
-            "--max-epochs", "2", "--max-concurrent", "1")
+            "--max-epochs", "4", "--max-concurrent", "1")
     procs = []
     try:
         procs.append(_driver(ray_head, storage, ray_env, log, *args))
@@ -342,6 +345,7 @@ def test_the_lease_is_gone_after_sigterm_sigint_and_a_resume(bucket, ray_head, r
         assert _leases(bucket) == [], log.read_text()[-2000:]
         procs.append(_driver(ray_head, storage, ray_env, log, "--resume"))
         done = len(_keys(bucket, "g/g/epochs.parquet/"))
+        assert done < 4, "every trial had run before the first stop: nothing left to resume"
         assert _stop_after_an_epoch(procs[-1], bucket, signal.SIGINT, done + 1) == 130
         assert _leases(bucket) == [], log.read_text()[-2000:]
         # the last one in this process: no driver start-up of its own
