@@ -156,15 +156,24 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
     _ray_logs_to(log_file)
 
 
+RELEASE_S = 10.0  # the longest the end of a run waits for its placement groups' release
+
+
 def stop_ray() -> None:
     """The end of a run on Ray: this job's leftover placement groups released, then
-    ray.shutdown(). Runs in the signal handling's `finally`; never raises over it."""
+    ray.shutdown(). Runs in the signal handling's `finally`: never raises over it, and a
+    cluster that no longer answers holds it RELEASE_S at most (a thread does the calls)."""
     import ray
 
-    try:
-        release_leftover_groups()
-    except Exception:  # noqa: BLE001 - a cleanup must not hide how the run ended
-        pass
+    def release() -> None:
+        try:
+            release_leftover_groups()
+        except Exception:  # noqa: BLE001 - a cleanup must not hide how the run ended
+            pass
+
+    worker = threading.Thread(target=release, name="release-placement-groups", daemon=True)
+    worker.start()
+    worker.join(RELEASE_S)
     ray.shutdown()
 
 

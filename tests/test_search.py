@@ -332,6 +332,23 @@ def test_a_runs_leftover_placement_groups_are_released_and_no_others(ray_head, m
     assert not ray.is_initialized() and len(removed) == 2 and foreign not in removed
 
 
+def test_the_end_of_a_run_waits_for_a_release_that_hangs_a_bounded_time(monkeypatch):
+    """A cluster that stopped answering holds the release of placement groups, not the
+    run's exit: Ray is shut down after RELEASE_S."""
+    import threading
+
+    import search.cluster as cl
+
+    stuck, shut = threading.Event(), []
+    monkeypatch.setattr(cl, "release_leftover_groups", lambda: stuck.wait(60))
+    monkeypatch.setattr(cl, "RELEASE_S", 0.3)
+    monkeypatch.setattr("ray.shutdown", lambda: shut.append(time.time()))
+    t = time.time()
+    cl.stop_ray()
+    stuck.set()
+    assert len(shut) == 1 and 0.25 < shut[0] - t < 5
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
