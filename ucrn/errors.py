@@ -101,8 +101,14 @@ def stop_is_never_lost(unraisable: Any) -> None:
     """sys.unraisablehook: a KeyboardInterrupt raised where Python cannot pass it on (a
     weakref callback inside an import, a __del__) is delivered again, to the code that runs
     next; Python would print "Exception ignored" and carry on (a SIGTERM 6 s into a search
-    was lost so, and the search ran to its end). Anything else: Python's own report."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt) and (
+    was lost so, and the search ran to its end). So is the SystemExit(SIGTERM) of Ray's own
+    handler, in force while ray.init runs (swallowed in an at-fork callback, a SIGTERM
+    there was lost and the command ran on, exit 0). Anything else: Python's own report."""
+    exc = unraisable.exc_value
+    signalled = isinstance(exc, SystemExit) and exc.code in (signal.SIGTERM, signal.SIGINT)
+    if signalled:
+        _LAST_STOP[:] = [int(exc.code)]
+    if (isinstance(exc, KeyboardInterrupt) or signalled) and (
             threading.current_thread() is threading.main_thread()):
         # raised again at the next line of the code the callback interrupted (raised here it
         # would be swallowed again): a one-shot trace function on that code's frames
