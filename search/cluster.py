@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,17 +158,29 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
 
 
 RELEASE_S = 10.0  # the longest the end of a run waits for its placement groups' release
+QUIET_S = 1.0  # after a release, how long none of the job's groups may reappear
 
 
 def stop_ray() -> None:
     """The end of a run on Ray: this job's leftover placement groups released, then
     ray.shutdown(). Runs in the signal handling's `finally`: never raises over it, and a
-    cluster that no longer answers holds it RELEASE_S at most (a thread does the calls)."""
+    cluster that no longer answers holds it RELEASE_S at most (a thread does the calls).
+
+    Ray Train's controller, torn down with its trial, can start a new worker group (a new
+    placement group) after its last one was removed: once a group was released, the job's
+    groups are looked at again until none has appeared for QUIET_S."""
     import ray
 
     def release() -> None:
         try:
-            release_leftover_groups()
+            if not release_leftover_groups():
+                return  # nothing left (a run of the tune executor): no wait
+            quiet_since = time.monotonic()
+            end = quiet_since + RELEASE_S
+            while time.monotonic() - quiet_since < QUIET_S and time.monotonic() < end:
+                time.sleep(0.2)
+                if release_leftover_groups():
+                    quiet_since = time.monotonic()
         except Exception:  # noqa: BLE001 - a cleanup must not hide how the run ended
             pass
 

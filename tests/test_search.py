@@ -332,6 +332,31 @@ def test_a_runs_leftover_placement_groups_are_released_and_no_others(ray_head, m
     assert not ray.is_initialized() and len(removed) == 2 and foreign not in removed
 
 
+def test_groups_that_reappear_after_a_release_are_released_too(monkeypatch):
+    """Ray Train's controller, torn down with its trial, made a new placement group after
+    its last one was removed (a 0.9-CPU group left after the job, in a suite run): after a
+    release the job's groups are looked at again until none appears for QUIET_S; a run
+    that had none left is not held at all."""
+    import search.cluster as cl
+
+    found = [["a"], [], ["b"], [], [], [], []]
+    calls: list[float] = []
+
+    def release() -> list[str]:
+        calls.append(time.monotonic())
+        return found.pop(0) if found else []
+
+    monkeypatch.setattr(cl, "release_leftover_groups", release)
+    monkeypatch.setattr(cl, "QUIET_S", 0.5)
+    monkeypatch.setattr("ray.shutdown", lambda: None)
+    cl.stop_ray()
+    assert len(calls) >= 4 and calls[-1] - calls[2] >= 0.4  # quiet for QUIET_S after "b"
+    found[:], calls[:] = [[]], []
+    t = time.monotonic()
+    cl.stop_ray()
+    assert len(calls) == 1 and time.monotonic() - t < 0.2
+
+
 def test_the_end_of_a_run_waits_for_a_release_that_hangs_a_bounded_time(monkeypatch):
     """A cluster that stopped answering holds the release of placement groups, not the
     run's exit: Ray is shut down after RELEASE_S."""
@@ -340,7 +365,7 @@ def test_the_end_of_a_run_waits_for_a_release_that_hangs_a_bounded_time(monkeypa
     import search.cluster as cl
 
     stuck, shut = threading.Event(), []
-    monkeypatch.setattr(cl, "release_leftover_groups", lambda: stuck.wait(60))
+    monkeypatch.setattr(cl, "release_leftover_groups", lambda: stuck.wait(60) and [])
     monkeypatch.setattr(cl, "RELEASE_S", 0.3)
     monkeypatch.setattr("ray.shutdown", lambda: shut.append(time.time()))
     t = time.time()
