@@ -266,13 +266,15 @@ def test_searches_retrain_analyze_and_predict_on_s3(bucket, ray_head, tmp_path, 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     storage = f"s3://{bucket}/ucrn"
-    # one trial at a time: the head has 1 CPU, and a second Ray Train trial whose workers
-    # waited more than Ray Train's 60 s for it once never got them (its worker group's
-    # placement group stayed pending after a timed-out try: the search hung)
+    # one trial at a time, and half a CPU a trial: the head has 1 CPU, and when a Ray Train
+    # worker died, its controller's next worker group waited for a second 0.9-CPU placement
+    # group while Ray kept the first one reserved (the search hung, twice in about ten
+    # runs); two groups of 0.4 fit
     for name, executor in (("tune", "tune"), ("train", "train")):
         rc = run_search.main(["--address", ray_head, "--storage", storage, "--name", name,
                               "--executor", executor, "--space", str(space), "--num-samples",
-                              "2", "--max-epochs", "2", "--max-concurrent", "1"])
+                              "2", "--max-epochs", "2", "--max-concurrent", "1",
+                              "--cpus-per-trial", "0.5"])
         out = capsys.readouterr()
         assert rc == 0, out.out[-3000:] + out.err[-2000:]
         assert S3_SECRET not in out.out + out.err
