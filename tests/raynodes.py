@@ -108,3 +108,24 @@ def wait_for_nodes(address: str, n: int, env: dict[str, str], timeout: float = 9
             seen = f"{type(e).__name__}: {str(e)[:200]}"
         time.sleep(0.5)
     raise RuntimeError(f"Ray cluster at {address} did not come up with {n} nodes ({seen})")
+
+
+def wait_for_free_cpus(address: str, cpus: float | None = None, timeout: float = 120) -> None:
+    """Until the cluster has `cpus` CPUs free (None: all of them). A finished job's actors
+    and placement groups are released some seconds after its driver exits on a loaded
+    machine; fails naming the placement groups that still hold some."""
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        want = ray.cluster_resources()["CPU"] if cpus is None else cpus
+        end = time.time() + timeout
+        while ray.available_resources().get("CPU", 0) < want:
+            if time.time() > end:
+                held = {k: v["bundles"] for k, v in ray.util.placement_group_table().items()
+                        if v["state"] != "REMOVED"}
+                raise AssertionError(f"CPUs free: {ray.available_resources().get('CPU', 0)} "
+                                     f"of {want} wanted; placement groups holding: {held}")
+            time.sleep(0.3)
+    finally:
+        ray.shutdown()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.raynodes import RayNode, free_port, wait_for_nodes
+from tests.raynodes import RayNode, free_port, wait_for_free_cpus, wait_for_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,24 +26,6 @@ def node_ids(address: str) -> dict[str, str]:
             if n["Alive"]:
                 ids["second" if "second_node" in n["Resources"] else "head"] = n["NodeID"]
         return ids
-    finally:
-        ray.shutdown()
-
-
-def wait_for_free_cpus(address: str, cpus: float, timeout: float = 120) -> None:
-    """Until the cluster has `cpus` CPUs free: a finished job's actors and placement groups
-    are released some seconds after its driver exits on a loaded machine, and a search
-    started meanwhile sees fewer CPUs than the nodes have."""
-    import time
-
-    import ray
-
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    try:
-        end = time.time() + timeout
-        while ray.available_resources().get("CPU", 0) < cpus:
-            assert time.time() < end, f"CPUs free: {ray.available_resources().get('CPU', 0)}"
-            time.sleep(0.5)
     finally:
         ray.shutdown()
 

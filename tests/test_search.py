@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import run_search
+from tests.raynodes import wait_for_free_cpus
 from ucrn.cli import main as ucrn_main
 from ucrn.data import load_dataset
 
@@ -235,24 +236,6 @@ def _actor_pids(dashboard: str, class_name: str, proc, timeout: float = 120
     raise AssertionError(f"no {class_name} actor among {sorted(seen)}")
 
 
-def _cpus_all_free(address: str, timeout: float = 60) -> None:
-    """Until the cluster's CPUs are all free again (what a search holds is released some
-    seconds after its driver exits on a loaded machine); fails naming what is still held."""
-    import ray
-
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    try:
-        end = time.time() + timeout
-        while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-            if time.time() > end:
-                held = {k: v["bundles"] for k, v in ray.util.placement_group_table().items()
-                        if v["state"] != "REMOVED"}
-                raise AssertionError(f"CPUs still held after the search: {held}")
-            time.sleep(0.3)
-    finally:
-        ray.shutdown()
-
-
 def _dashboard(address: str, env: dict) -> str:
     import ray
 
@@ -294,7 +277,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_head, ray_env, tmp_path, exec
     assert row.resumes >= 1  # restarted from its checkpoint, not from scratch
     # nothing left reserved: Ray Train's restart once left a placement group of 0.9 CPU
     # behind on the session head, and the next search there waited for it forever
-    _cpus_all_free(ray_head)
+    wait_for_free_cpus(ray_head, timeout=60)
     # the time between two epochs' results beyond the epoch's own: Ray Train's controller
     # collected a report every 2 s by default (search.trial.TRAIN_POLL_S)
     e = epochs.sort_values("epoch")
