@@ -9,7 +9,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,11 +96,12 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
               data_bytes: int = 0) -> None:
     """Start a local Ray or connect to `address`, with the job's environment set.
 
-    Ray Train frees the workers of a stopped trial from an actor that finds the cluster
-    through the state API; left to itself, that actor reads /tmp/ray/ray_current_cluster,
-    which another Ray instance on the same machine may have overwritten (it then times out
-    and the freed CPUs stay reserved: the search hangs). So the job tells its processes
-    where this cluster is: the dashboard URL (local) or the GCS address (--address).
+    Ray's state API, asked from the job's processes, finds the cluster through
+    /tmp/ray/ray_current_cluster unless told, and another Ray instance on the same machine
+    may have overwritten that file (Ray Train's placement-group cleaner, which asked it,
+    timed out and the search hung; it is no longer started: search.groups). So the job
+    tells its processes where this cluster is: the dashboard URL (local) or the GCS
+    address (--address).
     Ray's own log records go to `log_file`, not the terminal: the user's terminal shows our
     progress lines and, on failure, one error line. A local Ray's object store is sized to
     hold `data_bytes` without spilling (`object_store_bytes`).
@@ -157,62 +157,16 @@ def start_ray(address: str | None, threads: int, log_file: Path | None,
     _ray_logs_to(log_file)
 
 
-RELEASE_S = 10.0  # the longest the end of a run waits for its placement groups' release
-QUIET_S = 1.0  # after a release, how long none of the job's groups may reappear
-
-
 def stop_ray() -> None:
-    """The end of a run on Ray: this job's leftover placement groups released, then
-    ray.shutdown(). Runs in the signal handling's `finally`: never raises over it, and a
-    cluster that no longer answers holds it RELEASE_S at most (a thread does the calls).
-
-    Ray Train's controller, torn down with its trial, can start a new worker group (a new
-    placement group) after its last one was removed: once a group was released, the job's
-    groups are looked at again until none has appeared for QUIET_S."""
+    """The end of a run on Ray: this job's leftover placement groups released (bounded in
+    time, never raising: this runs in the signal handling's `finally`), then
+    ray.shutdown()."""
     import ray
 
-    def release() -> None:
-        try:
-            if not release_leftover_groups():
-                return  # nothing left (a run of the tune executor): no wait
-            quiet_since = time.monotonic()
-            end = quiet_since + RELEASE_S
-            while time.monotonic() - quiet_since < QUIET_S and time.monotonic() < end:
-                time.sleep(0.2)
-                if release_leftover_groups():
-                    quiet_since = time.monotonic()
-        except Exception:  # noqa: BLE001 - a cleanup must not hide how the run ended
-            pass
+    from search.groups import release_at_end
 
-    worker = threading.Thread(target=release, name="release-placement-groups", daemon=True)
-    worker.start()
-    worker.join(RELEASE_S)
+    release_at_end()
     ray.shutdown()
-
-
-def release_leftover_groups() -> list[str]:
-    """Remove this job's placement groups that are still there once Tune has returned.
-
-    Ray Train still holds its worker group's placement group when Tune returns (every run
-    here), and after a worker group restart (a worker lost or killed) Ray once kept one
-    reserved after the job had ended (Ray 2.60): the next search on the cluster waited for
-    its CPUs forever. Once Tune has returned nothing of this job uses one. A placement
-    group's id ends in the id of the job that made it (Ray's ID layout); other jobs' groups
-    are left alone. Returns the ids removed."""
-    import ray
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    job = ray.get_runtime_context().get_job_id()
-    released = []
-    for pg_id, info in ray.util.placement_group_table().items():
-        if not (job and pg_id.endswith(job)) or info.get("state") == "REMOVED":
-            continue
-        try:
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-        except Exception:  # noqa: BLE001 - removed meanwhile, or the GCS went away
-            continue
-        released.append(pg_id)
-    return released
 
 
 @contextmanager

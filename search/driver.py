@@ -472,6 +472,7 @@ def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], re
     from ray import tune
 
     from search.budget import EpochBudget
+    from search.groups import group_sweepers
     from search.journal import make_journal_callback
     from search.schedulers import make_scheduler
     from search.searchers import ResumableLimiter
@@ -489,7 +490,8 @@ def _new_tuner(plan: SearchPlan, trainable: Any, param_space: dict[str, Any], re
         run_config=tune.RunConfig(
             name=fl.name, **ray_storage(plan.storage), verbose=0,
             callbacks=[recorder, make_journal_callback(plan.store.uri, journal, fl.name,
-                                                       plan.settings.base["num_epochs"])],
+                                                       plan.settings.base["num_epochs"]),
+                       *group_sweepers(fl.executor)],
             # on a remote store Tune keeps its state locally and uploads it every
             # sync_period: a driver killed in between resumes from an old state
             sync_config=tune.SyncConfig(sync_period=SYNC_S, sync_timeout=SYNC_TIMEOUT_S),

@@ -30,6 +30,7 @@ from search.cluster import (
 )
 from search.dataload import data_bytes, load_data
 from search.flags import Flags, auto_executor, check_address, check_flags
+from search.groups import group_sweepers
 from search.lock import ResultsLock
 from search.objstore import check_remote, join, ray_storage
 from search.progress import make_recorder
@@ -241,7 +242,7 @@ def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
                     reuse_actors=fl.executor == "tune"),
                 run_config=tune.RunConfig(
                     name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
-                    **ray_storage(join(store.location, "retrain_runs")), callbacks=[recorder],
+                    **ray_storage(join(store.location, "retrain_runs")), callbacks=[recorder, *group_sweepers(fl.executor)],
                     verbose=0, failure_config=tune.FailureConfig(max_failures=fl.max_failures)),
             )
             stop.tune_started()

@@ -226,7 +226,7 @@ def train_trial(config: dict[str, Any], data_box: list, settings: TrialSettings)
                   **{k: v / workers for k, v in settings.extra_resources.items()}}
     if gpus > 0:
         per_worker["GPU"] = gpus
-    trainer = TorchTrainer(
+    trainer = _without_group_cleaner(TorchTrainer)(
         train_worker,
         train_loop_config={"config": settings.config(config), "data_box": data_box,
                            "settings": settings},
@@ -241,6 +241,22 @@ def train_trial(config: dict[str, Any], data_box: list, settings: TrialSettings)
         ),
     )
     trainer.fit()
+
+
+def _without_group_cleaner(trainer_cls: type) -> type:
+    """The trainer without Ray Train's placement-group cleaner: a detached actor per run
+    (a process of about 200 MB) that asks the dashboard whether the run's controller
+    lives, to remove its worker group's placement group once it does not. Without a
+    dashboard it never learns that: each trial's cleaner process outlived the search. The
+    driver removes those groups itself, with or without a dashboard (search.groups). A
+    Ray without this callback gets the trainer as it is."""
+
+    class Trainer(trainer_cls):
+        def _create_default_callbacks(self) -> list:
+            return [c for c in super()._create_default_callbacks()
+                    if type(c).__name__ != "PlacementGroupCleanerCallback"]
+
+    return Trainer
 
 
 def _model_saver(settings: TrialSettings, cfg: dict[str, Any]) -> SaveModel | None:
