@@ -31,6 +31,7 @@ from search.objstore import ray_storage
 from search.settings import TrialSettings
 from ucrn.config import TrainConfig
 from ucrn.errors import UsageError
+from ucrn.safeload.checkpoints import load_checkpoint
 from ucrn.train import fit
 
 STATE_FILE = "state.pt"
@@ -67,8 +68,9 @@ def run_body(config: dict[str, Any], data: Any, report: Report, checkpoint_dir: 
     t0 = time.perf_counter()
     resume = None
     if checkpoint_dir is not None:
-        resume = torch.load(Path(checkpoint_dir) / STATE_FILE, weights_only=True,
-                            map_location="cpu")
+        # the safe loader: a regular file within the size cap, torch's weights-only
+        # unpickler, one line naming the file (a FIFO put there hung the trial for good)
+        resume = load_checkpoint(Path(checkpoint_dir) / STATE_FILE, what="resume state")
     node = _node_info()
     n_train = len(data.splits["train"])
     speeds: list[float] = []

@@ -92,11 +92,32 @@ def _no_state_dict(path: Path, ckpt: Path) -> None:
     torch.save(bundle, path)
 
 
+def _protocol_4(path: Path, ckpt: Path) -> None:
+    """A whole, valid torch file whose pickle is of protocol 4: the safe unpickler lacks its
+    opcodes, and the file was called "truncated or corrupt"."""
+    torch.save(torch.load(ckpt, weights_only=True), path, pickle_protocol=4)
+
+
+def _weights_of(dtype: torch.dtype):
+    """Weights of another kind: int64 ones were cast without a word (MAE 8.6e10, exit 0),
+    complex ones with torch's warning naming neither file nor key."""
+    def make(path: Path, ckpt: Path) -> None:
+        bundle = torch.load(ckpt, weights_only=True)
+        k = next(k for k, v in bundle["state_dict"].items() if v.is_floating_point())
+        bundle["state_dict"][k] = (bundle["state_dict"][k] * 1000).to(dtype)
+        torch.save(bundle, path)
+    return make
+
+
 @pytest.mark.parametrize("make,needle", [(_random_bytes, "not a readable checkpoint"),
                                          (_odd_protocol, "not a readable checkpoint"),
                                          (_truncated, "not a readable checkpoint"),
-                                         (_no_state_dict, "'state_dict'")],
-                         ids=["random-bytes", "odd-protocol", "truncated", "missing-key"])
+                                         (_no_state_dict, "'state_dict'"),
+                                         (_protocol_4, "pickle opcode 149"),
+                                         (_weights_of(torch.int64), "torch.int64 values"),
+                                         (_weights_of(torch.complex64), "torch.complex64")],
+                         ids=["random-bytes", "odd-protocol", "truncated", "missing-key",
+                              "protocol-4", "int64-weights", "complex-weights"])
 def test_bad_checkpoint_is_one_line_and_no_output(make, needle, trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     make(bad, trained / "p" / "checkpoint.pt")

@@ -112,7 +112,8 @@ def build_model(bundle: dict[str, Any], path: Path, device: torch.device) -> UCR
     except (TypeError, ValueError) as e:
         raise UsageError(f"--checkpoint {path}: bad 'model_config': {one_line(e)}") from None
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in UCRN(mcfg).state_dict().items()}
+        own = UCRN(mcfg).state_dict()
+    shapes = {k: tuple(v.shape) for k, v in own.items()}
     have = {k: tuple(v.shape) for k, v in state.items()}
     if shapes != have:
         diff = sorted(set(shapes) ^ set(have)) or [k for k in shapes if shapes[k] != have[k]]
@@ -120,6 +121,14 @@ def build_model(bundle: dict[str, Any], path: Path, device: torch.device) -> UCR
         raise UsageError(f"--checkpoint {path}: 'state_dict' does not fit its 'model_config': "
                          f"{k}: model {shapes.get(k, 'absent')}, state_dict "
                          f"{have.get(k, 'absent')} ({len(diff)} difference(s))")
+    # weights of another kind would be cast without a word (int64: predictions off by
+    # 1e10; complex: torch's warning names neither file nor key)
+    odd = [k for k, v in state.items() if v.is_complex()
+           or v.is_floating_point() != own[k].is_floating_point()]
+    if odd:
+        k = odd[0]
+        raise UsageError(f"--checkpoint {path}: 'state_dict' key {k!r} holds {state[k].dtype} "
+                         f"values; expected {own[k].dtype} ({len(odd)} such key(s))")
     model = UCRN(mcfg).to(device)
     model.load_state_dict(state)
     bad = sum(int((~torch.isfinite(v.float())).sum()) for v in state.values()

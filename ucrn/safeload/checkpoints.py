@@ -33,12 +33,12 @@ def _torch_reason(exc: BaseException) -> str:
     return f"refused by torch.load(weights_only=True): {detail[:300]}"
 
 
-def _check_zip(fh: BinaryIO, label: str, max_bytes: int) -> None:
+def _check_zip(fh: BinaryIO, label: str, max_bytes: int) -> bool:
     """torch.save writes a zip; its entries' declared sizes must stay under the cap (a small
-    compressed archive could otherwise inflate to any size)."""
+    compressed archive could otherwise inflate to any size). Whether it is a zip."""
     try:
         if not zipfile.is_zipfile(fh):
-            return  # the legacy format, or junk: torch.load says which
+            return False  # the legacy format, or junk: torch.load says which
         fh.seek(0)
         with zipfile.ZipFile(fh) as zf:
             total = sum(info.file_size for info in zf.infolist())
@@ -50,6 +50,12 @@ def _check_zip(fh: BinaryIO, label: str, max_bytes: int) -> None:
     if total > max_bytes:
         raise _err(f"{label}: refused: its archive entries expand to {total} bytes, over the "
                    f"{max_bytes}-byte limit for a checkpoint")
+    return True
+
+
+# opcodes that only pickle protocols 4 and 5 write (FRAME, MEMOIZE, SHORT_BINUNICODE...):
+# torch.load(weights_only=True) reads protocols up to 3 (torch.save's default is 2)
+PROTOCOL_4_OPCODES = set(range(0x8C, 0x99))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *,
@@ -60,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *,
     label = _label(what, path)
     fh, _ = _open_regular(path, label, "checkpoint", max_bytes)
     with fh:
-        _check_zip(fh, label, max_bytes)
+        is_zip = _check_zip(fh, label, max_bytes)
         import torch
 
         # torch warns about what it finds in junk (e.g. "Detected pickle protocol 167") before
@@ -73,8 +79,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *,
             except MemoryError:
                 raise _err(f"{label}: refused: ran out of memory loading the checkpoint") from None
             except Exception as exc:  # noqa: BLE001 - truncated, random bytes, not a torch file
+                reason = _torch_reason(exc)
+                opcode = re.search(r"Unsupported operand (\d+)", reason)
+                if is_zip and opcode and int(opcode.group(1)) in PROTOCOL_4_OPCODES:
+                    # torch's own archive, its pickle of a protocol the safe unpickler lacks
+                    raise _err(f"{label}: not loadable safely: it uses pickle opcode "
+                               f"{opcode.group(1)}, which torch.load(weights_only=True) does "
+                               "not read (saved with another pickle_protocol? torch.save's "
+                               "default, 2, loads)") from None
                 raise _err(f"{label}: not a readable checkpoint (truncated or corrupt?): "
-                           f"{type(exc).__name__}: {_torch_reason(exc)}") from None
+                           f"{type(exc).__name__}: {reason}") from None
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(obj, dict):
