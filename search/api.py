@@ -135,11 +135,14 @@ def load(path: str | os.PathLike) -> SearchResult:
     from search.analysis.files import filesystem, read_json
     from search.analysis.loading import load_searches
     from search.schema import BEST_CONFIG
-    from ucrn.fileio import is_uri
+    from ucrn.fileio import is_uri, local_path
 
     where = _path_text(path, "search.load")
     if not is_uri(where):  # file:// is a local folder, as --storage file://... is
-        where = str(Path(_strip_file_scheme(where)).expanduser().resolve())
+        try:
+            where = str(Path(local_path(where)).expanduser().resolve())
+        except ValueError as e:
+            raise UsageError(f"search.load: {e}") from None
     s = load_searches([where], None)[0]  # AnalyzeError (a UsageError) naming the folder
     warnings = list(s.warnings)
     fs, base = filesystem(where)
@@ -207,10 +210,6 @@ def _path_text(path: Any, where: str) -> str:
                      f"(a str or os.PathLike)")
 
 
-def _strip_file_scheme(text: str) -> str:
-    return text[len("file://"):] if text.lower().startswith("file://") else text
-
-
 # ---- keywords as the command line ---------------------------------------------------------
 
 def flags_argv(given: Mapping[str, Any]) -> list[str]:
@@ -269,13 +268,13 @@ def _results_path(argv: list[str]) -> str:
     """STORAGE/NAME of the run these arguments made (the folder re-trained, with retrain)."""
     from search.flags import parse_flags
     from search.objstore import join
-    from ucrn.fileio import is_uri
+    from ucrn.fileio import is_uri, local_path
 
     fl, _ = parse_flags(argv)
     if fl.retrain:
         return fl.retrain
     storage = fl.storage if is_uri(fl.storage) else str(
-        Path(_strip_file_scheme(fl.storage)).expanduser().resolve())
+        Path(local_path(fl.storage)).expanduser().resolve())
     return join(storage, fl.name)
 
 

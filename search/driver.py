@@ -47,7 +47,7 @@ from search.warm import WarmStart, warm_start
 from ucrn.config import TrainConfig
 from ucrn.data import MultData
 from ucrn.errors import UsageError, run_main, say
-from ucrn.fileio import is_uri
+from ucrn.fileio import is_uri, local_path
 from ucrn.metrics import metric_mode
 
 
@@ -180,8 +180,12 @@ def _same_place(name: str, saved: dict[str, Any], store: ResultsStore) -> None:
     was = saved.get("location")
     storage = flags.get("storage")
     if was is None and isinstance(was_name, str) and isinstance(storage, str) \
-            and not is_uri(storage) and os.path.isabs(storage.removeprefix("file://")):
-        was = os.path.join(storage.removeprefix("file://"), was_name)
+            and not is_uri(storage):
+        try:
+            if os.path.isabs(local_path(storage)):
+                was = os.path.join(local_path(storage), was_name)
+        except ValueError:  # search.json edited by hand: no folder to compare with
+            pass
     moved = (store.is_local and isinstance(was, str) and not is_uri(was)
              and os.path.realpath(was) != store.root)
     if isinstance(was_name, str) and was_name != name:

@@ -20,7 +20,7 @@ from search.trackers import parse_trackers
 from ucrn.config import DATASETS
 from ucrn.data import DATASET_ALIASES, FORMATS, TARGETS
 from ucrn.errors import OneLineParser, UsageError
-from ucrn.fileio import check_name, is_uri, normalize_uri
+from ucrn.fileio import check_name, is_uri, local_path, normalize_uri, redact
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("auto", "train", "tune")
@@ -384,16 +384,20 @@ def check_storage(storage: str) -> str:
             return normalize_uri(storage)  # one spelling, in search.json too
         except ValueError as e:
             raise UsageError(f"--storage {e}") from None
-    path = Path(storage.removeprefix("file://")).expanduser().resolve()
+    try:
+        path = Path(local_path(storage)).expanduser().resolve()
+    except ValueError as e:
+        raise UsageError(f"--storage {e}") from None
     if path.exists() and not path.is_dir():
-        raise UsageError(f"--storage {storage}: is a file, expected a folder")
+        raise UsageError(f"--storage {redact(storage)}: is a file, expected a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-probe-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"--storage {storage}: not writable ({e.strerror or e})") from None
+        raise UsageError(f"--storage {redact(storage)}: not writable ({e.strerror or e})"
+                         ) from None
     return str(path)
 
 

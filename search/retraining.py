@@ -48,7 +48,7 @@ from search.trial import retrain_key
 from ucrn.cli import parse_seeds
 from ucrn.config import TrainConfig, defaulted_fields, missing_fields, normalize_keys
 from ucrn.errors import UsageError
-from ucrn.fileio import is_uri
+from ucrn.fileio import is_uri, redact
 from ucrn.metrics import ROBUST_METRICS, mean_std, metric_mode
 
 
@@ -96,11 +96,14 @@ def run_retrain(fl: Flags, fail_if: dict[str, Any] | None = None) -> int:
     check_flags(fl)  # --executor auto is already resolved: train for DDP (Flags)
     if is_uri(fl.retrain):
         check_remote(fl.retrain, "--retrain")
-    store = ResultsStore(fl.retrain)
+    try:
+        store = ResultsStore(fl.retrain)
+    except ValueError as e:  # a file URI with a host, a user or a password
+        raise UsageError(f"--retrain {e}") from None
     if not store.exists("trials.parquet") and not store.exists(
             "best_config.json"):
-        raise UsageError(f"--retrain {fl.retrain}: not a search folder (no trials.parquet or "
-                         f"best_config.json there)")
+        raise UsageError(f"--retrain {redact(fl.retrain)}: not a search folder (no "
+                         "trials.parquet or best_config.json there)")
     with ResultsLock(store, "re-training") as lock:
         plan = plan_retrain(fl, store, fail_if)
         if plan.todo:

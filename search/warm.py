@@ -100,7 +100,7 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
     notes: list[str] = []
     same_data = True
     for src in names:
-        shown = display_uri(src) if is_uri(src) else src
+        shown = display_uri(src) if is_uri(src) else redact(src)
         try:
             store = ResultsStore(src)
             if not store.is_local:  # every call bounded: a store may stop answering

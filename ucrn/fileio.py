@@ -246,6 +246,30 @@ def is_uri(text: str) -> bool:
     return "://" in text and not text.lower().startswith("file://")
 
 
+_FILE_URI = re.compile(r"(?i)file:")
+
+
+def local_path(text: str) -> str:
+    """A local folder or file given as a path or as a file URI, as a path: `file:///PATH`,
+    `file://localhost/PATH` and `file:/PATH` in any case of the scheme, %-decoded (RFC
+    8089). Any other text is returned as it is. The one place file URIs are read: a plain
+    prefix cut made `FILE:///x`, `file:/x` and `file://localhost/x` folders under the
+    working folder, and `file://USER:SECRET@/x` one whose name held the secret. ValueError
+    (secrets redacted) for a host, a user or a password, or a path that is not absolute."""
+    if not _FILE_URI.match(text):
+        return text
+    rest = text[len("file:"):]
+    if rest.startswith("//"):
+        host, slash, rest = rest[2:].partition("/")
+        if host.lower() not in ("", "localhost") or not slash:
+            raise ValueError(f"{redact(text)}: a file URI names a folder on this machine: "
+                             "file:///PATH (no host, user or password)")
+        rest = "/" + rest
+    if not rest.startswith("/"):
+        raise ValueError(f"{redact(text)}: a file URI needs an absolute path: file:///PATH")
+    return unquote(rest)
+
+
 def _decodings(value: str) -> list[str]:
     """`value` and its %-decodings until they stop changing (nested encodings)."""
     out = [value]

@@ -34,6 +34,7 @@ from ucrn.fileio import (
     display_uri,
     is_uri,
     local_copy,
+    local_path,
     redact,
 )
 from ucrn.losses import task_loss
@@ -67,7 +68,12 @@ def parser() -> argparse.ArgumentParser:
 
 def checkpoint_arg(text: str) -> Path | str:
     """--checkpoint: a local file, or a URI (s3://...) where a search stored it."""
-    return text if is_uri(text) else Path(text)
+    if is_uri(text):
+        return text
+    try:
+        return Path(local_path(text))
+    except ValueError as e:
+        raise UsageError(f"--checkpoint {e}") from None
 
 
 def load_bundle(path: Path | str, device: torch.device) -> dict[str, Any]:

@@ -18,7 +18,16 @@ import pyarrow.parquet as pq
 
 from search.schema import file_key
 from ucrn.errors import UsageError, one_line
-from ucrn.fileio import NoAnswer, answered, bounded, display_uri, open_uri, redact
+from ucrn.fileio import (
+    NoAnswer,
+    answered,
+    bounded,
+    display_uri,
+    is_uri,
+    local_path,
+    open_uri,
+    redact,
+)
 from ucrn.safeload import load_json
 from ucrn.safeload.textfiles import parse_json
 
@@ -36,7 +45,7 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     URI's every call is bounded in time (ucrn.fileio.bounded): a store that stops
     answering part way (a listing, a Parquet file, search.json) is one line after
     ANSWER_S, not one wait of about 100 s per file."""
-    if "://" in path:
+    if is_uri(path):
         try:
             fs, root = open_uri(path)  # credentials in the URI: refused
         except ValueError as e:
@@ -45,7 +54,11 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
             raise AnalyzeError(f"{display_uri(path)}: cannot open: {redact(one_line(e))}"
                                ) from None
         return bounded(fs), root
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    try:
+        local = local_path(path)  # file:///PATH and its other spellings
+    except ValueError as e:
+        raise AnalyzeError(str(e)) from None
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
 
 
 def file_info(fs: pafs.FileSystem, path: str, shown: str) -> pafs.FileInfo:
