@@ -9,16 +9,17 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from unittest.mock import patch
 
 from search.flags import Flags
 from search.objstore import join
 from search.settings import TrialSettings
-from ucrn.errors import UsageError, interrupt
+from ucrn.errors import STOP_SIGNALS, UsageError, interrupt, raised_by_a_stop_handler
 from ucrn.fileio import secret_name
 
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
@@ -177,7 +178,7 @@ def _ray_stop_as_interrupt() -> Iterator[None]:
     try:
         yield
     except SystemExit as e:
-        if e.code in (signal.SIGTERM, signal.SIGINT):
+        if e.code in STOP_SIGNALS and raised_by_a_stop_handler(e.__traceback__):
             interrupt(int(e.code))
         raise
 
@@ -328,34 +329,90 @@ def base_resources_threads(fl: Flags) -> int:
     return max(1, int(fl.cpus_per_trial))
 
 
+STUCK_S = 5.0  # how long a stop signal waits for the main thread before the run leaves anyway
+
+
 class GracefulStop:
-    """SIGINT/SIGTERM during a run: Tune stops its trials and saves its state (we forward the
-    signal as the SIGUSR1 Tune listens to), the Parquet files are already current; then we
-    print how to resume and exit 130. A second signal interrupts at once. `mark` records
-    the interruption where the run's callback looks (ResultsLock.mark_interrupted).
-    Entered right after Ray starts; before `tune_started()` a signal stops at once (no
-    trial runs yet, nothing to save)."""
+    """SIGINT/SIGTERM/SIGHUP during a run: Tune stops its trials and saves its state (we
+    forward the signal as the SIGUSR1 Tune listens to), the Parquet files are already
+    current; then we print how to resume and exit 130. A second signal interrupts at once.
+    `mark` records the interruption where the run's callback looks
+    (ResultsLock.mark_interrupted). Entered right after Ray starts; before `tune_started()`
+    a signal stops at once (no trial runs yet, nothing to save).
+
+    Python runs a signal handler in the main thread between two bytecodes, so one that
+    waits inside Ray's C++ client never ran: with the cluster gone, a SIGTERM did nothing
+    and the driver exited 1 a minute later with Ray's own line. The signal also wakes a
+    thread (`signal.set_wakeup_fd`); when the handler has not run STUCK_S later, that
+    thread marks the run interrupted, prints how to resume and leaves (exit 130)."""
 
     def __init__(self, resume_command: str, where: str, mark: Callable[[], None]):
         self.resume_command, self.where, self.mark = resume_command, where, mark
         self.interrupted = threading.Event()
         self._tune = False
+        self._handled = 0  # handler runs: the watch thread compares
+        self._wake: tuple[int, int] | None = None
 
     def __enter__(self) -> GracefulStop:
         self.old = {}
         if threading.current_thread() is not threading.main_thread():
             return self  # search.run from a thread: only the main thread may set handlers
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards it instead
-        sigs = (signal.SIGINT, signal.SIGTERM)
-        self.old = {sig: signal.signal(sig, self._stop) for sig in sigs}
+        self.old = {sig: signal.signal(sig, self._stop) for sig in STOP_SIGNALS}
         # until Tune installs its own, a forwarded SIGUSR1 must not end the process
         self.old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: None)
+        self._watch_stuck()
         return self
 
     def tune_started(self) -> None:
         self._tune = True
 
+    def _watch_stuck(self) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(r, True)
+        try:
+            self._old_wake = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (ValueError, OSError):  # not allowed here: the handlers alone
+            os.close(r)
+            os.close(w)
+            return
+        self._wake = (r, w)
+        threading.Thread(target=self._watch, args=(r,), name="stop-watch", daemon=True).start()
+
+    def _watch(self, r: int) -> None:
+        try:
+            while True:
+                seen = self._handled  # before the signal: a handler run from now on counts
+                data = os.read(r, 512)
+                if not data or 0 in data:  # closed, or the run's end
+                    return
+                if not any(b in STOP_SIGNALS for b in data):
+                    continue
+                end = time.monotonic() + STUCK_S
+                while self._handled == seen and time.monotonic() < end:
+                    time.sleep(0.05)
+                if self._handled == seen:
+                    self._leave_stuck()
+        finally:
+            os.close(r)
+
+    def _leave_stuck(self) -> NoReturn:
+        """The main thread never ran the handler: say so, keep what is written, leave."""
+        from ucrn.fileio import answered
+
+        self.interrupted.set()
+        try:
+            answered(self.mark)  # bounded: the store may be what stopped answering
+        except Exception:  # noqa: BLE001 - leaving anyway; --resume finds the trials
+            pass
+        print(f"\nstopping: the run did not answer the signal within {STUCK_S:.0f} s (its "
+              f"Ray cluster gone?); leaving without saving Tune's state\ninterrupted: "
+              f"results so far are in {self.where}\nresume with: {self.resume_command}",
+              file=sys.stderr, flush=True)
+        os._exit(130)
+
     def _stop(self, signum, frame) -> None:
+        self._handled += 1
         if self.interrupted.is_set() or not self._tune:
             self.interrupted.set()
             interrupt(signum)
@@ -372,6 +429,12 @@ class GracefulStop:
     def __exit__(self, typ, exc, tb) -> bool:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
+        if self._wake is not None:
+            signal.set_wakeup_fd(self._old_wake)
+            r, w = self._wake
+            os.write(w, b"\0")  # the watch thread ends (and closes its end)
+            os.close(w)
+            self._wake = None
         if typ is KeyboardInterrupt or self.interrupted.is_set():
             print(f"interrupted: results so far are in {self.where}\nresume with: "
                   f"{self.resume_command}", file=sys.stderr, flush=True)

@@ -89,6 +89,10 @@ def io_error_line(e: OSError) -> str:
 
 
 _LAST_STOP: list[int] = []  # the signal behind the last KeyboardInterrupt raised here
+# the signals that stop a command cleanly (exit 130, one line, what it wrote kept): Ctrl-C,
+# `kill`/a batch system, and a closed terminal (SIGHUP killed a search at its very end,
+# before it wrote best_config.json, with no word)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def interrupt(signum: int, frame: object = None) -> NoReturn:
@@ -103,9 +107,12 @@ def stop_is_never_lost(unraisable: Any) -> None:
     next; Python would print "Exception ignored" and carry on (a SIGTERM 6 s into a search
     was lost so, and the search ran to its end). So is the SystemExit(SIGTERM) of Ray's own
     handler, in force while ray.init runs (swallowed in an at-fork callback, a SIGTERM
-    there was lost and the command ran on, exit 0). Anything else: Python's own report."""
+    there was lost and the command ran on, exit 0): a SystemExit raised by the handler in
+    force for a stop signal, not one a user's __del__ raises (SystemExit(2), the usage
+    code, was taken for a SIGINT). Anything else: Python's own report."""
     exc = unraisable.exc_value
-    signalled = isinstance(exc, SystemExit) and exc.code in (signal.SIGTERM, signal.SIGINT)
+    signalled = (isinstance(exc, SystemExit) and exc.code in STOP_SIGNALS
+                 and raised_by_a_stop_handler(unraisable.exc_traceback))
     if signalled:
         _LAST_STOP[:] = [int(exc.code)]
     if (isinstance(exc, KeyboardInterrupt) or signalled) and (
@@ -128,19 +135,35 @@ def stop_is_never_lost(unraisable: Any) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def raised_by_a_stop_handler(tb: Any) -> bool:
+    """Whether the innermost frame of `tb` runs the handler now installed for a stop
+    signal (Ray's `sys.exit(signum)` during ray.init)."""
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    for sig in STOP_SIGNALS:
+        handler = signal.getsignal(sig)
+        handler = getattr(handler, "__func__", handler)
+        if getattr(handler, "__code__", None) is tb.tb_frame.f_code:
+            return True
+    return False
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a batch system's stop, `timeout`, `kill`) behaves as Ctrl-C: the same clean
-    stop, temporary files removed, exit 130."""
+    """SIGTERM (a batch system's stop, `timeout`, `kill`) and SIGHUP (a closed terminal)
+    behave as Ctrl-C: the same clean stop, temporary files removed, exit 130."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS if s != signal.SIGINT}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 @contextmanager
@@ -155,8 +178,7 @@ def signals_held() -> Iterator[None]:
         yield
         return
     got: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in held}
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -242,7 +264,7 @@ def program(target: str) -> NoReturn:
         leave(signum)
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, on_signal)
     sys.unraisablehook = stop_is_never_lost
     try:
