@@ -1,8 +1,11 @@
 """One driver per results folder: a second run_search.py on the same STORAGE/NAME (a
 search, a `--resume`, a `--retrain`) is refused with one line naming the holder.
 
-Local folders: an exclusive `flock` on STORAGE/NAME/.lock, held for the driver's life; the
-kernel drops it when the process dies, so a killed driver's lock never blocks `--resume`.
+Local folders: an exclusive `flock` on STORAGE/NAME itself and on STORAGE/NAME/.lock (which
+names the holder), held for the driver's life; the kernel drops them when the process
+dies, so a killed driver's lock never blocks `--resume`. The folder's own lock holds when
+someone deletes .lock by hand (a second driver got in so, and wrote into a running
+search); where the file system cannot lock a folder (NFS), .lock alone.
 URIs (s3://...): a lease object STORAGE/NAME/.lease that the holder rewrites every
 HEARTBEAT_S seconds; one older than LEASE_S, or whose holder is a process of this host
 that is gone (killed), is stale and taken over. On S3 and the stores that do conditional
@@ -37,7 +40,7 @@ from typing import Any
 
 from search.objstore import ConditionalObject, Unsupported
 from ucrn.errors import UsageError, signals_held
-from ucrn.fileio import Held, answered, display_uri, take_flock
+from ucrn.fileio import Held, answered, display_uri, take_flock, take_folder_flock
 
 LOCK_FILE, LEASE_FILE = ".lock", ".lease"
 # Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
@@ -73,6 +76,7 @@ class ResultsLock:
         self.where = store.root if store.is_local else display_uri(store.uri)
         self._token: str | None = None  # of the lease being taken: found again if cut off
         self._fd: int | None = None
+        self._folder_fd: int | None = None  # the folder's own flock (search/lock.py doc)
         self._lease: dict[str, Any] | None = None
         self._cond: ConditionalObject | None = None
         self._etag: str | None = None
@@ -121,16 +125,26 @@ class ResultsLock:
         os.makedirs(root, exist_ok=True)
         path = os.path.join(root, LOCK_FILE)
         try:
+            self._folder_fd = take_folder_flock(root)
             self._fd = take_flock(path, json.dumps(_holder(self.purpose)).encode())
         except Held as held:
+            self._drop_folder_lock()
             self._cleanup_folder()
-            raise UsageError(f"{self.where} is in use by another driver: "
-                             f"{_describe(_parse_holder(held.args[0]))}; wait for it to end "
-                             f"or stop it") from None
+            text = held.args[0] or _read_holder(path)
+            who = (_describe(_parse_holder(text)) if text else
+                   "its lock file .lock was deleted by hand while it runs")
+            raise UsageError(f"{self.where} is in use by another driver: {who}; wait for it "
+                             f"to end or stop it") from None
         except OSError as e:
+            self._drop_folder_lock()
             self._cleanup_folder()
             raise UsageError(f"{self.where}: could not take the lock {path} ({e.strerror})") \
                 from None
+
+    def _drop_folder_lock(self) -> None:
+        if self._folder_fd is not None:
+            os.close(self._folder_fd)
+            self._folder_fd = None
 
     def _refuse_if_held(self, current: Any) -> None:
         if isinstance(current, dict) and not _stale(current):
@@ -226,6 +240,7 @@ class ResultsLock:
                 pass
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+            self._drop_folder_lock()
             self._cleanup_folder()
         if self._token is not None:
             try:
@@ -289,3 +304,12 @@ def _parse_holder(text: str) -> dict[str, Any]:
         return data if isinstance(data, dict) else {}
     except ValueError:
         return {}
+
+
+def _read_holder(path: str) -> str:
+    """The holder a lock file names; "" when it is gone or unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4096).decode(errors="replace")
+    except OSError:
+        return ""

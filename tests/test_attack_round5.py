@@ -228,3 +228,28 @@ def test_a_systemexit_from_a_del_is_no_stop_unless_a_signal_handler_raised_it(co
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "ran on" in r.stdout, (r.returncode, r.stderr)
     assert "Exception ignored" in r.stderr and "interrupted" not in r.stderr
+
+
+def test_a_lock_file_deleted_by_hand_does_not_let_a_second_driver_in(tmp_path):
+    """`rm STORAGE/NAME/.lock` while a search ran (a "stale lock" cleaned up): a second
+    driver took a new lock file and wrote into the running search (3 trials in a 2-trial
+    search, the best trial changed). The folder itself is locked too."""
+    from search.lock import ResultsLock
+    from search.results import ResultsStore
+    from ucrn.errors import UsageError
+
+    store = ResultsStore(tmp_path / "s")
+    first = ResultsLock(store, "search")
+    first.acquire()
+    try:
+        (tmp_path / "s" / ".lock").unlink()
+        with pytest.raises(UsageError, match=r"in use by another driver: its lock file \.lock "
+                                             r"was deleted by hand"):
+            ResultsLock(store, "search").acquire()
+        (tmp_path / "s" / ".lock").write_text("{}")  # a lock file put back by hand
+        with pytest.raises(UsageError, match="in use by another driver"):
+            ResultsLock(store, "--resume").acquire()
+    finally:
+        first.release()
+    with ResultsLock(store, "search"):  # free again once the first is done
+        pass

@@ -596,6 +596,26 @@ class Held(Exception):
     """`take_flock`: another process holds the lock; `args[0]` is what it wrote there."""
 
 
+def take_folder_flock(path: str | os.PathLike) -> int | None:
+    """An exclusive, non-blocking `flock` on the folder itself; its descriptor, or None
+    where the file system cannot lock a folder (NFS locks need a file open for writing).
+    A lock on a file inside the folder alone is gone once someone deletes that file by
+    hand (a "stale lock" cleaned up): a second driver then took a new one and wrote into
+    the running search. Raises Held ("") while another holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Held("") from None
+    except OSError:  # EBADF, ENOLCK, EOPNOTSUPP: the file lock alone
+        os.close(fd)
+        return None
+    return fd
+
+
 def take_flock(path: str | os.PathLike, holder: bytes) -> int:
     """An exclusive, non-blocking `flock` on `path`, with `holder` written in it; the
     descriptor is returned and closing it drops the lock (as the kernel does when the
