@@ -404,7 +404,10 @@ def run(plan: SearchPlan, holder: list[MultData], lock: ResultsLock) -> int:
             use_trackers(tuner, make_trackers(fl.tracker, store, fl.name))  # not in tuner.pkl
             print(f"search {fl.name}: {fl.num_samples} trials x up to {fl.max_epochs} epochs, "
                   f"executor {fl.executor}, {fl.metric} ({plan.mode}); searching "
-                  f"{', '.join(searched(plan.space))}\nresults: {store.uri}", flush=True)
+                  f"{', '.join(searched(plan.space))}\nresults: {store.uri}\n"
+                  # said now: a run cut off with no word of its own (its Ray cluster lost,
+                  # the driver killed) prints no resume line at its end
+                  f"if cut off, resume with: {plan.resume_command}", flush=True)
             stop.tune_started()
             try:
                 tuner.fit()

@@ -235,7 +235,8 @@ def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
                                      fl.executor, plan.settings.base, len(plan.todo),
                                      on_final=write_row)
             print(f"re-training trial {plan.trial_id} on seeds {plan.todo}, "
-                  f"{plan.config['num_epochs']} epochs each", flush=True)
+                  f"{plan.config['num_epochs']} epochs each\nif cut off, resume with: "
+                  f"{plan.resume_command}", flush=True)
             tuner = tune.Tuner(
                 trainable, param_space={"seed": tune.grid_search(plan.todo)},
                 tune_config=tune.TuneConfig(

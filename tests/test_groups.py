@@ -123,6 +123,9 @@ def test_a_train_search_without_a_dashboard_frees_each_ended_trials_cpus(ray_env
             if proc.poll() is None:
                 proc.kill()
         assert rc == 0, log.read_text()[-3000:]
+        # a run cut off with no word of its own (its cluster lost) was said how to resume
+        assert (f"if cut off, resume with: python run_search.py --resume --name s --storage "
+                f"{tmp_path}") in log.read_text()
         trials = pd.read_parquet(tmp_path / "s" / "trials.parquet")
         assert len(trials) == 3 and set(trials.status) <= {"completed", "stopped"}
         wait_for_free_cpus(address, timeout=30)

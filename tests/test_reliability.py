@@ -571,6 +571,8 @@ def test_sigterm_during_retrain_keeps_finished_seeds(ray_head, ray_env, tmp_path
     out = (tmp_path / "retrain.log").read_text()
     assert rc == 130, out[-3000:]
     assert "--seeds 5,6,7 --max-concurrent 1 --resume" in out and "Traceback" not in out
+    # said at the start too: a run cut off with no word of its own (a lost cluster)
+    assert "if cut off, resume with: " in out.split("stopping")[0]
     first = pd.read_parquet(folder / "retrain.parquet")
     assert 1 <= len(first) < 3 and first.checkpoint.map(lambda p: Path(p).is_file()).all()
     assert run_search.main([*retrain, "--resume"]) == 0
