@@ -557,7 +557,9 @@ def summarise(plan: SearchPlan) -> int:
     else:
         book.write_best_config(best, config)
     metrics = {k: best[k] for k in METRICS if k in best and best[k] is not None}
-    print(f"best trial {best['trial_id']} ({best['status']}, best epoch {best['best_epoch']}): "
+    # kept: best_config.json is another trial's; this line says what the files say now
+    head = "best trial now (best_config.json kept)" if kept else "best trial"
+    print(f"{head} {best['trial_id']} ({best['status']}, best epoch {best['best_epoch']}): "
           + "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items()))
     print("config: " + ", ".join(f"{k}={fmt(best[k])}" for k in searched(plan.space)))
     print(f"results: {store.show('trials.parquet')}, {store.show('epochs.parquet')}, "

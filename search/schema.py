@@ -390,9 +390,14 @@ def check_results(read: Mapping[str, Read], show: Callable[[str, str], str], met
               for k, t in out.tables.get(EPOCHS, {}).items()}
     out.warnings += [f"{show(EPOCHS, k)} {why}: that trial's epoch rows are left out"
                      for k, why in bad.get(EPOCHS, {}).items()]
+    disagree = set()  # trials rows whose values their epoch rows do not give
     for key, table in list(out.tables[TRIALS].items()):
         row = table.to_pylist()[0]
-        why = _against_epochs(row, epochs.get(key), metric, mode, config_types is None)
+        why = _missing_metric(row, metric)
+        if why is None:
+            why = _against_epochs(row, epochs.get(key), metric, mode, config_types is None)
+            if why is not None:
+                disagree.add(key)
         if why is not None:
             bad[TRIALS][key] = why
             del out.tables[TRIALS][key]
@@ -422,6 +427,9 @@ def check_results(read: Mapping[str, Read], show: Callable[[str, str], str], met
                             f"its file {why}"[:300])
         out.tables[TRIALS][key] = pa.Table.from_pylist([row])
         out.rebuilt[key] = row
+        if key in disagree:  # which of the two was edited cannot be known: both named
+            why = (f"and {show(EPOCHS, key)} disagree (the trials row {why}; one of them was "
+                   f"changed after the search wrote it)")
         out.warnings.append(f"{show(TRIALS, key)} {why}: trial {row['trial_id']} rebuilt from "
                             f"its {len(epochs[key])} epoch row(s) as {row['status']}")
     return out
@@ -452,6 +460,14 @@ def _agree_on_metrics(file: str, tables: dict[str, pa.Table], bad: dict[str, str
             del tables[key]
 
 
+def _missing_metric(row: dict[str, Any], metric: str) -> str | None:
+    """A trials row that trained and lacks its search's metric column."""
+    metric = row.get("search_metric") if row.get("search_metric") in METRICS else metric
+    if metric not in row and (row.get("epochs_run") or 0) > 0:
+        return f"has no column {metric!r}, the search's metric (renamed or deleted?)"
+    return None
+
+
 def _against_epochs(row: dict[str, Any], rows: list[dict[str, Any]] | None, metric: str,
                     mode: str, check_names: bool) -> str | None:
     """A trials row against its epoch rows, from which the writer made it: its epochs_run,
@@ -459,8 +475,6 @@ def _against_epochs(row: dict[str, Any], rows: list[dict[str, Any]] | None, metr
     rows by a report (it is written after them)."""
     metric = row.get("search_metric") if row.get("search_metric") in METRICS else metric
     mode = row.get("search_mode") if row.get("search_mode") in ("min", "max") else mode
-    if metric not in row and (row.get("epochs_run") or 0) > 0:
-        return f"has no column {metric!r}, the search's metric (renamed or deleted?)"
     if rows is None:
         return None
     run = int(row["epochs_run"])

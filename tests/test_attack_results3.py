@@ -132,6 +132,26 @@ def test_a_damaged_trial_file_is_named_and_rebuilt_by_every_reader(case, source,
     assert book.best_trial()["trial_id"] == best and book.trials[best]["rebuilt"]
 
 
+def test_an_edited_epochs_file_and_its_trials_row_are_both_named_as_disagreeing(
+        source, tmp_path, capsys):
+    """One trial's epoch rows edited (MAE 0.01 everywhere), its trials row intact: the
+    warning blamed the intact trials file alone. Which was edited cannot be known: both
+    are named. (The trial is ranked by its epoch rows, as a damaged trials row is.)"""
+    src, best = source
+    folder = tmp_path / "s"
+    shutil.copytree(src, folder)
+    other = next(t for t in pd.read_parquet(folder / "trials.parquet").trial_id if t != best)
+    e = folder / "epochs.parquet" / f"{other}.parquet"
+    _edit(e, _set("MAE", 0.01))
+    rc = analyze.main([str(folder), "--no-report", "--format", "csv", "--top", "20"])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    t = folder / "trials.parquet" / f"{other}.parquet"
+    assert rc == 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"warning: {t} and {e} disagree (the trials row has "), lines
+    assert "one of them was changed after the search wrote it" in lines[0]
+
+
 @pytest.mark.parametrize("case", ["epoch file renamed metric", "copied file", "retrain row"])
 def test_other_damaged_files_are_named_and_left_out(case, source, tmp_path, capsys):
     src, best = source
@@ -211,15 +231,16 @@ def _search(tmp_path: Path, trials: dict[str, tuple[float, ...]], errored: str =
     return tmp_path / "s"
 
 
-def _summarise(folder: Path, capsys) -> tuple[int, dict, str]:
-    """What --resume (or a search) does at its end: the book read back, best_config.json."""
+def _summarise(folder: Path, capsys) -> tuple[int, dict, str, str]:
+    """What --resume (or a search) does at its end: the book read back, best_config.json;
+    (exit code, best_config.json, stderr, stdout)."""
     plan = SearchPlan(flags=Flags(name="s", metric="MAE", num_samples=1, executor="tune"),
                       storage=str(folder.parent), store=ResultsStore(folder),
                       space={"lr": {"loguniform": [1e-4, 1e-2]}}, mode="min",
                       settings=SimpleNamespace(base={}), restore=False)
     rc = summarise(plan)
-    err = capsys.readouterr().err
-    return rc, json.loads((folder / "best_config.json").read_text()), err
+    out, err = capsys.readouterr()
+    return rc, json.loads((folder / "best_config.json").read_text()), err, out
 
 
 def _break_beyond_rebuilding(folder: Path, tid: str) -> None:
@@ -236,7 +257,7 @@ def test_best_config_is_never_rewritten_from_less(case, tmp_path, capsys):
     choice from fewer, or from a trial rebuilt as another status, keeps the file."""
     folder = _search(tmp_path, {"best": (0.9, 0.5), "mid": (0.9, 0.7), "err": (0.2, 0.9)},
                      errored="err")
-    rc, first, _ = _summarise(folder, capsys)
+    rc, first, _, _ = _summarise(folder, capsys)
     assert rc == 0 and first["lr"] == pytest.approx(1e-3)
     record = json.loads((folder / schema.BEST_TRIAL).read_text())
     assert record["trial_id"] == "best" and set(record["trials"]) == {"best", "mid", "err"}
@@ -254,10 +275,13 @@ def test_best_config_is_never_rewritten_from_less(case, tmp_path, capsys):
     else:
         (folder / schema.BEST_TRIAL).unlink()
         _break_beyond_rebuilding(folder, "best")
-    rc, now, err = _summarise(folder, capsys)
+    rc, now, err, out = _summarise(folder, capsys)
     assert rc == 0 and (folder / "best_config.json").read_bytes() == before
     kept = [x for x in err.splitlines() if "best_config.json kept as it was" in x]
     assert len(kept) == 1 and kept[0].startswith("warning: "), err
+    # the summary's best trial is the files' as they are now, said as not the file's (it
+    # read as best_config.json's trial, which it is not)
+    assert "best trial now (best_config.json kept) " in out, out
 
 
 def test_best_config_follows_more_or_rebuilt_information(tmp_path, capsys):
@@ -267,7 +291,7 @@ def test_best_config_follows_more_or_rebuilt_information(tmp_path, capsys):
     folder = _search(tmp_path, {"a": (0.9, 0.6), "b": (0.9, 0.7)})
     assert _summarise(folder, capsys)[1]["lr"] == pytest.approx(1e-3)
     _edit(folder / "trials.parquet" / "a.parquet", _set("status", "winner"))  # rebuilt
-    rc, best, err = _summarise(folder, capsys)
+    rc, best, err, _ = _summarise(folder, capsys)
     assert rc == 0 and best["lr"] == pytest.approx(1e-3) and "kept" not in err
     assert "a.parquet has status 'winner'" in err
     book = TrialBook(ResultsStore(folder), "s", "MAE", "min", "tune")
@@ -278,11 +302,11 @@ def test_best_config_follows_more_or_rebuilt_information(tmp_path, capsys):
     book.finish("c", cfg)
     # a write cut between best_config.json and its record: the file is c's, the record a's
     (folder / "best_config.json").write_text(json.dumps(cfg))
-    rc, best, err = _summarise(folder, capsys)
+    rc, best, err, _ = _summarise(folder, capsys)
     assert rc == 0 and best["lr"] == pytest.approx(0.004) and "kept" not in err
     assert json.loads((folder / schema.BEST_TRIAL).read_text())["trial_id"] == "c"
     (folder / schema.BEST_TRIAL).unlink()  # as written before the record existed
-    rc, best, err = _summarise(folder, capsys)
+    rc, best, err, _ = _summarise(folder, capsys)
     assert rc == 0 and best["lr"] == pytest.approx(0.004) and "kept" not in err
 
 
