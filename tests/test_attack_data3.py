@@ -106,6 +106,18 @@ def test_ids_that_would_collapse_are_refused_naming_split_key_and_index(case, tm
     assert "and 6 (" in msg or index.startswith("id ")
 
 
+def test_ids_that_differ_only_in_their_unicode_form_are_kept_and_said(tmp_path):
+    """'café' composed (NFC) and decomposed (e + U+0301) look the same: both are kept as
+    the distinct ids they are in the file, with a warning naming them."""
+    raw = _mmsa_raw()
+    raw["test"]["id"][5:7] = ["caf\u00e9", "cafe\u0301"]
+    path = _write_mmsa(raw, tmp_path)
+    with pytest.warns(RuntimeWarning, match=r"split 'test' key 'id': 1 id\(s\) look like an "
+                      r"earlier id but are another Unicode form of it \(first: 'caf\\xe9' at 5"):
+        ids = load_dataset("mosi", path).splits["test"].ids.tolist()
+    assert ids[5:7] == ["caf\u00e9", "cafe\u0301"]
+
+
 def test_mult_id_rows_that_join_into_one_id_are_refused(tmp_path):
     raw = make_synthetic("tiny", 0, **SMALL)
     ids = raw["valid"]["id"]

@@ -4,6 +4,7 @@ which key of a split holds what; LAYOUTS: MulT's, MMSA's and the own-features .n
 from __future__ import annotations
 
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +156,8 @@ def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
            else ["|".join(_decode_id(x) for x in row) for row in rows])
     seen: dict[str, int] = {}
     dups: list[tuple[int, int]] = []
+    forms: dict[str, int] = {}  # NFC form -> first id of it
+    alike: list[tuple[int, int]] = []  # ids that differ only in their Unicode form
     for i, text in enumerate(ids):
         if len(text) > _MAX_ID_CHARS:
             raise _fail(f"{where}: id {i} has {len(text)} characters; expected at most "
@@ -163,6 +166,9 @@ def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
             raise _fail(f"{where}: id {i} ({_show(rows[i])}) holds a control character or an "
                         f"invisible one; ids must be printable and visible (NUL would cut it "
                         f"short in the output, U+202E would show it reversed)")
+        k = forms.setdefault(unicodedata.normalize("NFC", text), i)
+        if ids[k] != text:
+            alike.append((k, i))
         j = seen.setdefault(text, i)
         if j != i:
             if _raw_key(rows[i]) != _raw_key(rows[j]):
@@ -170,6 +176,12 @@ def _make_ids(raw_id: Any, n: int, split: str, where: str) -> np.ndarray:
                             f"differ in the file but both read as {_show(text)}; make them "
                             f"distinct")
             dups.append((j, i))
+    if alike:  # kept apart (they differ in the file), but say it: on screen they are one
+        j, i = alike[0]
+        warnings.warn(one_line(f"{where}: {len(alike)} id(s) look like an earlier id but are "
+                               f"another Unicode form of it (first: {_show(ids[j])} at {j} "
+                               f"and {_show(ids[i])} at {i}); they stay distinct ids"),
+                      RuntimeWarning, stacklevel=4)
     if dups:
         j, i = dups[0]
         warnings.warn(one_line(f"{where}: {len(dups)} id(s) repeat an earlier id of the split "
