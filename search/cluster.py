@@ -205,7 +205,16 @@ def object_store_bytes(data_bytes: int) -> int | None:
 
 class _QuietFileHandler(logging.FileHandler):
     """A log file that fails silently: on a full disk the log is the first to go, and its
-    failure must not print tracebacks over the one line that explains it."""
+    failure must not print tracebacks over the one line that explains it. Opening the file
+    (at the first record: `delay`) is outside logging's own guard: with the results folder
+    moved away mid-run, it raised out of Tune's error handling and ended the search with
+    tracebacks."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except Exception:  # noqa: BLE001 - the log is the first thing to give up
+            self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         pass

@@ -374,8 +374,9 @@ def parse_resources(text: str | None) -> dict[str, float]:
 
 
 def check_storage(storage: str) -> str:
-    """An absolute local path (created, writable) or a URI (probed: written to, in bounded
-    time); returns what Ray should get."""
+    """An absolute local path (writable: probed in it, or in its nearest existing parent,
+    since the run makes it; a refused run leaves no folder behind) or a URI (probed:
+    written to, in bounded time); returns what Ray should get."""
     if is_uri(storage):
         from search.objstore import check_remote
 
@@ -388,11 +389,14 @@ def check_storage(storage: str) -> str:
         path = Path(local_path(storage)).expanduser().resolve()
     except ValueError as e:
         raise UsageError(f"--storage {e}") from None
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--storage {redact(storage)}: is a file, expected a folder")
+    there = path
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        what = "is a file" if there == path else f"is under {there}, a file"
+        raise UsageError(f"--storage {redact(storage)}: {what}; expected a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
+        probe = there / f".write-probe-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

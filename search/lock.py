@@ -82,7 +82,7 @@ class ResultsLock:
         self._etag: str | None = None
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
-        self._made_folder = False
+        self._made: list[str] = []  # folders made to hold the lock, deepest first
 
     def __enter__(self) -> ResultsLock:
         self.acquire()
@@ -121,7 +121,7 @@ class ResultsLock:
 
     def _acquire_local(self) -> None:
         root = self.store.root
-        self._made_folder = not os.path.exists(root)
+        self._made = _missing(root)  # what a refused or failed run removes again
         os.makedirs(root, exist_ok=True)
         path = os.path.join(root, LOCK_FILE)
         try:
@@ -269,14 +269,14 @@ class ResultsLock:
                 self._cond.client.delete_object(Bucket=self._cond.bucket, Key=self._cond.key)
 
     def _cleanup_folder(self) -> None:
-        """A folder made only to hold the lock is removed again: a refused or failed run
-        leaves nothing behind."""
-        if self._made_folder:
+        """Folders made only to hold the lock (STORAGE/NAME, and STORAGE where it was new)
+        are removed again while empty: a refused or failed run leaves nothing behind."""
+        for folder in self._made:
             try:
-                os.rmdir(self.store.root)
+                os.rmdir(folder)
             except OSError:
-                pass
-            self._made_folder = False
+                break
+        self._made = []
 
 
 def _stale(holder: dict[str, Any]) -> bool:
@@ -313,3 +313,12 @@ def _read_holder(path: str) -> str:
             return fh.read(4096).decode(errors="replace")
     except OSError:
         return ""
+
+
+def _missing(path: str) -> list[str]:
+    """The folders `os.makedirs(path)` would make, deepest first."""
+    out = []
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        out.append(path)
+        path = os.path.dirname(path)
+    return out

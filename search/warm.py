@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from search.results import ResultsStore, TrialBook
 from ucrn.config import TrainConfig
-from ucrn.fileio import answered, bounded, display_uri, is_uri, redact, stalled
+from ucrn.fileio import answered, bounded, display_uri, is_uri, local_path, redact, stalled
 
 RERUN_BEST = 3  # trials re-run first when the data differ
 # Settings that do not make a trial another experiment: where and how it ran, and the data
@@ -100,6 +100,11 @@ def warm_start(sources: str | None, spec: dict[str, Any], base: dict[str, Any], 
     notes: list[str] = []
     same_data = True
     for src in names:
+        if not is_uri(src):
+            try:
+                local_path(src)  # a file URI it refuses: its own line, no secret in it
+            except ValueError as e:
+                raise ValueError(f"--warm-start {e}") from None
         shown = display_uri(src) if is_uri(src) else redact(src)
         try:
             store = ResultsStore(src)

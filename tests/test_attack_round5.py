@@ -81,13 +81,16 @@ def _commands(tmp_path: Path, uri: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("command", ["search", "warm-start", "retrain", "analyze", "predict"])
 @pytest.mark.parametrize("uri", [f"file://alice:{SECRET}@/tmp/x", f"FILE://alice%3A{SECRET}@/x",
-                                 "file://otherhost/tmp/x"])
+                                 "file://otherhost/tmp/x", f"file:///tmp/x?token={SECRET}",
+                                 f"file:///tmp/x#{SECRET}", "file:///tmp/x%00y",
+                                 "file:///tmp/x%FF%FE"])
 def test_a_file_uri_with_a_host_or_a_secret_is_refused_in_one_line(command, uri, tmp_path,
                                                                    monkeypatch, capsys):
     """`--storage file://USER:SECRET@/PATH` ran a search into ./USER:SECRET@/PATH, the
-    secret in folder names, search.json and Ray's logs. Every command that takes a
-    folder or file refuses a file URI naming a host, user or password, in one line
-    without the secret, and writes nothing."""
+    secret in folder names, search.json and Ray's logs; `?token=SECRET` became part of a
+    folder's name; %00 gave "embedded null byte"; %FF%FE made a folder of U+FFFD. Every
+    command that takes a folder or file refuses such a file URI in one line without the
+    secret, and writes nothing."""
     import analyze
     import run_search
     from ucrn import cli
@@ -119,8 +122,9 @@ def test_every_spelling_of_a_local_folder_is_that_folder(spelling, tmp_path, mon
     target = tmp_path / "a b"
     text = spelling.format(p=str(target).replace(" ", "%20") if "file" in spelling.lower()
                            else str(target))
-    assert check_storage(text) == str(target) and target.is_dir()
+    assert check_storage(text) == str(target)  # the run makes it (a refused one: none)
     assert ResultsStore(text).root == str(target)
+    target.mkdir()
     assert filesystem(text)[1] == str(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a b"]
 
@@ -142,8 +146,14 @@ def _run_until(tmp_path: Path, module: str, marker: str) -> subprocess.Popen:
 
 STUCK = """
 import ctypes
+import threading
+import time
 from pathlib import Path
 from search.cluster import GracefulStop
+
+def say_stuck():
+    time.sleep(1.0)  # the main thread is inside the C call by then
+    print("stuck", flush=True)
 
 def main():
     mark = Path("marked")
@@ -154,7 +164,7 @@ def main():
         mutex = ctypes.create_string_buffer(64)
         libc.pthread_mutex_init(mutex, None)
         libc.pthread_mutex_lock(mutex)
-        print("stuck", flush=True)
+        threading.Thread(target=say_stuck, daemon=True).start()
         libc.pthread_mutex_lock(mutex)  # never returns, and no signal ends it
 """
 
@@ -253,3 +263,45 @@ def test_a_lock_file_deleted_by_hand_does_not_let_a_second_driver_in(tmp_path):
         first.release()
     with ResultsLock(store, "search"):  # free again once the first is done
         pass
+
+
+def test_a_refused_resume_leaves_no_storage_folder_behind(tmp_path, capsys):
+    """`--resume` of a search that is not there made STORAGE (and STORAGE/NAME) on its way
+    to refusing: a refused run now leaves no folder it made."""
+    import run_search
+
+    storage = tmp_path / "new" / "storage"
+    rc = run_search.main(["--storage", f"file://{storage}", "--name", "s", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: " in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_analyze_of_a_file_uri_writes_its_report_beside_the_search(tmp_path, monkeypatch):
+    """`analyze.py file:///X` took the folder for remote storage and wrote ./NAME-report in
+    the working folder; /X writes X/report."""
+    import analyze
+    from tests.results_fixture import write_fake_search
+
+    folder = write_fake_search(tmp_path, "s", n_trials=3, seed=0)
+    monkeypatch.chdir(tmp_path)
+    assert analyze.main([f"file://{folder}"]) == 0
+    assert (folder / "report" / "report.md").is_file()
+    assert not list(tmp_path.glob("*-report"))
+
+
+def test_the_ray_log_file_gone_mid_run_is_no_traceback(tmp_path):
+    """The results folder moved away while a search ran: opening its log file (at the
+    first record) raised out of Tune's error handling, five tracebacks and exit 1 with no
+    word of how to resume. The log gives up silently; the run's own line says the rest."""
+    import logging
+
+    from search.cluster import _QuietFileHandler
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    handler = _QuietFileHandler(folder / "driver.log", delay=True)
+    folder.rmdir()
+    record = logging.LogRecord("ray.tune", logging.ERROR, __file__, 1, "trial failed", None, None)
+    handler.emit(record)  # no exception
+    handler.close()

@@ -98,15 +98,20 @@ def _protocol_4(path: Path, ckpt: Path) -> None:
     torch.save(torch.load(ckpt, weights_only=True), path, pickle_protocol=4)
 
 
-def _weights_of(dtype: torch.dtype):
+def _weights_as(change):
     """Weights of another kind: int64 ones were cast without a word (MAE 8.6e10, exit 0),
-    complex ones with torch's warning naming neither file nor key."""
+    complex ones with torch's warning naming neither file nor key; sparse and meta ones
+    gave load_state_dict's traceback."""
     def make(path: Path, ckpt: Path) -> None:
         bundle = torch.load(ckpt, weights_only=True)
-        k = next(k for k, v in bundle["state_dict"].items() if v.is_floating_point())
-        bundle["state_dict"][k] = (bundle["state_dict"][k] * 1000).to(dtype)
+        k = next(k for k, v in bundle["state_dict"].items() if v.dim() == 2)
+        bundle["state_dict"][k] = change(bundle["state_dict"][k])
         torch.save(bundle, path)
     return make
+
+
+def _weights_of(dtype: torch.dtype):
+    return _weights_as(lambda w: (w * 1000).to(dtype))
 
 
 @pytest.mark.parametrize("make,needle", [(_random_bytes, "not a readable checkpoint"),
@@ -115,9 +120,13 @@ def _weights_of(dtype: torch.dtype):
                                          (_no_state_dict, "'state_dict'"),
                                          (_protocol_4, "pickle opcode 149"),
                                          (_weights_of(torch.int64), "torch.int64 values"),
-                                         (_weights_of(torch.complex64), "torch.complex64")],
+                                         (_weights_of(torch.complex64), "torch.complex64"),
+                                         (_weights_as(lambda w: w.to_sparse()), "sparse_coo"),
+                                         (_weights_as(lambda w: torch.empty_like(w, device="meta")),
+                                          "a meta tensor")],
                          ids=["random-bytes", "odd-protocol", "truncated", "missing-key",
-                              "protocol-4", "int64-weights", "complex-weights"])
+                              "protocol-4", "int64-weights", "complex-weights",
+                              "sparse-weights", "meta-weights"])
 def test_bad_checkpoint_is_one_line_and_no_output(make, needle, trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     make(bad, trained / "p" / "checkpoint.pt")

@@ -255,10 +255,18 @@ def local_path(text: str) -> str:
     8089). Any other text is returned as it is. The one place file URIs are read: a plain
     prefix cut made `FILE:///x`, `file:/x` and `file://localhost/x` folders under the
     working folder, and `file://USER:SECRET@/x` one whose name held the secret. ValueError
-    (secrets redacted) for a host, a user or a password, or a path that is not absolute."""
+    (secrets redacted) for a host, a user or a password, a query or fragment (`?token=`
+    became part of a folder's name), a path that is not absolute, or one that is not UTF-8
+    or holds NUL once %-decoded."""
     if not _FILE_URI.match(text):
         return text
     rest = text[len("file:"):]
+    if "?" in rest or "#" in rest:  # shown without them: a secret may sit anywhere there
+        cut = min(i for i in (rest.find("?"), rest.find("#")) if i >= 0)
+        raise ValueError(f"{redact(text[:len('file:') + cut])}...: a file URI names a folder "
+                         "by its path alone: "
+                         "file:///PATH, no ?query or #fragment (write ? and # in a name as "
+                         "%3F and %23)")
     if rest.startswith("//"):
         host, slash, rest = rest[2:].partition("/")
         if host.lower() not in ("", "localhost") or not slash:
@@ -267,7 +275,15 @@ def local_path(text: str) -> str:
         rest = "/" + rest
     if not rest.startswith("/"):
         raise ValueError(f"{redact(text)}: a file URI needs an absolute path: file:///PATH")
-    return unquote(rest)
+    try:
+        path = unquote(rest, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError(f"{redact(text)}: a file URI's %-encoded path is not UTF-8; expected "
+                         "file:///PATH with UTF-8 %-escapes") from None
+    if "\0" in path:
+        raise ValueError(f"{redact(text)}: a file URI's path holds a NUL character (%00); expected "
+                         "file:///PATH") from None
+    return path
 
 
 def _decodings(value: str) -> list[str]:

@@ -128,13 +128,13 @@ def build_model(bundle: dict[str, Any], path: Path, device: torch.device) -> UCR
                          f"{k}: model {shapes.get(k, 'absent')}, state_dict "
                          f"{have.get(k, 'absent')} ({len(diff)} difference(s))")
     # weights of another kind would be cast without a word (int64: predictions off by
-    # 1e10; complex: torch's warning names neither file nor key)
-    odd = [k for k, v in state.items() if v.is_complex()
-           or v.is_floating_point() != own[k].is_floating_point()]
+    # 1e10; complex: torch's warning names neither file nor key); sparse or meta ones
+    # gave load_state_dict's traceback
+    odd = {k: why for k, v in state.items() if (why := _odd_weights(v, own[k]))}
     if odd:
-        k = odd[0]
-        raise UsageError(f"--checkpoint {path}: 'state_dict' key {k!r} holds {state[k].dtype} "
-                         f"values; expected {own[k].dtype} ({len(odd)} such key(s))")
+        k = next(iter(odd))
+        raise UsageError(f"--checkpoint {path}: 'state_dict' key {k!r} holds {odd[k]}; "
+                         f"expected dense {own[k].dtype} values ({len(odd)} such key(s))")
     model = UCRN(mcfg).to(device)
     model.load_state_dict(state)
     bad = sum(int((~torch.isfinite(v.float())).sum()) for v in state.values()
@@ -143,6 +143,17 @@ def build_model(bundle: dict[str, Any], path: Path, device: torch.device) -> UCR
         warnings.warn(f"--checkpoint {path}: {bad} weight(s) are NaN or infinite; the "
                       f"predictions will be too", RuntimeWarning, stacklevel=2)
     return model.eval()
+
+
+def _odd_weights(v: torch.Tensor, own: torch.Tensor) -> str | None:
+    """What makes a checkpoint's tensor unfit for the model's own, or None."""
+    if v.layout != torch.strided:
+        return f"a tensor of layout {v.layout}"
+    if v.is_meta:
+        return "a meta tensor (shapes, no values)"
+    if v.is_complex() or v.is_floating_point() != own.is_floating_point():
+        return f"{v.dtype} values"
+    return None
 
 
 def bundle_data(bundle: dict[str, Any], dataset: str | None, data_path: str | None,

@@ -19,6 +19,7 @@ from search.analysis.report import (
     write_report,
 )
 from ucrn.errors import OneLineParser, one_line, run_main
+from ucrn.fileio import is_uri
 from ucrn.metrics import metric_mode
 
 
@@ -46,7 +47,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def default_out(first: Search) -> Path:
-    if "://" in first.location:  # remote storage: write the report here instead
+    if is_uri(first.location):  # remote storage: write the report here instead
         return Path.cwd() / f"{first.label}-report"
     return Path(first.location) / "report"
 

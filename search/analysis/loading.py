@@ -27,7 +27,7 @@ from search.analysis.files import (
     read_json,
 )
 from search.analysis.kinds import ParamKind, parse_space
-from ucrn.fileio import display_uri
+from ucrn.fileio import display_uri, is_uri, local_path
 from ucrn.metrics import METRIC_MODES, metric_mode
 
 
@@ -86,8 +86,13 @@ def load_search(path: str) -> Search:
     file goes through search/schema.py check_results, as for every reader of the results:
     one that does not hold what the schema says is named in a warning and left out, and a
     trial whose summary row is damaged or missing is rebuilt from its epoch rows."""
+    if not is_uri(path):  # file:///PATH is that path: its report beside it, as for PATH
+        try:
+            path = local_path(path)
+        except ValueError as e:
+            raise AnalyzeError(str(e)) from None
     fs, base = filesystem(path)
-    shown = display_uri(path) if "://" in path else path.rstrip("/")  # one spelling
+    shown = display_uri(path) if is_uri(path) else path.rstrip("/")  # one spelling
     info = file_info(fs, base, shown)
     if info.type == pafs.FileType.NotFound:
         raise AnalyzeError(f"{shown}: no such file or directory")
