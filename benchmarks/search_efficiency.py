@@ -51,7 +51,8 @@ from benchmarks.processes import RayHead, kill_session  # noqa: E402
 from benchmarks.study_stats import binned, explained, spearman, wilcoxon_signed_rank  # noqa: E402
 from search.analysis.formatting import markdown_table  # noqa: E402
 from ucrn.errors import OneLineParser, RunFailed, UsageError, run_main  # noqa: E402
-from ucrn.fileio import Held, atomic_write, take_flock  # noqa: E402
+from ucrn.fileio import atomic_write  # noqa: E402
+from ucrn.locks import Held, take_flock  # noqa: E402
 
 _COMMON = """\
 layers: {int: [1, 3]}

@@ -40,7 +40,8 @@ from typing import Any
 
 from search.objstore import ConditionalObject, Unsupported
 from ucrn.errors import UsageError, signals_held
-from ucrn.fileio import Held, answered, display_uri, take_flock, take_folder_flock
+from ucrn.fileio import answered, display_uri
+from ucrn.locks import Held, take_flock, take_folder_flock
 
 LOCK_FILE, LEASE_FILE = ".lock", ".lease"
 # Written by the holder when SIGINT/SIGTERM stops its run: the run's Tune callback (which
