@@ -246,7 +246,8 @@ def run(plan: RetrainPlan, holder: list[Any], lock: ResultsLock) -> int:
                     reuse_actors=fl.executor == "tune"),
                 run_config=tune.RunConfig(
                     name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}",
-                    **ray_storage(join(store.location, "retrain_runs")), callbacks=[recorder, *group_sweepers(fl.executor)],
+                    **ray_storage(join(store.location, "retrain_runs")),
+                    callbacks=[recorder, *group_sweepers(fl.executor)],
                     verbose=0, failure_config=tune.FailureConfig(max_failures=fl.max_failures)),
             )
             stop.tune_started()
