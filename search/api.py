@@ -21,7 +21,6 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ucrn.errors import RunFailed, UsageError, say
@@ -135,12 +134,12 @@ def load(path: str | os.PathLike) -> SearchResult:
     from search.analysis.files import filesystem, read_json
     from search.analysis.loading import load_searches
     from search.schema import BEST_CONFIG
-    from ucrn.fileio import is_uri, local_path
+    from ucrn.fileio import is_uri, local_folder
 
     where = _path_text(path, "search.load")
     if not is_uri(where):  # file:// is a local folder, as --storage file://... is
         try:
-            where = str(Path(local_path(where)).expanduser().resolve())
+            where = str(local_folder(where))
         except ValueError as e:
             raise UsageError(f"search.load: {e}") from None
     s = load_searches([where], None)[0]  # AnalyzeError (a UsageError) naming the folder
@@ -268,13 +267,12 @@ def _results_path(argv: list[str]) -> str:
     """STORAGE/NAME of the run these arguments made (the folder re-trained, with retrain)."""
     from search.flags import parse_flags
     from search.objstore import join
-    from ucrn.fileio import is_uri, local_path
+    from ucrn.fileio import is_uri, local_folder
 
     fl, _ = parse_flags(argv)
     if fl.retrain:
         return fl.retrain
-    storage = fl.storage if is_uri(fl.storage) else str(
-        Path(local_path(fl.storage)).expanduser().resolve())
+    storage = fl.storage if is_uri(fl.storage) else str(local_folder(fl.storage))
     return join(storage, fl.name)
 
 

@@ -20,7 +20,7 @@ from search.flags import Flags
 from search.objstore import join
 from search.settings import TrialSettings
 from ucrn.errors import STOP_SIGNALS, UsageError, interrupt, raised_by_a_stop_handler
-from ucrn.fileio import secret_name
+from ucrn.fileio import answered, secret_name
 
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
                    "AWS_SESSION_TOKEN")
@@ -407,18 +407,18 @@ class GracefulStop:
 
     def _leave_stuck(self) -> NoReturn:
         """The main thread never ran the handler: say so, keep what is written, leave."""
-        from ucrn.fileio import answered
-
         self.interrupted.set()
         try:
             answered(self.mark)  # bounded: the store may be what stopped answering
         except Exception:  # noqa: BLE001 - leaving anyway; --resume finds the trials
             pass
         print(f"\nstopping: the run did not answer the signal within {STUCK_S:.0f} s (its "
-              f"Ray cluster gone?); leaving without saving Tune's state\ninterrupted: "
-              f"results so far are in {self.where}\nresume with: {self.resume_command}",
+              f"Ray cluster gone?); leaving without saving Tune's state\n{self._ended()}",
               file=sys.stderr, flush=True)
         os._exit(130)
+
+    def _ended(self) -> str:
+        return f"interrupted: results so far are in {self.where}\nresume with: {self.resume_command}"
 
     def _stop(self, signum, frame) -> None:
         self._handled += 1
@@ -445,7 +445,6 @@ class GracefulStop:
             os.close(w)
             self._wake = None
         if typ is KeyboardInterrupt or self.interrupted.is_set():
-            print(f"interrupted: results so far are in {self.where}\nresume with: "
-                  f"{self.resume_command}", file=sys.stderr, flush=True)
+            print(self._ended(), file=sys.stderr, flush=True)
             raise SystemExit(130)
         return False

@@ -182,10 +182,11 @@ def _same_place(name: str, saved: dict[str, Any], store: ResultsStore) -> None:
     if was is None and isinstance(was_name, str) and isinstance(storage, str) \
             and not is_uri(storage):
         try:
-            if os.path.isabs(local_path(storage)):
-                was = os.path.join(local_path(storage), was_name)
+            folder = local_path(storage)
         except ValueError:  # search.json edited by hand: no folder to compare with
-            pass
+            folder = ""
+        if os.path.isabs(folder):
+            was = os.path.join(folder, was_name)
     moved = (store.is_local and isinstance(was, str) and not is_uri(was)
              and os.path.realpath(was) != store.root)
     if isinstance(was_name, str) and was_name != name:

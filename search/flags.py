@@ -20,7 +20,7 @@ from search.trackers import parse_trackers
 from ucrn.config import DATASETS
 from ucrn.data import DATASET_ALIASES, FORMATS, TARGETS
 from ucrn.errors import OneLineParser, UsageError
-from ucrn.fileio import check_name, is_uri, local_path, normalize_uri, redact
+from ucrn.fileio import check_name, is_uri, local_folder, normalize_uri, redact
 from ucrn.metrics import metric_mode
 
 EXECUTORS = ("auto", "train", "tune")
@@ -386,7 +386,7 @@ def check_storage(storage: str) -> str:
         except ValueError as e:
             raise UsageError(f"--storage {e}") from None
     try:
-        path = Path(local_path(storage)).expanduser().resolve()
+        path = local_folder(storage)
     except ValueError as e:
         raise UsageError(f"--storage {e}") from None
     there = path

@@ -15,7 +15,6 @@ import json
 import math
 import os
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -43,7 +42,7 @@ from search.schema import (
 )
 from search.schema import column_type as _schema_type
 from ucrn.config import TrainConfig
-from ucrn.fileio import atomic_write, child_uri, is_uri, json_bytes, local_path, open_uri
+from ucrn.fileio import atomic_write, child_uri, is_uri, json_bytes, local_folder, open_uri
 
 __all__ = ["CONFIG_KEYS", "CONFIG_TYPES", "EPOCHS", "METRICS", "RETRAIN", "ROBUSTNESS",
            "STATUSES", "TRIALS",
@@ -97,7 +96,7 @@ class ResultsStore:
             self.fs, self.root = open_uri(uri)  # credentials in the URI: refused
         else:
             self.fs = pafs.LocalFileSystem()
-            self.root = str(Path(local_path(uri)).expanduser().resolve())  # ValueError
+            self.root = str(local_folder(uri))  # ValueError: a file URI it refuses
         self.uri = uri
 
     @property

@@ -460,9 +460,14 @@ def _agree_on_metrics(file: str, tables: dict[str, pa.Table], bad: dict[str, str
             del tables[key]
 
 
+def _row_metric(row: dict[str, Any], metric: str) -> str:
+    """The metric a trials row was ranked by: its own search_metric, else the search's."""
+    return row.get("search_metric") if row.get("search_metric") in METRICS else metric
+
+
 def _missing_metric(row: dict[str, Any], metric: str) -> str | None:
     """A trials row that trained and lacks its search's metric column."""
-    metric = row.get("search_metric") if row.get("search_metric") in METRICS else metric
+    metric = _row_metric(row, metric)
     if metric not in row and (row.get("epochs_run") or 0) > 0:
         return f"has no column {metric!r}, the search's metric (renamed or deleted?)"
     return None
@@ -473,7 +478,7 @@ def _against_epochs(row: dict[str, Any], rows: list[dict[str, Any]] | None, metr
     """A trials row against its epoch rows, from which the writer made it: its epochs_run,
     best epoch, that epoch's metrics and the config. A running trial's row may lag its epoch
     rows by a report (it is written after them)."""
-    metric = row.get("search_metric") if row.get("search_metric") in METRICS else metric
+    metric = _row_metric(row, metric)
     mode = row.get("search_mode") if row.get("search_mode") in ("min", "max") else mode
     if rows is None:
         return None

@@ -286,6 +286,12 @@ def local_path(text: str) -> str:
     return path
 
 
+def local_folder(text: str) -> Path:
+    """`local_path`, `~` expanded and links resolved: a local folder's one spelling (its
+    lock, its results and what is recorded of it); ValueError as local_path."""
+    return Path(local_path(text)).expanduser().resolve()
+
+
 def _decodings(value: str) -> list[str]:
     """`value` and its %-decodings until they stop changing (nested encodings)."""
     out = [value]

@@ -53,8 +53,8 @@ def _check_zip(fh: BinaryIO, label: str, max_bytes: int) -> bool:
     return True
 
 
-# opcodes that only pickle protocols 4 and 5 write (FRAME, MEMOIZE, SHORT_BINUNICODE...):
-# torch.load(weights_only=True) reads protocols up to 3 (torch.save's default is 2)
+# opcodes that only pickle protocols 4 and 5 write (FRAME, MEMOIZE, SHORT_BINUNICODE...),
+# which torch's weights-only unpickler does not read (torch.save's default protocol is 2)
 PROTOCOL_4_OPCODES = set(range(0x8C, 0x99))
 
 
